@@ -1,0 +1,45 @@
+# The two commands the README promises, on a fresh Debian 12 machine:
+#   make run    set everything up, then run the default suite on the default target
+#   make test   set everything up, then lint and run the tests (unit + end-to-end)
+# Both are idempotent: a second run reuses everything already installed/built.
+
+VENV    ?= .venv
+PYTHON  ?= python3
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+OUTPUT  ?= out/main
+TARGET  ?= mainline-7.3
+PROFILES ?= smmuv3-nested virtio-iommu
+
+.PHONY: setup host venv run test unit lint bench clean
+
+setup: host venv
+
+host:
+	$(SUDO) bash ci/setup-host.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+run: setup
+	$(VENV)/bin/pkvm-harness run --target $(TARGET) $(foreach p,$(PROFILES),--profile $(p)) --output $(OUTPUT)
+
+lint: venv
+	$(VENV)/bin/ruff check harness tests bench
+	$(VENV)/bin/mypy
+
+test: setup lint
+	$(VENV)/bin/pytest
+
+unit: venv
+	$(VENV)/bin/pytest -m "not e2e"
+
+bench: setup
+	$(VENV)/bin/python bench/bench.py
+
+clean:
+	rm -rf out .pytest_cache .mypy_cache

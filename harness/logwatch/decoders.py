@@ -1,0 +1,58 @@
+"""Field decoders for signatures whose meaning spans lines or bitfields."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+Fields = dict[str, str | int | bool]
+
+_DWORD = re.compile(r":\s+0x(?P<dw>[0-9a-f]{16})\s*$")
+_SMMU_DECODED = re.compile(
+    r"event: (?P<name>\S+) client: (?P<client>\S+) sid: (?P<sid>0x[0-9a-f]+)"
+    r" ssid: (?P<ssid>0x[0-9a-f]+) iova: (?P<iova>0x[0-9a-f]+)"
+)
+# arm-smmu-v3.h feature bits (ARM_SMMU_FEAT_*).
+_FEAT_TRANS_S1 = 1 << 9
+_FEAT_TRANS_S2 = 1 << 10
+_FEAT_NESTING = 1 << 19
+
+
+def smmu_event(fields: Fields, trace: list[str]) -> None:
+    """6.12 prints only the raw event record: dword0[63:32] is the StreamID,
+    dword2 the input address. 7.3 adds a decoded line, preferred when there."""
+    dwords = [int(m.group("dw"), 16) for line in trace if (m := _DWORD.search(line))]
+    if len(dwords) >= 3:
+        fields["sid"] = hex(dwords[0] >> 32)
+        fields["address"] = hex(dwords[2])
+    for line in trace:
+        if m := _SMMU_DECODED.search(line):
+            fields.update(
+                name=m["name"],
+                client=m["client"],
+                sid=hex(int(m["sid"], 16)),
+                ssid=m["ssid"],
+                address=hex(int(m["iova"], 16)),
+            )
+    fields["id"] = hex(int(str(fields["id"]), 16))
+
+
+def smmu_features(fields: Fields, trace: list[str]) -> None:
+    feats = int(str(fields["features"]), 16)
+    fields["stage1"] = bool(feats & _FEAT_TRANS_S1)
+    fields["stage2"] = bool(feats & _FEAT_TRANS_S2)
+    fields["nesting"] = bool(feats & _FEAT_NESTING)
+
+
+def hyp_symbol(fields: Fields, trace: list[str]) -> None:
+    """`__kvm_nvhe_handle_trap+0x54/0x124` -> function `handle_trap`."""
+    sym = fields.get("symbol")
+    if isinstance(sym, str):
+        fields["function"] = sym.split("+")[0].removeprefix("__kvm_nvhe_")
+
+
+DECODERS: dict[str, Callable[[Fields, list[str]], None]] = {
+    "smmu_event": smmu_event,
+    "smmu_features": smmu_features,
+    "hyp_symbol": hyp_symbol,
+}

@@ -1,0 +1,144 @@
+"""Turns a console stream into Events. It is fed incrementally (any chunking,
+\\r\\n or \\n) and keeps several events open at once: a hyp panic's trace
+includes the kernel panic that follows it, which is an event of its own."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.logwatch.decoders import DECODERS
+from harness.logwatch.signatures import SIGNATURES, Signature
+
+# Optional printk timestamp and a leading "<level>" that some consoles keep.
+_PREFIX = re.compile(r"^(?:<\d+>)?(?:\[\s*(?P<ts>\d+\.\d+)\]\s?)?")
+
+
+@dataclass
+class Event:
+    signature: str
+    kind: str
+    severity: str
+    fatal: bool
+    line: int  # 1-based line number in the console log
+    timestamp: float | None
+    message: str
+    fields: dict[str, str | int | bool] = field(default_factory=dict)
+    trace: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        detail = ", ".join(f"{k}={v}" for k, v in self.fields.items() if k != "features")
+        return f"{self.signature}: {self.message}" + (f" [{detail}]" if detail else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "signature": self.signature,
+            "kind": self.kind,
+            "severity": self.severity,
+            "fatal": self.fatal,
+            "line": self.line,
+            "timestamp": self.timestamp,
+            "message": self.message,
+            "fields": self.fields,
+            "trace": self.trace,
+        }
+
+
+@dataclass
+class _Open:
+    sig: Signature
+    event: Event
+
+
+class LogWatcher:
+    def __init__(self, signatures: Iterable[Signature] = SIGNATURES) -> None:
+        self.signatures = tuple(signatures)
+        self.events: list[Event] = []
+        self.lines_seen = 0
+        self._partial = ""
+        self._open: list[_Open] = []
+
+    # pexpect's logfile_read protocol, so the watcher can sit on a session.
+    def write(self, chunk: str) -> None:
+        self.feed(chunk)
+
+    def flush(self) -> None:
+        pass
+
+    def feed(self, chunk: str) -> None:
+        data = self._partial + chunk.replace("\r", "")
+        *complete, self._partial = data.split("\n")
+        for line in complete:
+            self._line(line)
+
+    def finish(self) -> None:
+        """End of stream: flush a partial line and close open events."""
+        if self._partial:
+            self._line(self._partial)
+            self._partial = ""
+        for o in self._open:
+            self._close(o)
+        self._open.clear()
+
+    @property
+    def fatal(self) -> Event | None:
+        return next((e for e in self.events if e.fatal), None)
+
+    def since(self, line: int) -> list[Event]:
+        return [e for e in self.events if e.line > line]
+
+    def _line(self, raw: str) -> None:
+        self.lines_seen += 1
+        m = _PREFIX.match(raw)
+        text = raw[m.end() :] if m else raw
+        ts = float(m["ts"]) if m and m["ts"] else None
+        still_open = []
+        for o in self._open:
+            sig = o.sig
+            if sig.more is None or (sig.more.pattern and not sig.more.search(text)):
+                self._close(o)
+                continue
+            o.event.trace.append(raw)
+            if (sig.end is not None and sig.end.search(text)) or len(o.event.trace) >= sig.max_lines:
+                self._close(o)
+            else:
+                still_open.append(o)
+        self._open = still_open
+        for sig in self.signatures:
+            sm = sig.start.search(text)
+            if sm is None:
+                continue
+            event = Event(
+                signature=sig.name,
+                kind=sig.kind,
+                severity=sig.severity,
+                fatal=sig.fatal,
+                line=self.lines_seen,
+                timestamp=ts,
+                message=text.strip(),
+                fields={k: v for k, v in sm.groupdict().items() if v is not None},
+                trace=[raw],
+            )
+            self.events.append(event)
+            if sig.more is not None and sig.max_lines > 1:
+                self._open.append(_Open(sig, event))
+            else:
+                self._decode(sig, event)
+            break
+
+    def _close(self, o: _Open) -> None:
+        self._decode(o.sig, o.event)
+
+    @staticmethod
+    def _decode(sig: Signature, event: Event) -> None:
+        if sig.decoder:
+            DECODERS[sig.decoder](event.fields, event.trace)
+
+
+def parse_log(text: str) -> list[Event]:
+    watcher = LogWatcher()
+    watcher.feed(text)
+    watcher.finish()
+    return watcher.events

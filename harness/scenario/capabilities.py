@@ -1,0 +1,44 @@
+"""What the booted kernel offers, so scenarios run only where they can.
+
+Capabilities are the profile's features plus what the build config and the
+running guest say. Tokens are plain strings, matched against `requires:`."""
+
+from __future__ import annotations
+
+from harness.kernel import KernelBuild
+from harness.session.guest import Guest
+
+# Config options worth a capability token.
+_CONFIG_CAPS = {
+    "CONFIG_NVHE_EL2_DEBUG": "nvhe-el2-debug",
+    "CONFIG_DMA_MAP_BENCHMARK": "dma-map-benchmark",
+    "CONFIG_VFIO": "vfio",
+    "CONFIG_IOMMUFD": "iommufd",
+    "CONFIG_ARM_SMMU_V3_PKVM": "pkvm-smmuv3",
+    "CONFIG_VIRTIO_BLK": "virtio-blk",
+}
+
+# One round trip; each line that a test prints is a token.
+_PROBE = r"""
+test -c /dev/kvm && echo kvm
+test -d /sys/kernel/debug/tracing -o -d /sys/kernel/tracing && echo tracing
+for h in /usr/local/bin/*; do [ -x "$h" ] && echo "helper:${h##*/}"; done
+if [ -x /usr/local/bin/pkvm-vmm ]; then
+  pkvm-vmm probe 2>/dev/null | sed -n 's/^# protected_vm=1$/protected-vm/p'
+fi
+true
+"""
+
+
+def probe(guest: Guest, kernel: KernelBuild, features: frozenset[str]) -> frozenset[str]:
+    caps = set(features)
+    config = kernel.config.read_text()
+    for option, token in _CONFIG_CAPS.items():
+        if f"\n{option}=y" in f"\n{config}":
+            caps.add(token)
+    if any(e.signature == "pkvm-init" for e in guest.watcher.events):
+        caps.add("pkvm-protected-mode")
+    result = guest.run("serial", _PROBE, 30)
+    if result.status == 0:
+        caps.update(line.strip() for line in result.output.splitlines() if line.strip())
+    return frozenset(caps)

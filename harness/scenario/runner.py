@@ -1,0 +1,194 @@
+"""Runs one scenario on one booted guest.
+
+A step runs a command (serial or SSH) and/or checks kernel-log events in a
+window (since boot, or since the step began). The first failing step fails
+the scenario with a reason that names it. Harness faults become ERROR."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from harness.config.models import EventExpectation, Profile, Scenario, Step, Target
+from harness.errors import HarnessError
+from harness.logwatch import Event
+from harness.logwatch.signatures import expand
+from harness.report.results import ScenarioResult, StepResult, Verdict
+from harness.scenario import variables as V
+from harness.session.base import Completed
+from harness.session.guest import Guest
+
+MAX_EVENTS_PER_RESULT = 200
+
+
+@dataclass(frozen=True)
+class ScenarioContext:
+    target: Target
+    profile: Profile
+    capabilities: frozenset[str]
+    console_log: str | None = None
+    reproducer: str | None = None
+
+    def base_variables(self) -> dict[str, str]:
+        out = {
+            f"profile.{k}": str(v).lower() if isinstance(v, bool) else str(v)
+            for k, v in self.profile.expect.items()
+        }
+        out["profile.name"] = self.profile.name
+        return out
+
+
+def skip_reason(scenario: Scenario, ctx: ScenarioContext) -> str | None:
+    missing = sorted(scenario.requires - ctx.capabilities)
+    if missing:
+        return f"profile {ctx.profile.name} / kernel lacks: {', '.join(missing)}"
+    return None
+
+
+class _StepFailed(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class _State:
+    variables: dict[str, str]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _event_matches(e: Event, exp: EventExpectation, variables: Mapping[str, str]) -> bool:
+    if e.signature != exp.signature:
+        return False
+    return all(k in e.fields and V.value_matches(e.fields[k], v, variables) for k, v in exp.fields.items())
+
+
+def _describe(exp: EventExpectation, variables: Mapping[str, str]) -> str:
+    if not exp.fields:
+        return exp.signature
+    fields = ", ".join(
+        f"{k}={V.substitute(v, variables) if isinstance(v, str) else v}" for k, v in exp.fields.items()
+    )
+    return f"{exp.signature}({fields})"
+
+
+def _check_command(step: Step, result: Completed, guest: Guest) -> None:
+    if result.ended_by == "timeout":
+        raise _StepFailed(f"timed out after {step.timeout_s:.0f}s")
+    if result.ended_by in ("kernel-fatal", "eof"):
+        fatal = guest.watcher.fatal
+        if fatal is None:
+            raise HarnessError(f"guest went away during step {step.name} (no kernel message)")
+        raise _StepFailed(fatal.summary())
+    if step.expect_status is not None and result.status != step.expect_status:
+        last = result.output.strip().splitlines()[-1:] or ["no output"]
+        raise _StepFailed(f"exit status {result.status}, expected {step.expect_status}: {last[0][:200]}")
+    if step.expect_output and not re.search(step.expect_output, result.output, re.MULTILINE):
+        raise _StepFailed(f"output does not match /{step.expect_output}/")
+    if step.forbid_output and (m := re.search(step.forbid_output, result.output, re.MULTILINE)):
+        raise _StepFailed(f"output matches forbidden /{step.forbid_output}/: {m.group(0)[:120]}")
+
+
+def _check_events(
+    step: Step, events: list[Event], scenario_forbid: set[str], variables: Mapping[str, str]
+) -> None:
+    for exp in step.expect_events:
+        seen = sum(1 for e in events if _event_matches(e, exp, variables))
+        if seen < exp.min_count:
+            same_sig = [e.summary() for e in events if e.signature == exp.signature][:2]
+            hint = f" (saw: {'; '.join(same_sig)})" if same_sig else ""
+            raise _StepFailed(f"expected event {_describe(exp, variables)} not seen (x{exp.min_count}){hint}")
+    forbidden = expand(step.forbid_events) | scenario_forbid
+    for e in events:
+        if e.signature in forbidden:
+            raise _StepFailed(f"forbidden event {e.summary()}")
+
+
+def _run_step(step: Step, guest: Guest, state: _State, scenario_forbid: set[str]) -> StepResult:
+    start = time.monotonic()
+    mark = guest.watcher.lines_seen
+    result: Completed | None = None
+    command = None
+    try:
+        if step.run is not None:
+            command = V.substitute(step.run, state.variables)
+            result = guest.run(step.transport, command, step.timeout_s)
+            if step.transport == "ssh":
+                guest.sync_console()
+            state.variables.update(V.captures(result.output))
+            state.metrics.update(V.metrics(result.output))
+            _check_command(step, result, guest)
+        window_start = 0 if step.events_since == "boot" else mark
+        _check_events(step, guest.events_since(window_start), scenario_forbid, state.variables)
+    except _StepFailed as failed:
+        reason = f"{step.fail_reason}: {failed.reason}" if step.fail_reason else failed.reason
+        return _step_result(step, Verdict.FAIL, f"step {step.name}: {reason}", start, command, result)
+    except V.UnknownVariable as exc:
+        raise HarnessError(f"step {step.name}: unknown variable ${{{exc.args[0]}}}") from exc
+    return _step_result(step, Verdict.PASS, "", start, command, result)
+
+
+def _step_result(
+    step: Step, verdict: Verdict, reason: str, start: float, command: str | None, result: Completed | None
+) -> StepResult:
+    return StepResult(
+        name=step.name,
+        verdict=verdict,
+        reason=reason,
+        duration_s=time.monotonic() - start,
+        transport=step.transport if command else None,
+        command=command,
+        status=result.status if result else None,
+        output=result.output[-4000:] if result else "",
+    )
+
+
+def run_scenario(scenario: Scenario, guest: Guest, ctx: ScenarioContext) -> ScenarioResult:
+    start = time.monotonic()
+    start_line = 0 if scenario.check_boot_log else guest.watcher.lines_seen
+    state = _State(variables=ctx.base_variables())
+    forbid = expand(scenario.forbid_events)
+    steps: list[StepResult] = []
+    verdict, reason = Verdict.PASS, ""
+    try:
+        for step in scenario.steps:
+            missing = sorted(step.requires - ctx.capabilities)
+            if missing:
+                steps.append(StepResult(step.name, Verdict.SKIP, f"needs {', '.join(missing)}"))
+                continue
+            if time.monotonic() - start > scenario.timeout_s:
+                verdict, reason = Verdict.FAIL, f"scenario timed out after {scenario.timeout_s}s"
+                break
+            res = _run_step(step, guest, state, forbid)
+            steps.append(res)
+            if res.verdict == Verdict.FAIL:
+                verdict, reason = Verdict.FAIL, res.reason
+                break
+        if verdict == Verdict.PASS:
+            # Scenario-wide: also catches what came between or after steps.
+            bad = next((e for e in guest.events_since(start_line) if e.signature in forbid), None)
+            if bad is not None:
+                verdict, reason = Verdict.FAIL, f"forbidden event {bad.summary()}"
+        if verdict == Verdict.PASS and steps and all(s.verdict == Verdict.SKIP for s in steps):
+            verdict, reason = Verdict.SKIP, "no step applies: " + steps[0].reason
+    except HarnessError as exc:
+        verdict, reason = Verdict.ERROR, str(exc)
+    if verdict == Verdict.FAIL and scenario.name in ctx.target.known_gaps:
+        verdict = Verdict.XFAIL
+        reason = f"known gap of {ctx.target.name}: {ctx.target.known_gaps[scenario.name]} ({reason})"
+    events = guest.events_since(start_line)
+    return ScenarioResult(
+        scenario=scenario.name,
+        profile=ctx.profile.name,
+        target=ctx.target.name,
+        verdict=verdict,
+        reason=reason,
+        duration_s=time.monotonic() - start,
+        events=tuple(e.to_json() for e in events[:MAX_EVENTS_PER_RESULT]),
+        steps=tuple(steps),
+        metrics=state.metrics,
+        console_log=ctx.console_log,
+        reproducer=ctx.reproducer,
+    )

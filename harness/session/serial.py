@@ -1,0 +1,101 @@
+"""The serial console as a shell, through pexpect.
+
+Each command is wrapped so that its exit status comes back after a marker
+unique to that command; the marker is printed with its halves split in the
+command text, so an echoed command line can never match it."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+
+import pexpect
+import pexpect.fdpexpect
+
+from harness.errors import SessionError
+from harness.session.base import Completed
+
+_WRAP = "{{\n{command}\n}} </dev/null 2>&1; printf '\\n%s%s:%d\\n' '{m1}' '{m2}' $?\n"
+
+
+class SerialSession:
+    name = "serial"
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        observer: object | None = None,
+        abort_patterns: Sequence[re.Pattern[str]] = (),
+    ) -> None:
+        self.sock = sock
+        # abort_patterns: lines after which waiting is pointless (the kernel
+        # is dead). They come from the signature table, not from here.
+        self.abort_patterns = list(abort_patterns)
+        self.child = pexpect.fdpexpect.fdspawn(
+            sock.fileno(),
+            encoding="utf-8",
+            codec_errors="replace",
+            timeout=30,
+            maxread=65536,
+            searchwindowsize=None,
+        )
+        if observer is not None:
+            self.child.logfile_read = observer
+
+    def expect(self, patterns: Sequence[str | re.Pattern[str]], timeout: float) -> tuple[str, str]:
+        """Wait for the first of `patterns`; returns (what, text_before).
+        `what` is "match:<i>", "abort", "eof" or "timeout"."""
+        compiled: list[object] = [*patterns, *self.abort_patterns, pexpect.EOF, pexpect.TIMEOUT]
+        idx = self.child.expect(compiled, timeout=timeout)
+        before = self.child.before if isinstance(self.child.before, str) else ""
+        n = len(patterns)
+        if idx < n:
+            return f"match:{idx}", before
+        if idx < n + len(self.abort_patterns):
+            return "abort", before
+        return ("eof" if idx == len(compiled) - 2 else "timeout"), before
+
+    def drain(self, quiet_s: float = 1.0, limit_s: float = 10.0) -> None:
+        """Read until the stream goes quiet, ends, or `limit_s` passes: used
+        after a fatal kernel message so the whole trace reaches the watcher."""
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            try:
+                self.child.read_nonblocking(65536, timeout=quiet_s)
+            except pexpect.TIMEOUT:
+                return
+            except pexpect.EOF:
+                return
+
+    def prepare(self, timeout: float = 10.0) -> None:
+        """Turn off echo so outputs are exactly what commands print."""
+        result = self.run("stty -echo 2>/dev/null; export PS1='' PS2=''", timeout)
+        if result.status is None:
+            raise SessionError(f"serial shell did not answer: {result.ended_by}")
+
+    def run(self, command: str, timeout: float) -> Completed:
+        tag = uuid.uuid4().hex[:12]
+        m1, m2 = "@@PKVMH", tag
+        start = time.monotonic()
+        try:
+            self.child.send(_WRAP.format(command=command, m1=m1, m2=m2))
+        except OSError as exc:
+            raise SessionError(f"serial write failed: {exc}") from exc
+        what, before = self.expect([re.compile(re.escape(m1 + m2) + r":(\d+)\r?\n")], timeout)
+        duration = time.monotonic() - start
+        output = before.replace("\r\n", "\n").strip("\n")
+        if what == "match:0":
+            return Completed(command, output, int(self.child.match.group(1)), duration)
+        ended = {"abort": "kernel-fatal", "eof": "eof", "timeout": "timeout"}[what]
+        return Completed(command, output, None, duration, ended_by=ended)
+
+    def interact(self) -> None:
+        self.child.interact(escape_character="\x1d")
+
+    def close(self) -> None:
+        # The socket belongs to the machine, which closes it; pexpect's
+        # close() would close the fd under the socket object's feet.
+        self.child.logfile_read = None

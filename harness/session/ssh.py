@@ -1,0 +1,129 @@
+"""SSH to the guest with paramiko, using a key generated for this run."""
+
+from __future__ import annotations
+
+import io
+import select
+import time
+from dataclasses import dataclass
+
+import paramiko
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from harness.errors import SessionError
+from harness.session.base import Completed
+
+
+@dataclass(frozen=True)
+class SshKey:
+    private_openssh: str
+    public_line: str  # "ssh-ed25519 AAAA... pkvm-harness"
+
+    @classmethod
+    def generate(cls) -> SshKey:
+        # paramiko cannot generate ed25519 keys; cryptography (its own
+        # dependency) can, in the OpenSSH format paramiko reads.
+        key = Ed25519PrivateKey.generate()
+        private = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        ).decode()
+        public = (
+            key.public_key()
+            .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+            .decode()
+        )
+        return cls(private, f"{public} pkvm-harness")
+
+    def paramiko_key(self) -> paramiko.PKey:
+        return paramiko.Ed25519Key.from_private_key(io.StringIO(self.private_openssh))
+
+
+class SshSession:
+    name = "ssh"
+
+    def __init__(self, port: int, key: SshKey, host: str = "127.0.0.1") -> None:
+        self.host, self.port, self.key = host, port, key
+        self.client: paramiko.SSHClient | None = None
+
+    def connect(self, timeout: float = 20.0) -> float:
+        """Connect, retrying while the guest's dropbear comes up; returns the
+        seconds it took."""
+        start = time.monotonic()
+        deadline = start + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            client = paramiko.SSHClient()
+            # The guest is created for this run with a fresh host key; there
+            # is nothing to pin it against.
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+            try:
+                client.connect(
+                    self.host,
+                    port=self.port,
+                    username="root",
+                    pkey=self.key.paramiko_key(),
+                    look_for_keys=False,
+                    allow_agent=False,
+                    timeout=5,
+                    banner_timeout=5,
+                    auth_timeout=5,
+                )
+                self.client = client
+                return time.monotonic() - start
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                last = exc
+                client.close()
+                time.sleep(0.05)
+        raise SessionError(f"ssh to {self.host}:{self.port} failed within {timeout}s: {last}")
+
+    def _transport(self) -> paramiko.Transport:
+        if self.client is None:
+            self.connect()
+        assert self.client is not None
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise SessionError("ssh connection lost")
+        return transport
+
+    def run(self, command: str, timeout: float, stdin: bytes | None = None) -> Completed:
+        start = time.monotonic()
+        chan = self._transport().open_session()
+        chan.set_combine_stderr(True)
+        chan.exec_command(command)
+        if stdin is not None:
+            chan.sendall(stdin)
+        chan.shutdown_write()
+        chunks: list[bytes] = []
+        deadline = start + timeout
+        ended = "exit"
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                ended = "timeout"
+                break
+            ready, _, _ = select.select([chan], [], [], min(remaining, 0.5))
+            if ready:
+                data = chan.recv(65536)
+                if data:
+                    chunks.append(data)
+                    continue
+            if chan.exit_status_ready() and not chan.recv_ready():
+                break
+        status = chan.recv_exit_status() if ended == "exit" else None
+        chan.close()
+        output = b"".join(chunks).decode(errors="replace").strip("\n")
+        return Completed(command, output, status, time.monotonic() - start, ended_by=ended)
+
+    def upload(self, data: bytes, remote: str, mode: int = 0o755, timeout: float = 60) -> None:
+        # dropbear ships no sftp-server; a shell pipe does the job.
+        result = self.run(f"cat > {remote} && chmod {mode:o} {remote}", timeout, stdin=data)
+        if result.status != 0:
+            raise SessionError(f"upload to {remote} failed: {result.output or result.ended_by}")
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None

@@ -1,0 +1,1718 @@
+/*
+ * edu-dma: drive QEMU's "edu" PCI device (1234:11e8) from guest userspace
+ * through VFIO, to test that the IOMMU translates, isolates and tears down
+ * DMA mappings correctly. Output is KTAP v1 (see README.md).
+ *
+ * edu device model (hw/misc/edu.c): BAR0 holds the registers, the device owns
+ * a 4 KiB buffer at device address 0x40000, and a DMA copies between that
+ * buffer and a bus address ~100 ms (virtual time) after it is started. A DMA
+ * that the IOMMU blocks still "completes"; the only evidence in the guest is
+ * data that did not change (the harness checks the kernel log for the fault).
+ *
+ * Exit code: 0 all tests ok, 1 some test not ok, 2 bail out (environment).
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <linux/pci_regs.h>
+#include <linux/vfio.h>
+
+#include "ktap.h"
+#include "uapi_compat.h"
+
+/* ------------------------------------------------------------------ */
+/* edu device                                                          */
+
+#define EDU_VENDOR 0x1234
+#define EDU_DEVICE 0x11e8
+#define EDU_ID 0x010000edu
+
+#define EDU_REG_ID 0x00
+#define EDU_REG_LIVENESS 0x04 /* reads back ~value written */
+#define EDU_REG_DMA_SRC 0x80
+#define EDU_REG_DMA_DST 0x88
+#define EDU_REG_DMA_CNT 0x90
+#define EDU_REG_DMA_CMD 0x98
+#define EDU_REGS_END 0xa0
+
+#define EDU_DMA_RUN 0x1
+#define EDU_DMA_TO_RAM 0x2 /* device buffer -> RAM; clear: RAM -> buffer */
+/* bit 2 (irq on completion) is never set: completion is polled. */
+
+#define EDU_BUF_ADDR 0x40000ull
+#define EDU_BUF_SIZE 4096u
+
+#define DMA_TIMEOUT_NS (5ull * 1000 * 1000 * 1000)
+#define DMA_POLL_NS (1000 * 1000)
+
+/* ------------------------------------------------------------------ */
+/* options                                                             */
+
+#define MAX_LIST 32
+#define IOVA_HIGH UINT64_MAX /* "high" in an IOVA list: computed at runtime */
+#define HIGH_IOVA_CAP (1ull << 40)      /* well inside a 44-bit SMMU ias */
+#define HIGH_IOVA_HEADROOM (2ull << 20) /* high IOVA = top of range - 2 MiB */
+
+enum backend { BACKEND_TYPE1, BACKEND_IOMMUFD };
+
+static struct options {
+	const char *cmd;
+	const char *bdf;
+	enum backend backend;
+	uint64_t seed;
+	uint32_t sizes[MAX_LIST];
+	int nr_sizes;
+	uint64_t iovas[MAX_LIST];
+	int nr_iovas;
+	uint64_t iova;
+	bool iova_set;
+	uint32_t size;
+	unsigned long iterations;
+	unsigned long dma_every;
+} opt = {
+	.backend = BACKEND_TYPE1,
+	.seed = 0x5eed,
+	.size = EDU_BUF_SIZE,
+	.iterations = 2000,
+	.dma_every = 200,
+};
+
+/* ------------------------------------------------------------------ */
+/* device / IOMMU state                                                */
+
+#define MAX_RANGES 32
+
+struct iova_range {
+	uint64_t start, last; /* inclusive */
+};
+
+struct edu {
+	char bdf[32];
+	unsigned int sid; /* PCI requester ID = SMMU StreamID: (bus << 8) | devfn */
+	int group;
+	enum backend backend;
+
+	int container_fd, group_fd; /* type1 */
+	int iommufd;                /* iommufd */
+	uint32_t ioas_id, devid;
+	int device_fd;
+
+	volatile uint8_t *bar0; /* NULL: access BAR0 with pread/pwrite */
+	uint64_t bar0_size, bar0_offset, cfg_offset;
+
+	struct iova_range ranges[MAX_RANGES];
+	int nr_ranges;
+	bool ranges_known;
+	uint64_t iova_pgsizes;
+	size_t page;     /* mapping granule: max(CPU page, smallest IOMMU page) */
+	uint64_t high_iova; /* 0: none usable */
+
+	/* DMA statistics, for the dma_rate metric */
+	uint64_t dma_bytes, dma_ns, dma_count;
+
+	char err[256]; /* why the last map/unmap/DMA helper failed */
+};
+
+/* A host buffer and where (if anywhere) it is mapped in IOVA space. */
+struct dmabuf {
+	uint8_t *va;
+	size_t len;    /* allocated bytes */
+	uint64_t iova;
+	size_t maplen; /* mapped bytes, 0 when not mapped */
+};
+
+/* ------------------------------------------------------------------ */
+/* small utilities                                                     */
+
+static __attribute__((noreturn, format(printf, 1, 2))) void bail(const char *fmt, ...)
+{
+	va_list ap;
+
+	printf("Bail out! ");
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	printf("\n");
+	fflush(stdout);
+	exit(2);
+}
+
+static __attribute__((format(printf, 2, 3))) void set_err(struct edu *e, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(e->err, sizeof(e->err), fmt, ap);
+	va_end(ap);
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void sleep_ns(long ns)
+{
+	struct timespec ts = { .tv_sec = 0, .tv_nsec = ns };
+
+	nanosleep(&ts, NULL);
+}
+
+/* Orders CPU accesses to DMA buffers against the MMIO accesses that start a
+ * DMA or observe its completion (what writel()/readl() barriers do). */
+static inline void io_barrier(void)
+{
+#if defined(__aarch64__)
+	__asm__ __volatile__("dmb osh" ::: "memory");
+#else
+	__sync_synchronize();
+#endif
+}
+
+static uint64_t align_down(uint64_t v, uint64_t a)
+{
+	return v & ~(a - 1);
+}
+
+static uint64_t align_up(uint64_t v, uint64_t a)
+{
+	return (v + a - 1) & ~(a - 1);
+}
+
+static size_t min_sz(size_t a, size_t b)
+{
+	return a < b ? a : b;
+}
+
+/* Bounded copy that truncates silently (messages, names). */
+static void copy_str(char *dst, size_t len, const char *src)
+{
+	size_t n = strnlen(src, len - 1);
+
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+}
+
+/* ------------------------------------------------------------------ */
+/* patterns: every buffer gets data derived from (seed, purpose, iova, size)
+ * so that data left behind by another step or another test never matches. */
+
+enum pattern_tag {
+	TAG_SRC = 1,  /* roundtrip source */
+	TAG_POISON,   /* destination before a DMA */
+	TAG_DEVICE,   /* loaded into the device buffer */
+	TAG_SENTINEL, /* must never change */
+	TAG_AUX,      /* helper buffer contents */
+	TAG_P1, TAG_P2, TAG_P3, TAG_Q,
+	TAG_STRESS,
+};
+
+static uint64_t splitmix64(uint64_t *state)
+{
+	uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+static uint64_t pattern_key(enum pattern_tag tag, uint64_t iova, uint64_t size)
+{
+	uint64_t s = opt.seed;
+	uint64_t k = splitmix64(&s);
+
+	s = k ^ ((uint64_t)tag << 56);
+	k = splitmix64(&s);
+	s = k ^ iova;
+	k = splitmix64(&s);
+	s = k ^ size;
+	return splitmix64(&s);
+}
+
+static void fill_pattern(uint8_t *buf, size_t len, uint64_t key)
+{
+	uint64_t s = key;
+
+	for (size_t i = 0; i < len; i += 8) {
+		uint64_t v = splitmix64(&s);
+
+		memcpy(buf + i, &v, min_sz(8, len - i));
+	}
+}
+
+/* Returns true if equal; otherwise describes the first difference in why. */
+static bool compare(const uint8_t *got, const uint8_t *want, size_t len,
+		    const char *what, char *why, size_t whylen)
+{
+	size_t first = len, ndiff = 0;
+
+	for (size_t i = 0; i < len; i++) {
+		if (got[i] != want[i]) {
+			if (first == len)
+				first = i;
+			ndiff++;
+		}
+	}
+	if (!ndiff)
+		return true;
+	snprintf(why, whylen,
+		 "%s: %zu of %zu bytes differ, first at offset %zu (got 0x%02x want 0x%02x)",
+		 what, ndiff, len, first, got[first], want[first]);
+	return false;
+}
+
+static bool all_bytes(const uint8_t *buf, size_t len, uint8_t v)
+{
+	for (size_t i = 0; i < len; i++)
+		if (buf[i] != v)
+			return false;
+	return true;
+}
+
+/* ------------------------------------------------------------------ */
+/* sysfs                                                               */
+
+static int write_file(const char *path, const char *s)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0)
+		return -errno;
+	n = write(fd, s, strlen(s));
+	if (n < 0) {
+		int err = -errno;
+
+		close(fd);
+		return err;
+	}
+	close(fd);
+	return 0;
+}
+
+static bool read_hex_file(const char *path, unsigned long *val)
+{
+	char buf[32];
+	FILE *f = fopen(path, "re");
+	bool ok;
+
+	if (!f)
+		return false;
+	ok = fgets(buf, sizeof(buf), f) && sscanf(buf, "%lx", val) == 1;
+	fclose(f);
+	return ok;
+}
+
+/* Basename of the device's driver symlink, "" when unbound. */
+static void current_driver(const char *bdf, char *drv, size_t len)
+{
+	char path[PATH_MAX], target[PATH_MAX];
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/driver", bdf);
+	n = readlink(path, target, sizeof(target) - 1);
+	if (n < 0) {
+		drv[0] = '\0';
+		return;
+	}
+	target[n] = '\0';
+	copy_str(drv, len, strrchr(target, '/') ? strrchr(target, '/') + 1 : target);
+}
+
+static bool is_edu(const char *bdf)
+{
+	char path[PATH_MAX];
+	unsigned long vendor, device;
+
+	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/vendor", bdf);
+	if (!read_hex_file(path, &vendor))
+		return false;
+	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/device", bdf);
+	if (!read_hex_file(path, &device))
+		return false;
+	return vendor == EDU_VENDOR && device == EDU_DEVICE;
+}
+
+/* Lowest-numbered edu function, so the choice is stable across runs. */
+static void find_edu(char *bdf, size_t len)
+{
+	DIR *d = opendir("/sys/bus/pci/devices");
+	struct dirent *de;
+
+	if (!d)
+		bail("cannot list /sys/bus/pci/devices: %s", strerror(errno));
+	bdf[0] = '\0';
+	while ((de = readdir(d))) {
+		if (de->d_name[0] == '.' || !is_edu(de->d_name))
+			continue;
+		if (!bdf[0] || strcmp(de->d_name, bdf) < 0)
+			copy_str(bdf, len, de->d_name);
+	}
+	closedir(d);
+	if (!bdf[0])
+		bail("no edu device (%04x:%04x) found in /sys/bus/pci/devices", EDU_VENDOR,
+		     EDU_DEVICE);
+}
+
+/* Accepts "dddd:bb:dd.f" or "bb:dd.f"; fills the canonical form and the SID. */
+static void parse_bdf(struct edu *e, const char *in)
+{
+	unsigned int dom = 0, bus, dev, fn;
+	char tail;
+
+	if (sscanf(in, "%x:%x:%x.%x%c", &dom, &bus, &dev, &fn, &tail) != 4) {
+		dom = 0;
+		if (sscanf(in, "%x:%x.%x%c", &bus, &dev, &fn, &tail) != 3)
+			bail("bad BDF '%s'", in);
+	}
+	if (bus > 0xff || dev > 0x1f || fn > 7)
+		bail("bad BDF '%s'", in);
+	snprintf(e->bdf, sizeof(e->bdf), "%04x:%02x:%02x.%x", dom, bus, dev, fn);
+	e->sid = (bus << 8) | (dev << 3) | fn;
+}
+
+static void read_iommu_group(struct edu *e)
+{
+	char path[PATH_MAX], target[PATH_MAX];
+	const char *slash;
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/iommu_group", e->bdf);
+	n = readlink(path, target, sizeof(target) - 1);
+	if (n < 0)
+		bail("no IOMMU group for %s (%s: %s)", e->bdf, path, strerror(errno));
+	target[n] = '\0';
+	slash = strrchr(target, '/');
+	e->group = atoi(slash ? slash + 1 : target);
+}
+
+/* Hand the device to vfio-pci via driver_override (idempotent). */
+static void bind_vfio_pci(struct edu *e)
+{
+	char path[PATH_MAX], drv[64];
+	int err;
+
+	current_driver(e->bdf, drv, sizeof(drv));
+	if (!strcmp(drv, "vfio-pci"))
+		return;
+	if (access("/sys/bus/pci/drivers/vfio-pci", F_OK))
+		bail("vfio-pci driver not available (/sys/bus/pci/drivers/vfio-pci: %s)",
+		     strerror(errno));
+
+	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/driver_override", e->bdf);
+	err = write_file(path, "vfio-pci");
+	if (err)
+		bail("write %s: %s", path, strerror(-err));
+	if (drv[0]) {
+		snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/driver/unbind", e->bdf);
+		err = write_file(path, e->bdf);
+		if (err)
+			bail("unbind %s from %s: %s", e->bdf, drv, strerror(-err));
+	}
+	err = write_file("/sys/bus/pci/drivers_probe", e->bdf);
+	if (err)
+		bail("probe %s with vfio-pci: %s", e->bdf, strerror(-err));
+
+	current_driver(e->bdf, drv, sizeof(drv));
+	if (strcmp(drv, "vfio-pci"))
+		bail("vfio-pci did not bind to %s (driver now '%s')", e->bdf, drv);
+}
+
+/* Device nodes appear asynchronously after a bind; give devtmpfs a moment. */
+static int open_retry(const char *path, int flags)
+{
+	for (int i = 0; i < 100; i++) {
+		int fd = open(path, flags);
+
+		if (fd >= 0 || errno != ENOENT)
+			return fd;
+		sleep_ns(20 * 1000 * 1000);
+	}
+	return open(path, flags);
+}
+
+/* ------------------------------------------------------------------ */
+/* IOVA ranges                                                         */
+
+static void add_range(struct edu *e, uint64_t start, uint64_t last)
+{
+	if (e->nr_ranges < MAX_RANGES)
+		e->ranges[e->nr_ranges++] = (struct iova_range){ start, last };
+	e->ranges_known = true;
+}
+
+/* True if [iova, iova + len) lies inside one valid range (or none were
+ * reported, in which case the kernel's MAP will be the judge). */
+static bool iova_valid(const struct edu *e, uint64_t iova, uint64_t len)
+{
+	if (!e->ranges_known)
+		return true;
+	if (!len || iova + len - 1 < iova)
+		return false;
+	for (int i = 0; i < e->nr_ranges; i++)
+		if (iova >= e->ranges[i].start && iova + len - 1 <= e->ranges[i].last)
+			return true;
+	return false;
+}
+
+/* Highest page-aligned IOVA that is HIGH_IOVA_HEADROOM below the top of a
+ * valid range, with the top capped at HIGH_IOVA_CAP (the IOMMU input size is
+ * not visible from here; a 44-bit SMMU ias comfortably holds 40 bits). */
+static uint64_t pick_high_iova(const struct edu *e)
+{
+	uint64_t best = 0;
+
+	if (!e->ranges_known)
+		return HIGH_IOVA_CAP - HIGH_IOVA_HEADROOM;
+	for (int i = 0; i < e->nr_ranges; i++) {
+		const struct iova_range *r = &e->ranges[i];
+		uint64_t limit = r->last >= HIGH_IOVA_CAP - 1 ? HIGH_IOVA_CAP : r->last + 1;
+		uint64_t cand;
+
+		if (limit < HIGH_IOVA_HEADROOM || r->start >= limit)
+			continue;
+		cand = align_down(limit - HIGH_IOVA_HEADROOM, e->page);
+		if (cand >= r->start && cand > best)
+			best = cand;
+	}
+	return best;
+}
+
+/* First candidate IOVA with room for len bytes that avoids [lo, hi). */
+static uint64_t pick_helper_iova(const struct edu *e, uint64_t len, uint64_t lo, uint64_t hi)
+{
+	static const uint64_t cand[] = { 0x100000, 0x10000000, 0x40000000, 0x1000000000ull };
+
+	for (size_t i = 0; i < sizeof(cand) / sizeof(cand[0]); i++) {
+		if (cand[i] + len <= lo || cand[i] >= hi) {
+			if (iova_valid(e, cand[i], len))
+				return cand[i];
+		}
+	}
+	bail("no free helper IOVA outside [0x%" PRIx64 ", 0x%" PRIx64 ")", lo, hi);
+}
+
+/* ------------------------------------------------------------------ */
+/* VFIO type1 backend                                                  */
+
+static void type1_query_iova(struct edu *e)
+{
+	size_t sz = sizeof(struct vfio_iommu_type1_info);
+	struct vfio_iommu_type1_info *info;
+
+	/* The kernel reports the full size (with capabilities) in argsz. */
+	for (;;) {
+		info = calloc(1, sz);
+		if (!info)
+			bail("out of memory");
+		info->argsz = sz;
+		if (ioctl(e->container_fd, VFIO_IOMMU_GET_INFO, info))
+			bail("VFIO_IOMMU_GET_INFO: %s", strerror(errno));
+		if (info->argsz <= sz)
+			break;
+		sz = info->argsz;
+		free(info);
+	}
+
+	if (info->flags & VFIO_IOMMU_INFO_PGSIZES)
+		e->iova_pgsizes = info->iova_pgsizes;
+
+	if (info->flags & VFIO_IOMMU_INFO_CAPS) {
+		uint32_t off = info->cap_offset;
+
+		while (off && off + sizeof(struct vfio_info_cap_header) <= sz) {
+			struct vfio_info_cap_header *h = (void *)((uint8_t *)info + off);
+
+			if (h->id == VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE) {
+				struct vfio_iommu_type1_info_cap_iova_range *c = (void *)h;
+
+				for (uint32_t i = 0; i < c->nr_iovas; i++) {
+					if ((uint8_t *)&c->iova_ranges[i + 1] > (uint8_t *)info + sz)
+						break;
+					add_range(e, c->iova_ranges[i].start, c->iova_ranges[i].end);
+				}
+				/* An IOVA cap with no ranges means nothing is mappable. */
+				e->ranges_known = true;
+			}
+			off = h->next;
+		}
+	}
+	free(info);
+}
+
+static void type1_setup(struct edu *e)
+{
+	struct vfio_group_status status = { .argsz = sizeof(status) };
+	char path[64];
+	int ret;
+
+	e->container_fd = open("/dev/vfio/vfio", O_RDWR | O_CLOEXEC);
+	if (e->container_fd < 0)
+		bail("open /dev/vfio/vfio: %s", strerror(errno));
+	ret = ioctl(e->container_fd, VFIO_GET_API_VERSION);
+	if (ret != VFIO_API_VERSION)
+		bail("VFIO_GET_API_VERSION: got %d, want %d", ret, VFIO_API_VERSION);
+	if (ioctl(e->container_fd, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU) <= 0)
+		bail("VFIO_CHECK_EXTENSION(VFIO_TYPE1v2_IOMMU): not supported");
+
+	snprintf(path, sizeof(path), "/dev/vfio/%d", e->group);
+	e->group_fd = open_retry(path, O_RDWR | O_CLOEXEC);
+	if (e->group_fd < 0)
+		bail("open %s: %s", path, strerror(errno));
+	if (ioctl(e->group_fd, VFIO_GROUP_GET_STATUS, &status))
+		bail("VFIO_GROUP_GET_STATUS: %s", strerror(errno));
+	if (!(status.flags & VFIO_GROUP_FLAGS_VIABLE))
+		bail("IOMMU group %d not viable (other devices bound to host drivers?)",
+		     e->group);
+	if (ioctl(e->group_fd, VFIO_GROUP_SET_CONTAINER, &e->container_fd))
+		bail("VFIO_GROUP_SET_CONTAINER: %s", strerror(errno));
+	if (ioctl(e->container_fd, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU))
+		bail("VFIO_SET_IOMMU(VFIO_TYPE1v2_IOMMU): %s", strerror(errno));
+	e->device_fd = ioctl(e->group_fd, VFIO_GROUP_GET_DEVICE_FD, e->bdf);
+	if (e->device_fd < 0)
+		bail("VFIO_GROUP_GET_DEVICE_FD(%s): %s", e->bdf, strerror(errno));
+	type1_query_iova(e);
+}
+
+/* ------------------------------------------------------------------ */
+/* iommufd backend (VFIO device cdev)                                  */
+
+static void find_vfio_cdev(const struct edu *e, char *path, size_t len)
+{
+	char dir[PATH_MAX];
+	struct dirent *de;
+	DIR *d;
+
+	snprintf(dir, sizeof(dir), "/sys/bus/pci/devices/%s/vfio-dev", e->bdf);
+	d = opendir(dir);
+	if (!d)
+		bail("no VFIO cdev for %s (%s: %s; kernel without CONFIG_VFIO_DEVICE_CDEV?)",
+		     e->bdf, dir, strerror(errno));
+	path[0] = '\0';
+	while ((de = readdir(d)))
+		if (!strncmp(de->d_name, "vfio", 4))
+			snprintf(path, len, "/dev/vfio/devices/%s", de->d_name);
+	closedir(d);
+	if (!path[0])
+		bail("no VFIO cdev for %s (%s is empty)", e->bdf, dir);
+}
+
+static void iommufd_query_iova(struct edu *e)
+{
+	struct iommu_iova_range r[MAX_RANGES];
+	struct iommu_ioas_iova_ranges q = {
+		.size = sizeof(q),
+		.ioas_id = e->ioas_id,
+		.num_iovas = MAX_RANGES,
+		.allowed_iovas = (uintptr_t)r,
+	};
+
+	if (ioctl(e->iommufd, IOMMU_IOAS_IOVA_RANGES, &q))
+		bail("IOMMU_IOAS_IOVA_RANGES: %s", strerror(errno));
+	e->ranges_known = true;
+	for (uint32_t i = 0; i < q.num_iovas && i < MAX_RANGES; i++)
+		add_range(e, r[i].start, r[i].last);
+	e->iova_pgsizes = q.out_iova_alignment;
+}
+
+static void iommufd_setup(struct edu *e)
+{
+	struct vfio_device_bind_iommufd bind = { .argsz = sizeof(bind) };
+	struct vfio_device_attach_iommufd_pt attach = { .argsz = sizeof(attach) };
+	struct iommu_ioas_alloc alloc = { .size = sizeof(alloc) };
+	char path[PATH_MAX];
+
+	e->iommufd = open("/dev/iommu", O_RDWR | O_CLOEXEC);
+	if (e->iommufd < 0)
+		bail("open /dev/iommu: %s", strerror(errno));
+	find_vfio_cdev(e, path, sizeof(path));
+	e->device_fd = open_retry(path, O_RDWR | O_CLOEXEC);
+	if (e->device_fd < 0)
+		bail("open %s: %s", path, strerror(errno));
+
+	bind.iommufd = e->iommufd;
+	if (ioctl(e->device_fd, VFIO_DEVICE_BIND_IOMMUFD, &bind))
+		bail("VFIO_DEVICE_BIND_IOMMUFD: %s", strerror(errno));
+	e->devid = bind.out_devid;
+	if (ioctl(e->iommufd, IOMMU_IOAS_ALLOC, &alloc))
+		bail("IOMMU_IOAS_ALLOC: %s", strerror(errno));
+	e->ioas_id = alloc.out_ioas_id;
+	attach.pt_id = e->ioas_id;
+	if (ioctl(e->device_fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &attach))
+		bail("VFIO_DEVICE_ATTACH_IOMMUFD_PT(ioas %u): %s", e->ioas_id, strerror(errno));
+	/* Ranges narrow on attach, so query only now. */
+	iommufd_query_iova(e);
+}
+
+/* ------------------------------------------------------------------ */
+/* map / unmap (both backends)                                         */
+
+static int iommu_map(struct edu *e, uint64_t iova, void *va, size_t len)
+{
+	int ret;
+
+	if (e->backend == BACKEND_TYPE1) {
+		struct vfio_iommu_type1_dma_map m = {
+			.argsz = sizeof(m),
+			.flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
+			.vaddr = (uintptr_t)va,
+			.iova = iova,
+			.size = len,
+		};
+		ret = ioctl(e->container_fd, VFIO_IOMMU_MAP_DMA, &m);
+	} else {
+		struct iommu_ioas_map m = {
+			.size = sizeof(m),
+			.flags = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE |
+				 IOMMU_IOAS_MAP_WRITEABLE,
+			.ioas_id = e->ioas_id,
+			.user_va = (uintptr_t)va,
+			.length = len,
+			.iova = iova,
+		};
+		ret = ioctl(e->iommufd, IOMMU_IOAS_MAP, &m);
+	}
+	if (ret) {
+		set_err(e, "map iova=0x%" PRIx64 " len=0x%zx: %s", iova, len, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+static int iommu_unmap(struct edu *e, uint64_t iova, size_t len)
+{
+	uint64_t done;
+	int ret;
+
+	if (e->backend == BACKEND_TYPE1) {
+		struct vfio_iommu_type1_dma_unmap u = {
+			.argsz = sizeof(u), .iova = iova, .size = len,
+		};
+		ret = ioctl(e->container_fd, VFIO_IOMMU_UNMAP_DMA, &u);
+		done = u.size;
+	} else {
+		struct iommu_ioas_unmap u = {
+			.size = sizeof(u), .ioas_id = e->ioas_id, .iova = iova, .length = len,
+		};
+		ret = ioctl(e->iommufd, IOMMU_IOAS_UNMAP, &u);
+		done = u.length;
+	}
+	if (ret) {
+		set_err(e, "unmap iova=0x%" PRIx64 " len=0x%zx: %s", iova, len, strerror(errno));
+		return -1;
+	}
+	/* Unmapping less than we mapped would leave a live translation. */
+	if (done != len) {
+		set_err(e, "unmap iova=0x%" PRIx64 " len=0x%zx: kernel unmapped 0x%" PRIx64
+			" bytes", iova, len, done);
+		return -1;
+	}
+	return 0;
+}
+
+static void buf_alloc(struct edu *e, struct dmabuf *b, size_t len)
+{
+	len = align_up(len, e->page);
+	b->va = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		     MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+	if (b->va == MAP_FAILED)
+		bail("mmap %zu bytes: %s", len, strerror(errno));
+	b->len = len;
+	b->maplen = 0;
+}
+
+/* Maps the first len bytes of b (0: all of it) at iova. */
+static int buf_map(struct edu *e, struct dmabuf *b, uint64_t iova, size_t len)
+{
+	if (!len)
+		len = b->len;
+	if (iommu_map(e, iova, b->va, len))
+		return -1;
+	b->iova = iova;
+	b->maplen = len;
+	return 0;
+}
+
+static int buf_unmap(struct edu *e, struct dmabuf *b)
+{
+	int ret;
+
+	if (!b->maplen)
+		return 0;
+	ret = iommu_unmap(e, b->iova, b->maplen);
+	b->maplen = 0; /* even on failure: don't retry a broken unmap forever */
+	return ret;
+}
+
+/* Setup-time mapping of a helper buffer: failure is an environment error. */
+static void buf_map_or_bail(struct edu *e, struct dmabuf *b, uint64_t iova)
+{
+	if (buf_map(e, b, iova, 0))
+		bail("%s", e->err);
+}
+
+/* ------------------------------------------------------------------ */
+/* BAR0 / config space                                                 */
+
+static uint32_t mmio_read32(struct edu *e, uint32_t off)
+{
+	uint32_t v = ~0u;
+
+	if (e->bar0)
+		return *(volatile uint32_t *)(e->bar0 + off);
+	if (pread(e->device_fd, &v, 4, e->bar0_offset + off) != 4)
+		return ~0u;
+	return v;
+}
+
+static void mmio_write32(struct edu *e, uint32_t off, uint32_t v)
+{
+	if (e->bar0)
+		*(volatile uint32_t *)(e->bar0 + off) = v;
+	else if (pwrite(e->device_fd, &v, 4, e->bar0_offset + off) != 4)
+		set_err(e, "BAR0 write at 0x%x failed: %s", off, strerror(errno));
+}
+
+/* The DMA registers are 64-bit and edu ignores writes to their upper half,
+ * so a high IOVA needs a single 8-byte access. */
+static uint64_t mmio_read64(struct edu *e, uint32_t off)
+{
+	uint64_t v = ~0ull;
+
+	if (e->bar0)
+		return *(volatile uint64_t *)(e->bar0 + off);
+	if (pread(e->device_fd, &v, 8, e->bar0_offset + off) != 8)
+		return ~0ull;
+	return v;
+}
+
+static void mmio_write64(struct edu *e, uint32_t off, uint64_t v)
+{
+	if (e->bar0)
+		*(volatile uint64_t *)(e->bar0 + off) = v;
+	else if (pwrite(e->device_fd, &v, 8, e->bar0_offset + off) != 8)
+		set_err(e, "BAR0 write at 0x%x failed: %s", off, strerror(errno));
+}
+
+static void region_info(struct edu *e, uint32_t index, struct vfio_region_info *ri)
+{
+	memset(ri, 0, sizeof(*ri));
+	ri->argsz = sizeof(*ri);
+	ri->index = index;
+	if (ioctl(e->device_fd, VFIO_DEVICE_GET_REGION_INFO, ri))
+		bail("VFIO_DEVICE_GET_REGION_INFO(%u): %s", index, strerror(errno));
+}
+
+static void device_setup(struct edu *e)
+{
+	struct vfio_region_info bar, cfg;
+	uint16_t cmd;
+
+	region_info(e, VFIO_PCI_BAR0_REGION_INDEX, &bar);
+	region_info(e, VFIO_PCI_CONFIG_REGION_INDEX, &cfg);
+	if (bar.size < EDU_REGS_END)
+		bail("BAR0 too small: 0x%llx bytes", (unsigned long long)bar.size);
+	e->bar0_size = bar.size;
+	e->bar0_offset = bar.offset;
+	e->cfg_offset = cfg.offset;
+
+	/* mmap is the normal path; pread/pwrite keeps us going without it. */
+	if (bar.flags & VFIO_REGION_INFO_FLAG_MMAP) {
+		void *p = mmap(NULL, bar.size, PROT_READ | PROT_WRITE, MAP_SHARED,
+			       e->device_fd, bar.offset);
+		if (p != MAP_FAILED)
+			e->bar0 = p;
+	}
+
+	/* vfio-pci enables memory decoding on open but leaves bus mastering to
+	 * the user; without it QEMU silently drops the device's DMA. */
+	if (pread(e->device_fd, &cmd, 2, e->cfg_offset + PCI_COMMAND) != 2)
+		bail("read PCI_COMMAND: %s", strerror(errno));
+	cmd |= PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER;
+	if (pwrite(e->device_fd, &cmd, 2, e->cfg_offset + PCI_COMMAND) != 2)
+		bail("write PCI_COMMAND: %s", strerror(errno));
+}
+
+/* ------------------------------------------------------------------ */
+/* DMA                                                                 */
+
+static bool edu_wait_idle(struct edu *e)
+{
+	uint64_t deadline = now_ns() + DMA_TIMEOUT_NS;
+
+	while (mmio_read64(e, EDU_REG_DMA_CMD) & EDU_DMA_RUN) {
+		if (now_ns() > deadline)
+			return false;
+		sleep_ns(DMA_POLL_NS);
+	}
+	return true;
+}
+
+/* One DMA between RAM at ram_iova and the device buffer, waited for.
+ * to_ram: device buffer -> RAM (device writes); else RAM -> device buffer. */
+static int edu_dma(struct edu *e, bool to_ram, uint64_t ram_iova, uint32_t count)
+{
+	uint64_t src = to_ram ? EDU_BUF_ADDR : ram_iova;
+	uint64_t dst = to_ram ? ram_iova : EDU_BUF_ADDR;
+	uint64_t t0;
+
+	/* edu only logs an out-of-range transfer and then overruns its own
+	 * buffer, so never ask for one. */
+	if (!count || count > EDU_BUF_SIZE) {
+		set_err(e, "bad DMA count %u", count);
+		return -1;
+	}
+	/* Register writes are ignored while a DMA runs. */
+	if (!edu_wait_idle(e)) {
+		set_err(e, "DMA did not complete (device still busy from an earlier DMA)");
+		return -1;
+	}
+	io_barrier(); /* buffer contents visible before the device reads them */
+	mmio_write64(e, EDU_REG_DMA_SRC, src);
+	mmio_write64(e, EDU_REG_DMA_DST, dst);
+	mmio_write64(e, EDU_REG_DMA_CNT, count);
+	if (mmio_read64(e, EDU_REG_DMA_SRC) != src || mmio_read64(e, EDU_REG_DMA_DST) != dst ||
+	    mmio_read64(e, EDU_REG_DMA_CNT) != count) {
+		set_err(e, "DMA registers did not take the programmed values");
+		return -1;
+	}
+	t0 = now_ns();
+	mmio_write64(e, EDU_REG_DMA_CMD, EDU_DMA_RUN | (to_ram ? EDU_DMA_TO_RAM : 0));
+	if (!edu_wait_idle(e)) {
+		set_err(e, "DMA did not complete within %llu s",
+			DMA_TIMEOUT_NS / 1000000000ull);
+		return -1;
+	}
+	io_barrier(); /* completion observed before we look at the buffer */
+	e->dma_ns += now_ns() - t0;
+	e->dma_bytes += count;
+	e->dma_count++;
+	return 0;
+}
+
+/* RAM at iova -> device buffer. */
+static int dma_to_device(struct edu *e, uint64_t iova, uint32_t count)
+{
+	return edu_dma(e, false, iova, count);
+}
+
+/* Device buffer -> RAM at iova. */
+static int dma_from_device(struct edu *e, uint64_t iova, uint32_t count)
+{
+	return edu_dma(e, true, iova, count);
+}
+
+/* ------------------------------------------------------------------ */
+/* setup                                                               */
+
+static void edu_setup(struct edu *e)
+{
+	long cpu_page = sysconf(_SC_PAGESIZE);
+
+	memset(e, 0, sizeof(*e));
+	e->container_fd = e->group_fd = e->iommufd = e->device_fd = -1;
+	e->backend = opt.backend;
+
+	if (opt.bdf) {
+		parse_bdf(e, opt.bdf);
+		if (!is_edu(e->bdf))
+			bail("%s is not an edu device (or does not exist)", e->bdf);
+	} else {
+		char found[64];
+
+		find_edu(found, sizeof(found));
+		parse_bdf(e, found);
+	}
+	read_iommu_group(e);
+	bind_vfio_pci(e);
+
+	if (e->backend == BACKEND_TYPE1)
+		type1_setup(e);
+	else
+		iommufd_setup(e);
+	device_setup(e);
+
+	/* Map in units the IOMMU and the CPU can both represent. */
+	e->page = cpu_page > 0 ? (size_t)cpu_page : 4096;
+	if (e->iova_pgsizes) {
+		uint64_t min_pg = e->iova_pgsizes & -e->iova_pgsizes;
+
+		if (min_pg > e->page)
+			e->page = min_pg;
+	}
+	e->high_iova = pick_high_iova(e);
+}
+
+static void print_setup(const struct edu *e)
+{
+	char ranges[1024] = "";
+	size_t n = 0;
+
+	ktap_diag("backend=%s", e->backend == BACKEND_TYPE1 ? "type1" : "iommufd");
+	ktap_diag("bdf=%s", e->bdf);
+	ktap_diag("sid=0x%x", e->sid);
+	ktap_diag("iommu_group=%d", e->group);
+	for (int i = 0; i < e->nr_ranges && n < sizeof(ranges); i++)
+		n += snprintf(ranges + n, sizeof(ranges) - n, "%s0x%" PRIx64 "-0x%" PRIx64,
+			      i ? "," : "", e->ranges[i].start, e->ranges[i].last);
+	ktap_diag("iova_ranges=%s", e->ranges_known ? ranges : "unknown");
+	ktap_diag("iova_pgsizes=0x%" PRIx64, e->iova_pgsizes);
+	ktap_diag("page_size=%zu", e->page);
+	ktap_diag("high_iova=0x%" PRIx64, e->high_iova);
+	ktap_diag("bar0_access=%s", e->bar0 ? "mmap" : "pread");
+	ktap_diag("seed=0x%" PRIx64, opt.seed);
+}
+
+/* ------------------------------------------------------------------ */
+/* info                                                                */
+
+static void cmd_info(struct edu *e)
+{
+	uint32_t id = mmio_read32(e, EDU_REG_ID);
+	uint32_t probe = 0x5a5a1234u, live;
+	char why[64];
+
+	mmio_write32(e, EDU_REG_LIVENESS, probe);
+	live = mmio_read32(e, EDU_REG_LIVENESS);
+	ktap_diag("bar0_size=0x%" PRIx64, e->bar0_size);
+	ktap_diag("bar0_id=0x%08x", id);
+	ktap_diag("liveness=%s", live == ~probe ? "ok" : "bad");
+	snprintf(why, sizeof(why), "read 0x%08x", id);
+	ktap_result(id == EDU_ID, 0, "edu id 0x010000ed", why);
+}
+
+/* ------------------------------------------------------------------ */
+/* roundtrip                                                           */
+
+/* Resolves "high" entries of an IOVA list; 0 when no high IOVA exists. */
+static uint64_t resolve_iova(const struct edu *e, uint64_t iova)
+{
+	return iova == IOVA_HIGH ? e->high_iova : iova;
+}
+
+/* src mapped at iova, dst at iova + page: RAM -> device -> RAM, compare. */
+static bool roundtrip_one(struct edu *e, struct dmabuf *src, struct dmabuf *dst,
+			  uint64_t iova, uint32_t size, char *why, size_t wl)
+{
+	uint64_t dst_iova = iova + e->page;
+	uint64_t poison_key = pattern_key(TAG_POISON, iova, size);
+	uint8_t *poison = malloc(e->page);
+	bool ok = false;
+
+	if (!poison)
+		bail("out of memory");
+	fill_pattern(src->va, e->page, pattern_key(TAG_SRC, iova, size));
+	fill_pattern(dst->va, e->page, poison_key);
+	fill_pattern(poison, e->page, poison_key);
+
+	if (buf_map(e, src, iova, e->page)) {
+		copy_str(why, wl, e->err);
+		goto out;
+	}
+	if (buf_map(e, dst, dst_iova, e->page)) {
+		copy_str(why, wl, e->err);
+		goto unmap;
+	}
+	if (dma_to_device(e, iova, size) || dma_from_device(e, dst_iova, size)) {
+		copy_str(why, wl, e->err);
+		goto unmap;
+	}
+	if (!compare(dst->va, src->va, size, "data mismatch", why, wl))
+		goto unmap;
+	/* Bytes past count must be untouched: catches overlong or misplaced DMA. */
+	if (!compare(dst->va + size, poison + size, e->page - size, "overrun past count", why, wl))
+		goto unmap;
+	ok = true;
+unmap:
+	if (buf_unmap(e, dst) && ok) {
+		copy_str(why, wl, e->err);
+		ok = false;
+	}
+	if (buf_unmap(e, src) && ok) {
+		copy_str(why, wl, e->err);
+		ok = false;
+	}
+out:
+	free(poison);
+	return ok;
+}
+
+static void cmd_roundtrip(struct edu *e)
+{
+	struct dmabuf src, dst;
+	char name[96], why[256];
+
+	buf_alloc(e, &src, e->page);
+	buf_alloc(e, &dst, e->page);
+
+	for (int i = 0; i < opt.nr_iovas; i++) {
+		uint64_t iova = resolve_iova(e, opt.iovas[i]);
+
+		for (int j = 0; j < opt.nr_sizes; j++) {
+			uint32_t size = opt.sizes[j];
+			bool ok;
+
+			snprintf(name, sizeof(name), "roundtrip iova=0x%" PRIx64 " size=%u", iova,
+				 size);
+			if (opt.iovas[i] == IOVA_HIGH && !iova) {
+				ktap_result(0, 1, name, "no high IOVA in the valid ranges");
+				continue;
+			}
+			if (iova & (e->page - 1)) {
+				ktap_result(0, 0, name, "iova not page aligned");
+				continue;
+			}
+			if (!iova_valid(e, iova, 2 * e->page)) {
+				ktap_result(0, 1, name, "outside the valid IOVA ranges");
+				continue;
+			}
+			why[0] = '\0';
+			ok = roundtrip_one(e, &src, &dst, iova, size, why, sizeof(why));
+			ktap_result(ok, 0, name, why);
+		}
+	}
+	ktap_diag("dma_transfers=%" PRIu64, e->dma_count);
+	if (e->dma_ns)
+		ktap_diag("metric: dma_rate=%.0f B/s", e->dma_bytes * 1e9 / (double)e->dma_ns);
+}
+
+/* ------------------------------------------------------------------ */
+/* fault-unmapped                                                      */
+
+/* What a DMA read of an unmapped IOVA left in the device buffer. */
+static const char *classify_fault_read(const uint8_t *got, size_t len, const uint8_t *before,
+				       const uint8_t *const *foreign, int nr_foreign,
+				       size_t foreign_len)
+{
+	/* Compare what overlaps, but not so little that chance could match. */
+	size_t n = min_sz(len, foreign_len);
+
+	if (!memcmp(got, before, len))
+		return "unchanged";
+	if (all_bytes(got, len, 0))
+		return "zeroed";
+	if (all_bytes(got, len, 0xff))
+		return "ones";
+	for (int i = 0; i < nr_foreign; i++)
+		if (foreign[i] && n >= min_sz(len, 16) && !memcmp(got, foreign[i], n))
+			return "foreign";
+	return "changed";
+}
+
+static void cmd_fault_unmapped(struct edu *e)
+{
+	uint64_t fault = opt.iova_set ? opt.iova : 0x7000000;
+	uint32_t size = opt.size;
+	size_t pg = e->page, in_page = fault & (pg - 1);
+	struct dmabuf lo = { 0 }, hi = { 0 }, aux_in, aux_out;
+	uint64_t fault_page = align_down(fault, pg);
+	uint64_t lo_iova = fault_page >= pg ? fault_page - pg : 0; /* 0: no room below */
+	uint64_t hi_iova = align_up(fault + size, pg);
+	uint64_t helper;
+	uint8_t *dev_data, *lo_ref, *hi_ref, *aux_in_ref, *poison;
+	const uint8_t *foreign[3];
+	const char *result;
+	bool control, ok;
+	char why[256] = "";
+
+	ktap_diag("fault_iova=0x%" PRIx64, fault);
+	ktap_diag("fault_size=%u", size);
+	ktap_diag("fault_iova_valid=%d", iova_valid(e, fault, size));
+
+	dev_data = malloc(pg);
+	lo_ref = malloc(pg);
+	hi_ref = malloc(pg);
+	aux_in_ref = malloc(pg);
+	poison = malloc(pg);
+	if (!dev_data || !lo_ref || !hi_ref || !aux_in_ref || !poison)
+		bail("out of memory");
+	fill_pattern(dev_data, pg, pattern_key(TAG_DEVICE, fault, size));
+	fill_pattern(lo_ref, pg, pattern_key(TAG_SENTINEL, lo_iova, size));
+	fill_pattern(hi_ref, pg, pattern_key(TAG_SENTINEL, hi_iova, size));
+	fill_pattern(aux_in_ref, pg, pattern_key(TAG_AUX, fault, size));
+	fill_pattern(poison, pg, pattern_key(TAG_POISON, fault, size));
+
+	/* Sentinels on the pages right around the hole: an off-by-one in the
+	 * page tables would land there. Skipped where they don't fit. */
+	if (fault_page >= pg && iova_valid(e, lo_iova, pg)) {
+		buf_alloc(e, &lo, pg);
+		memcpy(lo.va, lo_ref, pg);
+		buf_map_or_bail(e, &lo, lo_iova);
+		ktap_diag("sentinel_lo_iova=0x%" PRIx64, lo_iova);
+	}
+	if (hi_iova > fault && iova_valid(e, hi_iova, pg)) {
+		buf_alloc(e, &hi, pg);
+		memcpy(hi.va, hi_ref, pg);
+		buf_map_or_bail(e, &hi, hi_iova);
+		ktap_diag("sentinel_hi_iova=0x%" PRIx64, hi_iova);
+	}
+	helper = pick_helper_iova(e, 2 * pg, lo_iova, hi_iova + pg);
+	ktap_diag("helper_iova=0x%" PRIx64, helper);
+	buf_alloc(e, &aux_in, pg);
+	buf_alloc(e, &aux_out, pg);
+	buf_map_or_bail(e, &aux_in, helper);
+	buf_map_or_bail(e, &aux_out, helper + pg);
+
+	/* 1: mapped DMA works, and leaves dev_data in the device buffer. */
+	memcpy(aux_in.va, dev_data, pg);
+	memcpy(aux_out.va, poison, pg);
+	control = !dma_to_device(e, aux_in.iova, size) && !dma_from_device(e, aux_out.iova, size);
+	if (!control)
+		copy_str(why, sizeof(why), e->err);
+	else
+		control = compare(aux_out.va, dev_data, size, "readback mismatch", why,
+				  sizeof(why));
+	ktap_result(control, 0, "fault-unmapped control: mapped DMA works", why);
+
+	/* 2: device writes to the unmapped IOVA; no host memory may change.
+	 * Refill the helpers first so none of them holds the device's data. */
+	memcpy(aux_in.va, aux_in_ref, pg);
+	memcpy(aux_out.va, poison, pg);
+	why[0] = '\0';
+	if (!control) {
+		ktap_result(0, 1, "fault-unmapped write: memory unchanged", "control failed");
+	} else if (dma_from_device(e, fault, size)) {
+		ktap_result(0, 0, "fault-unmapped write: memory unchanged", e->err);
+	} else {
+		io_barrier();
+		ok = (!lo.va || compare(lo.va, lo_ref, pg, "sentinel below", why, sizeof(why))) &&
+		     (!hi.va || compare(hi.va, hi_ref, pg, "sentinel above", why, sizeof(why))) &&
+		     compare(aux_in.va, aux_in_ref, pg, "helper buffer", why, sizeof(why)) &&
+		     compare(aux_out.va, poison, pg, "helper buffer", why, sizeof(why));
+		ktap_result(ok, 0, "fault-unmapped write: memory unchanged", why);
+	}
+
+	/* 3: device reads from the unmapped IOVA; it must not get host data.
+	 * What QEMU puts in the buffer on a blocked read is reported only. */
+	why[0] = '\0';
+	if (!control) {
+		ktap_result(0, 1, "fault-unmapped read: no foreign data", "control failed");
+	} else if (dma_to_device(e, fault, size) || dma_from_device(e, aux_out.iova, size)) {
+		ktap_result(0, 0, "fault-unmapped read: no foreign data", e->err);
+	} else {
+		/* A mistranslation would read at the same offset in some page. */
+		foreign[0] = lo.va ? lo_ref + in_page : NULL;
+		foreign[1] = hi.va ? hi_ref + in_page : NULL;
+		foreign[2] = aux_in_ref + in_page;
+		result = classify_fault_read(aux_out.va, size, dev_data, foreign, 3, pg - in_page);
+		ktap_diag("fault_read_result=%s", result);
+		ok = strcmp(result, "foreign") != 0;
+		if (!ok)
+			snprintf(why, sizeof(why),
+				 "device read host memory through an unmapped IOVA");
+		ktap_result(ok, 0, "fault-unmapped read: no foreign data", why);
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* after-unmap                                                         */
+
+static void cmd_after_unmap(struct edu *e)
+{
+	uint64_t iova = opt.iova_set ? opt.iova : 0x3000000;
+	uint32_t size = opt.size;
+	size_t pg = e->page;
+	struct dmabuf a, aux_in, aux_out;
+	uint8_t *p1, *p2, *p3, *q, *poison;
+	uint64_t helper;
+	const char *result;
+	bool control, unmapped, ok;
+	char why[256] = "";
+
+	ktap_diag("fault_iova=0x%" PRIx64, iova);
+	ktap_diag("fault_size=%u", size);
+	if (iova & (pg - 1))
+		bail("--iova 0x%" PRIx64 " is not page aligned", iova);
+	if (!iova_valid(e, iova, pg))
+		bail("--iova 0x%" PRIx64 " is outside the valid IOVA ranges", iova);
+
+	p1 = malloc(pg);
+	p2 = malloc(pg);
+	p3 = malloc(pg);
+	q = malloc(pg);
+	poison = malloc(pg);
+	if (!p1 || !p2 || !p3 || !q || !poison)
+		bail("out of memory");
+	fill_pattern(p1, pg, pattern_key(TAG_P1, iova, size));
+	fill_pattern(p2, pg, pattern_key(TAG_P2, iova, size));
+	fill_pattern(p3, pg, pattern_key(TAG_P3, iova, size));
+	fill_pattern(q, pg, pattern_key(TAG_Q, iova, size));
+	fill_pattern(poison, pg, pattern_key(TAG_POISON, iova, size));
+
+	helper = pick_helper_iova(e, 2 * pg, iova, iova + pg);
+	ktap_diag("helper_iova=0x%" PRIx64, helper);
+	buf_alloc(e, &a, pg);
+	buf_alloc(e, &aux_in, pg);
+	buf_alloc(e, &aux_out, pg);
+	buf_map_or_bail(e, &aux_in, helper);
+	buf_map_or_bail(e, &aux_out, helper + pg);
+
+	/* 1: DMA through A in both directions. Besides proving the mapping,
+	 * this warms any IOTLB entry that a missing invalidation would keep. */
+	memcpy(a.va, p1, pg);
+	memcpy(aux_out.va, poison, pg);
+	memcpy(aux_in.va, q, pg);
+	control = !buf_map(e, &a, iova, pg) && !dma_to_device(e, iova, size) &&
+		  !dma_from_device(e, aux_out.iova, size) && !dma_to_device(e, aux_in.iova, size) &&
+		  !dma_from_device(e, iova, size);
+	if (!control)
+		copy_str(why, sizeof(why), e->err);
+	else
+		control = compare(aux_out.va, p1, size, "read through mapping", why, sizeof(why)) &&
+			  compare(a.va, q, size, "write through mapping", why, sizeof(why));
+	ktap_result(control, 0, "after-unmap control: mapping works", why);
+
+	/* Unmap while A holds P2 and the device buffer holds P3. */
+	memcpy(a.va, p2, pg);
+	unmapped = !buf_unmap(e, &a);
+	if (!unmapped)
+		ktap_diag("unmap_error=%s", e->err);
+	memcpy(aux_in.va, p3, pg);
+	if (control && unmapped && dma_to_device(e, aux_in.iova, size)) {
+		ktap_diag("setup_error=%s", e->err);
+		control = false;
+	}
+
+	/* 2: device -> RAM at the old IOVA must not reach A. */
+	why[0] = '\0';
+	if (!unmapped) {
+		ktap_result(0, 0, "after-unmap write: memory unchanged", e->err);
+	} else if (!control) {
+		ktap_result(0, 1, "after-unmap write: memory unchanged", "control failed");
+	} else if (dma_from_device(e, iova, size)) {
+		ktap_result(0, 0, "after-unmap write: memory unchanged", e->err);
+	} else {
+		io_barrier();
+		ok = !memcmp(a.va, p2, pg);
+		if (!ok)
+			snprintf(why, sizeof(why),
+				 "stale mapping: DMA after unmap reached memory%s",
+				 memcmp(a.va, p3, size) ? "" : " (buffer holds the device's data)");
+		ktap_result(ok, 0, "after-unmap write: memory unchanged", why);
+	}
+
+	/* 3: RAM -> device from the old IOVA must not return P2. */
+	why[0] = '\0';
+	if (!unmapped || !control) {
+		ktap_result(0, 1, "after-unmap read: no stale data",
+			    unmapped ? "control failed" : "unmap failed");
+	} else {
+		memcpy(aux_out.va, poison, pg);
+		if (dma_to_device(e, iova, size) || dma_from_device(e, aux_out.iova, size)) {
+			ktap_result(0, 0, "after-unmap read: no stale data", e->err);
+		} else {
+			if (!memcmp(aux_out.va, p2, size))
+				result = "stale";
+			else if (!memcmp(aux_out.va, p3, size))
+				result = "unchanged";
+			else if (all_bytes(aux_out.va, size, 0))
+				result = "zeroed";
+			else
+				result = "changed";
+			ktap_diag("stale_read_result=%s", result);
+			ok = strcmp(result, "stale") != 0;
+			if (!ok)
+				snprintf(why, sizeof(why),
+					 "stale mapping: DMA after unmap read memory");
+			ktap_result(ok, 0, "after-unmap read: no stale data", why);
+		}
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* map-stress                                                          */
+
+#define STRESS_MAX_PAGES 16
+static const unsigned int stress_pages[] = { 1, 2, STRESS_MAX_PAGES };
+#define NR_STRESS_SIZES (sizeof(stress_pages) / sizeof(stress_pages[0]))
+
+struct slot {
+	uint64_t iova;
+	struct dmabuf buf;
+};
+
+struct stress_stats {
+	uint64_t maps, unmaps, map_ns, unmap_ns, loop_ns, cycles, checks;
+};
+
+static int slot_map(struct edu *e, struct slot *s, size_t len, struct stress_stats *st)
+{
+	uint64_t t0 = now_ns();
+	int ret = buf_map(e, &s->buf, s->iova, len);
+
+	st->map_ns += now_ns() - t0;
+	st->maps++;
+	return ret;
+}
+
+static int slot_unmap(struct edu *e, struct slot *s, struct stress_stats *st)
+{
+	uint64_t t0 = now_ns();
+	int ret = buf_unmap(e, &s->buf);
+
+	st->unmap_ns += now_ns() - t0;
+	st->unmaps++;
+	return ret;
+}
+
+/* Device reads the last page of src's mapping and writes it to the first
+ * page of dst's: both ends of a multi-page mapping must translate. */
+static bool stress_check(struct edu *e, struct slot *src, struct slot *dst,
+			 unsigned long iter, char *why, size_t wl)
+{
+	size_t pg = e->page;
+	uint32_t count = (uint32_t)min_sz(pg, EDU_BUF_SIZE);
+	uint64_t last = src->buf.maplen - pg;
+	uint8_t expect[EDU_BUF_SIZE];
+
+	fill_pattern(src->buf.va, src->buf.maplen, pattern_key(TAG_STRESS, src->iova, iter));
+	memcpy(expect, src->buf.va + last, count);
+	if (dma_to_device(e, src->iova + last, count)) {
+		copy_str(why, wl, e->err);
+		return false;
+	}
+	fill_pattern(dst->buf.va, pg, pattern_key(TAG_POISON, dst->iova, iter));
+	if (dma_from_device(e, dst->iova, count)) {
+		copy_str(why, wl, e->err);
+		return false;
+	}
+	return compare(dst->buf.va, expect, count, "data mismatch", why, wl);
+}
+
+/* window=false: one mapping at a time (map, maybe DMA, unmap).
+ * window=true: every slot stays mapped; each iteration remaps one slot with
+ * a new size while its neighbours stay live, so page tables get partially
+ * torn down and refilled. */
+static bool stress_phase(struct edu *e, struct slot *slots, int n, bool window,
+			 struct stress_stats *st, char *why, size_t wl)
+{
+	uint64_t t_start = now_ns(), dma_ns = 0;
+	bool ok = false;
+	unsigned long i;
+
+	for (i = 0; i < opt.iterations; i++) {
+		int s = (int)(i % (unsigned long)n);
+		size_t len = stress_pages[(i / (unsigned long)n + (unsigned long)s) %
+					  NR_STRESS_SIZES] * e->page;
+
+		if (window && slots[s].buf.maplen && slot_unmap(e, &slots[s], st)) {
+			snprintf(why, wl, "iteration %lu: %s", i, e->err);
+			goto out;
+		}
+		if (slot_map(e, &slots[s], len, st)) {
+			snprintf(why, wl, "iteration %lu: %s", i, e->err);
+			goto out;
+		}
+		if (opt.dma_every && i % opt.dma_every == 0) {
+			struct slot *dst = &slots[(s + 1) % n];
+			uint64_t t0 = now_ns();
+			char msg[192];
+			bool good;
+
+			if (!window || !dst->buf.maplen)
+				dst = &slots[s];
+			good = stress_check(e, &slots[s], dst, i, msg, sizeof(msg));
+			dma_ns += now_ns() - t0;
+			st->checks++;
+			if (!good) {
+				snprintf(why, wl, "DMA check failed at iteration %lu iova=0x%" PRIx64
+					 " -> 0x%" PRIx64 ": %s", i, slots[s].iova, dst->iova, msg);
+				goto out;
+			}
+		}
+		if (!window && slot_unmap(e, &slots[s], st)) {
+			snprintf(why, wl, "iteration %lu: %s", i, e->err);
+			goto out;
+		}
+		st->cycles++;
+	}
+	ok = true;
+out:
+	for (int s = 0; s < n; s++) {
+		if (slots[s].buf.maplen && slot_unmap(e, &slots[s], st) && ok) {
+			snprintf(why, wl, "teardown: %s", e->err);
+			ok = false;
+		}
+	}
+	st->loop_ns += now_ns() - t_start - dma_ns;
+	return ok;
+}
+
+/* Drops IOVAs that are not usable here; overlapping ones are a usage error. */
+static int stress_slots(struct edu *e, struct slot *slots)
+{
+	uint64_t span = STRESS_MAX_PAGES * e->page;
+	int n = 0;
+
+	for (int i = 0; i < opt.nr_iovas; i++) {
+		uint64_t iova = resolve_iova(e, opt.iovas[i]);
+
+		if ((opt.iovas[i] == IOVA_HIGH && !iova) || !iova_valid(e, iova, span)) {
+			ktap_diag("skipped_iova=0x%" PRIx64, iova);
+			continue;
+		}
+		if (iova & (e->page - 1))
+			bail("IOVA 0x%" PRIx64 " is not page aligned", iova);
+		for (int j = 0; j < n; j++)
+			if (iova < slots[j].iova + span && slots[j].iova < iova + span)
+				bail("IOVAs 0x%" PRIx64 " and 0x%" PRIx64
+				     " are closer than %" PRIu64 " bytes", slots[j].iova, iova, span);
+		slots[n].iova = iova;
+		buf_alloc(e, &slots[n].buf, span);
+		n++;
+	}
+	return n;
+}
+
+static void cmd_map_stress(struct edu *e)
+{
+	struct slot slots[MAX_LIST];
+	struct stress_stats st = { 0 };
+	char why[320];
+	int n = stress_slots(e, slots);
+	bool ok;
+
+	ktap_diag("iterations=%lu", opt.iterations);
+	ktap_diag("dma_every=%lu", opt.dma_every);
+	ktap_diag("slots=%d", n);
+	if (!n) {
+		ktap_result(0, 0, "map-stress single", "no usable IOVA");
+		ktap_result(0, 0, "map-stress window", "no usable IOVA");
+		return;
+	}
+
+	why[0] = '\0';
+	ok = stress_phase(e, slots, n, false, &st, why, sizeof(why));
+	ktap_result(ok, 0, "map-stress single", why);
+	why[0] = '\0';
+	ok = stress_phase(e, slots, n, true, &st, why, sizeof(why));
+	ktap_result(ok, 0, "map-stress window", why);
+
+	ktap_diag("cycles=%" PRIu64, st.cycles);
+	ktap_diag("dma_checks=%" PRIu64, st.checks);
+	if (st.loop_ns)
+		ktap_diag("metric: map_unmap_rate=%.0f 1/s", st.cycles * 1e9 / (double)st.loop_ns);
+	if (st.maps)
+		ktap_diag("metric: map_us=%.1f us", st.map_ns / 1e3 / (double)st.maps);
+	if (st.unmaps)
+		ktap_diag("metric: unmap_us=%.1f us", st.unmap_ns / 1e3 / (double)st.unmaps);
+}
+
+/* ------------------------------------------------------------------ */
+/* command line                                                        */
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: edu-dma [--bdf BDF] [--backend type1|iommufd] [--seed N] COMMAND [options]\n"
+		"commands:\n"
+		"  info\n"
+		"  roundtrip [--sizes 4,64,512,4096] [--iovas LIST]   (LIST may use 'high')\n"
+		"  fault-unmapped [--iova X] [--size N]\n"
+		"  after-unmap [--iova X] [--size N]\n"
+		"  map-stress [--iterations N] [--iovas LIST] [--dma-every K]\n"
+		"exit: 0 all ok, 1 a test failed, 2 bail out\n");
+}
+
+static __attribute__((noreturn, format(printf, 1, 2))) void usage_error(const char *fmt, ...)
+{
+	va_list ap;
+
+	printf("Bail out! bad arguments: ");
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	printf("\n");
+	fflush(stdout);
+	usage(stderr);
+	exit(2);
+}
+
+static uint64_t parse_u64(const char *opt_name, const char *s)
+{
+	char *end;
+	unsigned long long v;
+
+	errno = 0;
+	v = strtoull(s, &end, 0);
+	if (errno || end == s || *end || *s == '-')
+		usage_error("%s: '%s' is not a number", opt_name, s);
+	return v;
+}
+
+/* Comma-separated list; "high" (IOVA lists only) means the computed high IOVA. */
+static int parse_list(const char *opt_name, const char *s, uint64_t *out, bool allow_high)
+{
+	char *copy = strdup(s), *save = NULL, *tok;
+	int n = 0;
+
+	if (!copy)
+		bail("out of memory");
+	for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		if (n == MAX_LIST)
+			usage_error("%s: more than %d entries", opt_name, MAX_LIST);
+		if (allow_high && !strcmp(tok, "high"))
+			out[n++] = IOVA_HIGH;
+		else
+			out[n++] = parse_u64(opt_name, tok);
+	}
+	free(copy);
+	if (!n)
+		usage_error("%s: empty list", opt_name);
+	return n;
+}
+
+static void parse_sizes(const char *s)
+{
+	uint64_t v[MAX_LIST];
+
+	opt.nr_sizes = parse_list("--sizes", s, v, false);
+	for (int i = 0; i < opt.nr_sizes; i++) {
+		if (!v[i] || v[i] > EDU_BUF_SIZE)
+			usage_error("--sizes: %" PRIu64 " not in 1..%u", v[i], EDU_BUF_SIZE);
+		opt.sizes[i] = (uint32_t)v[i];
+	}
+}
+
+static void parse_args(int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i], *val = NULL;
+		char name[32];
+		const char *eq;
+
+		if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+			usage(stdout);
+			exit(0);
+		}
+		if (strncmp(a, "--", 2)) {
+			if (opt.cmd)
+				usage_error("unexpected argument '%s'", a);
+			opt.cmd = a;
+			continue;
+		}
+		/* --name=value or --name value */
+		eq = strchr(a, '=');
+		if (eq) {
+			snprintf(name, sizeof(name), "%.*s", (int)(eq - a), a);
+			val = eq + 1;
+		} else {
+			copy_str(name, sizeof(name), a);
+			if (i + 1 >= argc)
+				usage_error("%s needs a value", a);
+			val = argv[++i];
+		}
+
+		if (!strcmp(name, "--bdf")) {
+			opt.bdf = val;
+		} else if (!strcmp(name, "--backend")) {
+			if (!strcmp(val, "type1"))
+				opt.backend = BACKEND_TYPE1;
+			else if (!strcmp(val, "iommufd"))
+				opt.backend = BACKEND_IOMMUFD;
+			else
+				usage_error("--backend: '%s' is not type1 or iommufd", val);
+		} else if (!strcmp(name, "--seed")) {
+			opt.seed = parse_u64(name, val);
+		} else if (!strcmp(name, "--sizes")) {
+			parse_sizes(val);
+		} else if (!strcmp(name, "--iovas")) {
+			opt.nr_iovas = parse_list(name, val, opt.iovas, true);
+		} else if (!strcmp(name, "--iova")) {
+			opt.iova = parse_u64(name, val);
+			opt.iova_set = true;
+		} else if (!strcmp(name, "--size")) {
+			uint64_t v = parse_u64(name, val);
+
+			if (!v || v > EDU_BUF_SIZE)
+				usage_error("--size: %" PRIu64 " not in 1..%u", v, EDU_BUF_SIZE);
+			opt.size = (uint32_t)v;
+		} else if (!strcmp(name, "--iterations")) {
+			opt.iterations = parse_u64(name, val);
+		} else if (!strcmp(name, "--dma-every")) {
+			opt.dma_every = parse_u64(name, val);
+		} else {
+			usage_error("unknown option '%s'", name);
+		}
+	}
+	if (!opt.cmd)
+		usage_error("no command");
+}
+
+struct command {
+	const char *name;
+	void (*run)(struct edu *e);
+	int (*plan)(void);
+	const char *default_iovas;
+};
+
+static int plan_one(void)
+{
+	return 1;
+}
+
+static int plan_two(void)
+{
+	return 2;
+}
+
+static int plan_three(void)
+{
+	return 3;
+}
+
+static int plan_roundtrip(void)
+{
+	return opt.nr_iovas * opt.nr_sizes;
+}
+
+static const struct command commands[] = {
+	{ "info", cmd_info, plan_one, NULL },
+	{ "roundtrip", cmd_roundtrip, plan_roundtrip, "0x100000,0x1fff000,high" },
+	{ "fault-unmapped", cmd_fault_unmapped, plan_three, NULL },
+	{ "after-unmap", cmd_after_unmap, plan_three, NULL },
+	{ "map-stress", cmd_map_stress, plan_two,
+	  "0x100000,0x1ff000,0x400000,0x1fff000,0x40000000,high" },
+};
+
+int main(int argc, char **argv)
+{
+	const struct command *c = NULL;
+	static struct edu e;
+
+	parse_args(argc, argv);
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		if (!strcmp(opt.cmd, commands[i].name))
+			c = &commands[i];
+	if (!c)
+		usage_error("unknown command '%s'", opt.cmd);
+	if (!opt.nr_sizes)
+		parse_sizes("4,64,512,4096");
+	if (!opt.nr_iovas && c->default_iovas)
+		opt.nr_iovas = parse_list("--iovas", c->default_iovas, opt.iovas, true);
+
+	ktap_header(c->plan());
+	edu_setup(&e);
+	print_setup(&e);
+	c->run(&e);
+	/* Closing the fds on exit unmaps everything and releases the device. */
+	return ktap_exit_code();
+}

@@ -1,0 +1,1118 @@
+/* pkvm-vmm: a minimal static KVM VMM for arm64 that exercises pKVM
+ * protected VMs (pVMs) from userspace and reports in KTAP v1.
+ *
+ * The guest is payload.S, a command interpreter driven over MMIO exits
+ * (protocol: vmm_protocol.h, README.md). Subcommands: probe, lifecycle,
+ * normal-vm, pvm-donate, pvm-teardown, pvm-rules.
+ *
+ * Exit status: 0 all ok/skip, 1 some test not ok, 2 bail out (bad
+ * environment: no /dev/kvm, a setup ioctl failing unexpectedly, bad usage).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <linux/capability.h>
+#include <linux/kvm.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ktap.h"
+#include "vmm_protocol.h"
+
+#ifndef PAYLOAD_BIN
+#error "PAYLOAD_BIN must be the path of the linked guest payload (see ../Makefile)"
+#endif
+
+/* The cross toolchain ships Linux 6.1 uapi headers; this machine type bit is
+ * newer (include/uapi/linux/kvm.h of the 7.3 reference tree). There is no
+ * KVM_CAP for pVMs there, so support is probed by creating one. */
+#ifndef KVM_VM_TYPE_ARM_PROTECTED
+#define KVM_VM_TYPE_ARM_PROTECTED (1UL << 31)
+#endif
+
+/* Embed the guest payload (built by the Makefile from payload.S). */
+__asm__(".pushsection .rodata\n"
+	".balign 16\n"
+	"payload_start:\n"
+	".incbin \"" PAYLOAD_BIN "\"\n"
+	"payload_end:\n"
+	".popsection\n");
+extern const unsigned char payload_start[], payload_end[];
+
+#define MAX_VCPUS		8
+#define LIFECYCLE_PAGES		4	/* data pages per vCPU */
+/* A stuck guest must not hang the harness: KVM_RUN is interrupted by
+ * SIGALRM after this long (generous: nested virt under TCG is slow). */
+#define RUN_TIMEOUT_S		120
+/* What the host writes into a shared page for the guest to read back. */
+#define HOST_VALUE		0x4057c0de00000000ULL
+
+struct vcpu {
+	int fd;
+	struct kvm_run *run;
+};
+
+struct vm {
+	int fd;
+	bool protected;
+	uint8_t *mem;		/* host mapping: code page, then data pages */
+	size_t mem_size;
+	unsigned int data_pages;
+	int nr_vcpus;
+	struct vcpu vcpu[MAX_VCPUS];
+};
+
+static int kvm_fd = -1;
+static int kvm_api;
+static long page_size;
+static int vcpu_mmap_size;
+static char err_buf[256];	/* why the last helper failed */
+static volatile sig_atomic_t alarm_fired;
+
+/* ---------------------------------------------------------------- util */
+
+static const char *errname(int e)
+{
+	const char *n = strerrorname_np(e);
+
+	return n ? n : "E?";
+}
+
+static const char *signame(int sig)
+{
+	switch (sig) {
+	case 0: return "none";
+	case SIGSEGV: return "SIGSEGV";
+	case SIGBUS: return "SIGBUS";
+	default: return "other";
+	}
+}
+
+/* Record why something failed; returns -e so callers can `return set_err()`. */
+static int __attribute__((format(printf, 2, 3))) set_err(int e, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(err_buf, sizeof(err_buf), fmt, ap);
+	va_end(ap);
+	return -e;
+}
+
+/* Format a test's failure reason; returns false for `return fail(...)`. */
+static bool __attribute__((format(printf, 3, 4))) fail(char *why, size_t len, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(why, len, fmt, ap);
+	va_end(ap);
+	return false;
+}
+
+static void __attribute__((noreturn, format(printf, 1, 2))) bail(const char *fmt, ...)
+{
+	va_list ap;
+
+	printf("Bail out! ");
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	printf("\n");
+	fflush(stdout);
+	exit(2);
+}
+
+static double now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static uint64_t pattern(unsigned int page)
+{
+	return VMM_PATTERN | page;
+}
+
+/* MemFree from /proc/meminfo in kB, or -1. */
+static long memfree_kb(void)
+{
+	FILE *f = fopen("/proc/meminfo", "r");
+	char line[128];
+	long kb = -1;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "MemFree: %ld kB", &kb) == 1)
+			break;
+	fclose(f);
+	return kb;
+}
+
+/* Physical addresses of npages host pages from /proc/self/pagemap; 0 where
+ * the page is not present or the PFN is hidden (needs CAP_SYS_ADMIN). */
+static void pagemap_pa(const void *addr, size_t npages, uint64_t *pa)
+{
+	off_t off = (uintptr_t)addr / page_size * sizeof(uint64_t);
+	size_t len = npages * sizeof(uint64_t);
+	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+
+	memset(pa, 0, len);
+	if (fd < 0)
+		return;
+	if (pread(fd, pa, len, off) != (ssize_t)len)
+		memset(pa, 0, len);
+	close(fd);
+	for (size_t i = 0; i < npages; i++) {
+		bool present = pa[i] >> 63;
+		uint64_t pfn = pa[i] & ((1ULL << 55) - 1);
+
+		pa[i] = present ? pfn * page_size : 0;
+	}
+}
+
+/* ------------------------------------------------- fault-tolerant access */
+
+/* A host access to memory donated to a pVM raises SIGSEGV (pkvm.rst). The
+ * handler jumps back into host_access(), which reports the signal. */
+static sigjmp_buf probe_env;
+static volatile sig_atomic_t probe_armed, probe_signal;
+
+static void fault_handler(int sig)
+{
+	if (!probe_armed) {
+		/* A genuine crash: die with the original signal. */
+		signal(sig, SIG_DFL);
+		raise(sig);
+		return;
+	}
+	probe_armed = 0;
+	probe_signal = sig;
+	siglongjmp(probe_env, 1);
+}
+
+/* Read (write == false) or write *val at addr; returns 0 or the signal. */
+static int host_access(void *addr, uint64_t *val, bool write)
+{
+	probe_signal = 0;
+	if (sigsetjmp(probe_env, 1))
+		return probe_signal;
+	probe_armed = 1;
+	if (write)
+		*(volatile uint64_t *)addr = *val;
+	else
+		*val = *(volatile uint64_t *)addr;
+	probe_armed = 0;
+	return 0;
+}
+
+static void alarm_handler(int sig)
+{
+	(void)sig;
+	alarm_fired = 1;
+}
+
+static void install_handlers(void)
+{
+	struct sigaction sa = { .sa_handler = fault_handler };
+
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGSEGV, &sa, NULL);
+	sigaction(SIGBUS, &sa, NULL);
+	/* No SA_RESTART: the alarm must interrupt a blocked KVM_RUN. */
+	sa.sa_handler = alarm_handler;
+	sigaction(SIGALRM, &sa, NULL);
+}
+
+/* ------------------------------------------------------------- KVM: VM */
+
+static void kvm_open(void)
+{
+	kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	if (kvm_fd < 0)
+		bail("open /dev/kvm: %s", strerror(errno));
+	kvm_api = ioctl(kvm_fd, KVM_GET_API_VERSION, 0);
+	if (kvm_api < 0)
+		bail("KVM_GET_API_VERSION: %s", strerror(errno));
+	vcpu_mmap_size = ioctl(kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
+	if (vcpu_mmap_size < (int)sizeof(struct kvm_run))
+		bail("KVM_GET_VCPU_MMAP_SIZE: %s", strerror(errno));
+	page_size = sysconf(_SC_PAGESIZE);
+	if ((size_t)(payload_end - payload_start) > (size_t)page_size)
+		bail("payload (%zu bytes) larger than a page", (size_t)(payload_end - payload_start));
+}
+
+/* 1 if pVMs can be created, 0 if not (EINVAL: 6.12, or not protected mode),
+ * or -errno for anything unexpected. */
+static int probe_protected(void)
+{
+	int fd = ioctl(kvm_fd, KVM_CREATE_VM, KVM_VM_TYPE_ARM_PROTECTED);
+
+	if (fd >= 0) {
+		close(fd);
+		return 1;
+	}
+	return errno == EINVAL ? 0 : -errno;
+}
+
+static uint8_t *data_page(struct vm *vm, unsigned int page)
+{
+	return vm->mem + (size_t)(page + 1) * page_size;
+}
+
+static int set_memslot(struct vm *vm, uint32_t flags, uint64_t gpa, uint64_t size)
+{
+	struct kvm_userspace_memory_region r = {
+		.slot = 0,
+		.flags = flags,
+		.guest_phys_addr = gpa,
+		.memory_size = size,
+		.userspace_addr = (uintptr_t)vm->mem,
+	};
+
+	if (ioctl(vm->fd, KVM_SET_USER_MEMORY_REGION, &r))
+		return set_err(errno, "KVM_SET_USER_MEMORY_REGION: %s", strerror(errno));
+	return 0;
+}
+
+/* VM fd plus guest RAM (one code page holding the payload, then data
+ * pages); no memslot yet so that callers can choose its flags. */
+static int vm_create(struct vm *vm, bool protected, unsigned int data_pages)
+{
+	memset(vm, 0, sizeof(*vm));
+	vm->protected = protected;
+	vm->data_pages = data_pages;
+	vm->fd = ioctl(kvm_fd, KVM_CREATE_VM, protected ? KVM_VM_TYPE_ARM_PROTECTED : 0);
+	if (vm->fd < 0)
+		return set_err(errno, "KVM_CREATE_VM(%s): %s",
+			       protected ? "protected" : "normal", strerror(errno));
+
+	/* Anonymous private memory: pKVM only donates swap-backed pages. */
+	vm->mem_size = (size_t)(data_pages + 1) * page_size;
+	vm->mem = mmap(NULL, vm->mem_size, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (vm->mem == MAP_FAILED) {
+		vm->mem = NULL;
+		return set_err(errno, "mmap guest memory: %s", strerror(errno));
+	}
+	/* Page-sized host pages keep pagemap and SIGSEGV checks per page. */
+	madvise(vm->mem, vm->mem_size, MADV_NOHUGEPAGE);
+	memcpy(vm->mem, payload_start, payload_end - payload_start);
+	return 0;
+}
+
+static int set_core_reg(struct vcpu *v, uint64_t id, uint64_t val)
+{
+	struct kvm_one_reg reg = {
+		.id = KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_CORE | id,
+		.addr = (uintptr_t)&val,
+	};
+
+	if (ioctl(v->fd, KVM_SET_ONE_REG, &reg))
+		return set_err(errno, "KVM_SET_ONE_REG: %s", strerror(errno));
+	return 0;
+}
+
+/* All vCPUs must exist before the first KVM_RUN of a pVM: that run sizes
+ * and creates the hypervisor's VM structure. Every vCPU starts at the
+ * payload entry point with the boot registers of payload.S. */
+static int vm_add_vcpu(struct vm *vm)
+{
+	struct vcpu *v = &vm->vcpu[vm->nr_vcpus];
+	struct kvm_vcpu_init init;
+	int rc;
+
+	if (vm->nr_vcpus >= MAX_VCPUS)
+		return set_err(EINVAL, "too many vCPUs");
+	v->fd = ioctl(vm->fd, KVM_CREATE_VCPU, vm->nr_vcpus);
+	if (v->fd < 0)
+		return set_err(errno, "KVM_CREATE_VCPU: %s", strerror(errno));
+	vm->nr_vcpus++;
+	v->run = mmap(NULL, vcpu_mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, v->fd, 0);
+	if (v->run == MAP_FAILED) {
+		v->run = NULL;
+		return set_err(errno, "mmap kvm_run: %s", strerror(errno));
+	}
+	memset(&init, 0, sizeof(init));
+	if (ioctl(vm->fd, KVM_ARM_PREFERRED_TARGET, &init))
+		return set_err(errno, "KVM_ARM_PREFERRED_TARGET: %s", strerror(errno));
+	if (ioctl(v->fd, KVM_ARM_VCPU_INIT, &init))
+		return set_err(errno, "KVM_ARM_VCPU_INIT: %s", strerror(errno));
+
+	rc = set_core_reg(v, KVM_REG_ARM_CORE_REG(regs.pc), VMM_RAM_IPA);
+	if (!rc)
+		rc = set_core_reg(v, KVM_REG_ARM_CORE_REG(regs.regs[0]), VMM_RAM_IPA + page_size);
+	if (!rc)
+		rc = set_core_reg(v, KVM_REG_ARM_CORE_REG(regs.regs[1]), page_size);
+	return rc;
+}
+
+static int vm_setup(struct vm *vm, bool protected, unsigned int data_pages, int nr_vcpus)
+{
+	int rc = vm_create(vm, protected, data_pages);
+
+	if (!rc)
+		rc = set_memslot(vm, 0, VMM_RAM_IPA, vm->mem_size);
+	for (int i = 0; !rc && i < nr_vcpus; i++)
+		rc = vm_add_vcpu(vm);
+	return rc;
+}
+
+/* Close every fd (for a pVM this tears it down: the hypervisor reclaims
+ * and zeroes its pages, KVM unpins them). The guest RAM mapping is kept
+ * when keep_mem, so that the teardown test can inspect it. */
+static void vm_destroy(struct vm *vm, bool keep_mem)
+{
+	for (int i = 0; i < vm->nr_vcpus; i++) {
+		if (vm->vcpu[i].run)
+			munmap(vm->vcpu[i].run, vcpu_mmap_size);
+		close(vm->vcpu[i].fd);
+	}
+	vm->nr_vcpus = 0;
+	if (vm->fd >= 0)
+		close(vm->fd);
+	vm->fd = -1;
+	if (vm->mem && !keep_mem) {
+		munmap(vm->mem, vm->mem_size);
+		vm->mem = NULL;
+	}
+}
+
+/* ----------------------------------------------------------- KVM: vCPU */
+
+static int vcpu_run(struct vcpu *v)
+{
+	int rc;
+
+	alarm_fired = 0;
+	alarm(RUN_TIMEOUT_S);
+	do {
+		rc = ioctl(v->fd, KVM_RUN, 0);
+	} while (rc && errno == EINTR && !alarm_fired);
+	alarm(0);
+	if (rc && alarm_fired)
+		return set_err(ETIMEDOUT, "KVM_RUN: guest still running after %ds", RUN_TIMEOUT_S);
+	if (rc)
+		return set_err(errno, "KVM_RUN: %s", strerror(errno));
+	return 0;
+}
+
+static bool is_mmio(const struct kvm_run *run, uint64_t addr, bool write)
+{
+	return run->exit_reason == KVM_EXIT_MMIO && run->mmio.phys_addr == addr &&
+	       run->mmio.len == 8 && !!run->mmio.is_write == write;
+}
+
+static int unexpected_exit(const struct kvm_run *run, const char *step)
+{
+	if (run->exit_reason == KVM_EXIT_MMIO)
+		return set_err(EPROTO, "unexpected MMIO %s at 0x%llx len=%u during %s",
+			       run->mmio.is_write ? "write" : "read",
+			       (unsigned long long)run->mmio.phys_addr, run->mmio.len, step);
+	return set_err(EPROTO, "unexpected exit reason %u during %s", run->exit_reason, step);
+}
+
+/* Run one protocol command on vCPU idx: hand the guest the command word
+ * at its CMD load, then run until it stores the result. Returns 0, -errno
+ * of a failing KVM_RUN, or -EPROTO for an exit the protocol does not
+ * expect; err_buf says which. */
+static int vcpu_exec(struct vm *vm, int idx, unsigned int op, unsigned int first,
+		     unsigned int count, uint64_t *result)
+{
+	struct vcpu *v = &vm->vcpu[idx];
+	uint64_t cmd = op | (uint64_t)first << 8 | (uint64_t)count << 32;
+	int rc;
+
+	rc = vcpu_run(v);
+	if (rc)
+		return rc;
+	if (!is_mmio(v->run, VMM_MMIO_CMD, false))
+		return unexpected_exit(v->run, "command fetch");
+	memcpy(v->run->mmio.data, &cmd, sizeof(cmd));
+
+	rc = vcpu_run(v);
+	if (rc)
+		return rc;
+	if (!is_mmio(v->run, VMM_MMIO_RESULT, true))
+		return unexpected_exit(v->run, "command");
+	memcpy(result, v->run->mmio.data, sizeof(*result));
+	return 0;
+}
+
+/* Fill pages with the pattern in the guest, and have the guest check them. */
+static int guest_fill_verify(struct vm *vm, int idx, unsigned int first, unsigned int count)
+{
+	uint64_t res;
+	int rc;
+
+	rc = vcpu_exec(vm, idx, OP_FILL, first, count, &res);
+	if (rc)
+		return rc;
+	if (res != count)
+		return set_err(EPROTO, "guest FILL returned 0x%" PRIx64, res);
+	rc = vcpu_exec(vm, idx, OP_VERIFY, first, count, &res);
+	if (rc)
+		return rc;
+	if (res)
+		return set_err(EPROTO, "guest VERIFY found %" PRIu64 " bad words", res);
+	return 0;
+}
+
+/* Words of data pages that do not hold the guest pattern (host view;
+ * only for memory the host may read). */
+static unsigned long host_mismatches(struct vm *vm, unsigned int first, unsigned int count)
+{
+	unsigned long bad = 0;
+
+	for (unsigned int p = first; p < first + count; p++) {
+		const uint64_t *w = (const uint64_t *)data_page(vm, p);
+
+		for (size_t i = 0; i < page_size / sizeof(*w); i++)
+			bad += w[i] != pattern(p);
+	}
+	return bad;
+}
+
+/* ------------------------------------------------------------ commands */
+
+/* If pVMs are unsupported, SKIP every planned test; bail if the probe
+ * itself failed in an unexpected way. */
+static bool require_protected(const char *const *names, int n)
+{
+	int prot = probe_protected();
+
+	if (prot < 0)
+		bail("KVM_CREATE_VM(protected): %s", strerror(-prot));
+	ktap_diag("protected_vm=%d", prot);
+	if (prot)
+		return true;
+	for (int i = 0; i < n; i++)
+		ktap_result(1, 1, names[i], "protected VMs not supported");
+	return false;
+}
+
+/* Ask a pVM guest which vendor-hyp KVM services it gets. */
+static void probe_hypercalls(void)
+{
+	struct vm vm;
+	uint64_t features = 0, granule = 0;
+	int rc;
+
+	rc = vm_setup(&vm, true, 1, 1);
+	if (!rc)
+		rc = vcpu_exec(&vm, 0, OP_FEATURES, 0, 0, &features);
+	if (!rc)
+		rc = vcpu_exec(&vm, 0, OP_MEMINFO, 0, 0, &granule);
+	vm_destroy(&vm, false);
+	if (rc) {
+		ktap_diag("pkvm_hypercalls=0");
+		ktap_diag("pkvm_hypercalls_error=%s", err_buf);
+		return;
+	}
+	/* FEATURES: bitmap of function numbers; pKVM guests need 2, 3, 4. */
+	uint64_t want = 1 << 2 | 1 << 3 | 1 << 4;
+
+	ktap_diag("vendor_hyp_features=0x%" PRIx64, features);
+	ktap_diag("pkvm_hypercalls=%d", (features & want) == want);
+	ktap_diag("hyp_meminfo_granule=%" PRId64, (int64_t)granule);
+}
+
+static int cmd_probe(void)
+{
+	int prot, ipa;
+
+	ktap_header(1);
+	ktap_diag("kvm_api=%d", kvm_api);
+	ktap_diag("page_size=%ld", page_size);
+	ipa = ioctl(kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_ARM_VM_IPA_SIZE);
+	ktap_diag("ipa_size_max=%d", ipa);
+
+	prot = probe_protected();
+	if (prot < 0)
+		bail("KVM_CREATE_VM(protected): %s", strerror(-prot));
+	ktap_diag("protected_vm=%d", prot);
+	if (prot)
+		probe_hypercalls();
+	else
+		ktap_diag("pkvm_hypercalls=0");
+	ktap_result(kvm_api == 12, 0, "probe", "KVM_GET_API_VERSION is not 12");
+	return ktap_exit_code();
+}
+
+/* One create/run/check/destroy cycle; 0 or -errno with err_buf set. */
+static int lifecycle_cycle(bool protected, int nr_vcpus)
+{
+	struct vm vm;
+	int rc;
+
+	rc = vm_setup(&vm, protected, nr_vcpus * LIFECYCLE_PAGES, nr_vcpus);
+	for (int i = 0; !rc && i < nr_vcpus; i++) {
+		unsigned int first = i * LIFECYCLE_PAGES;
+		unsigned long bad;
+
+		rc = guest_fill_verify(&vm, i, first, LIFECYCLE_PAGES);
+		/* A normal VM's memory is the host's: the pattern must show. */
+		if (!rc && !protected && (bad = host_mismatches(&vm, first, LIFECYCLE_PAGES)))
+			rc = set_err(EPROTO, "vcpu %d: host sees %lu words without the pattern",
+				     i, bad);
+	}
+	vm_destroy(&vm, false);
+	return rc;
+}
+
+static int cmd_lifecycle(int cycles, int nr_vcpus, bool protected)
+{
+	char name[96], why[320];
+	const char *names[1] = { name };
+	double total = 0, worst = 0;
+	int c, rc = 0;
+
+	snprintf(name, sizeof(name), "lifecycle%s vcpus=%d cycles=%d",
+		 protected ? " protected" : "", nr_vcpus, cycles);
+	ktap_header(1);
+	if (protected && !require_protected(names, 1))
+		return ktap_exit_code();
+
+	for (c = 0; c < cycles && !rc; c++) {
+		double t0 = now_ms(), dt;
+
+		rc = lifecycle_cycle(protected, nr_vcpus);
+		dt = now_ms() - t0;
+		total += dt;
+		if (dt > worst)
+			worst = dt;
+	}
+	ktap_diag("cycles_done=%d", rc ? c - 1 : c);
+	if (c)
+		ktap_diag("metric: cycle_ms=%.3f ms", total / c);
+	ktap_diag("cycle_ms_max=%.3f", worst);
+	snprintf(why, sizeof(why), "cycle %d: %s", c - 1, err_buf);
+	ktap_result(!rc, 0, name, why);
+	return ktap_exit_code();
+}
+
+static int cmd_normal_vm(void)
+{
+	const unsigned int pages = 8;
+	const char *name = "normal-vm host reads guest pattern";
+	struct vm vm;
+	uint64_t val = HOST_VALUE, back = 0;
+	unsigned long bad;
+	char why[320];
+	int rc;
+
+	ktap_header(1);
+	if (vm_setup(&vm, false, pages, 1))
+		bail("%s", err_buf);
+	memset(data_page(&vm, 0), 0, pages * page_size);
+	ktap_diag("pages=%u", pages);
+
+	rc = guest_fill_verify(&vm, 0, 0, pages);
+	if (rc) {
+		snprintf(why, sizeof(why), "guest run failed: %s", err_buf);
+		ktap_result(0, 0, name, why);
+		goto out;
+	}
+	bad = host_mismatches(&vm, 0, pages);
+	ktap_diag("host_mismatches=%lu", bad);
+	/* And the other direction: the guest sees what the host wrote. */
+	host_access(data_page(&vm, 0), &val, true);
+	rc = vcpu_exec(&vm, 0, OP_READ, 0, 0, &back);
+	ktap_diag("guest_readback=0x%" PRIx64, back);
+	if (bad)
+		snprintf(why, sizeof(why), "host sees %lu words without the guest pattern", bad);
+	else if (rc)
+		snprintf(why, sizeof(why), "guest read-back failed: %s", err_buf);
+	else if (back != HOST_VALUE)
+		snprintf(why, sizeof(why), "guest read 0x%" PRIx64 " after host wrote 0x%llx",
+			 back, HOST_VALUE);
+	ktap_result(!bad && !rc && back == HOST_VALUE, 0, name, why);
+out:
+	vm_destroy(&vm, false);
+	return ktap_exit_code();
+}
+
+/* pvm-donate ------------------------------------------------------------ */
+
+enum { PG_SHARED, PG_READ, PG_SYSCALL, PG_SPARE, DONATE_PAGES };
+
+static const char *const donate_names[] = {
+	"pvm-donate guest writes pattern",
+	"pvm-donate host read of donated page faults",
+	"pvm-donate shared page accessible to host",
+	"pvm-donate unshared page faults again",
+	"pvm-donate syscall on donated page",
+};
+
+/* A host read of a page the guest owns must raise SIGSEGV. */
+static bool check_host_read_faults(struct vm *vm, unsigned int page, const char *key,
+				   char *why, size_t len)
+{
+	uint64_t val = 0;
+	int sig = host_access(data_page(vm, page), &val, false);
+
+	ktap_diag("%s=%s", key, signame(sig));
+	if (sig == SIGSEGV)
+		return true;
+	if (sig)
+		return fail(why, len, "host read raised %s, expected SIGSEGV", signame(sig));
+	return fail(why, len, "host read of donated page succeeded (0x%" PRIx64 ")", val);
+}
+
+/* MEM_SHARE a page: the host must then see the guest's pattern and the
+ * guest must see the host's writes. */
+static bool check_shared_page(struct vm *vm, char *why, size_t len)
+{
+	uint8_t *page = data_page(vm, PG_SHARED);
+	uint64_t granule, ret, val = 0, back = 0;
+	unsigned long bad;
+	int rc, sig;
+
+	rc = vcpu_exec(vm, 0, OP_MEMINFO, 0, 0, &granule);
+	if (rc)
+		return fail(why, len, "HYP_MEMINFO: %s", err_buf);
+	ktap_diag("granule=%" PRId64, (int64_t)granule);
+	if (granule != (uint64_t)page_size)
+		return fail(why, len, "HYP_MEMINFO returned %" PRId64 ", page size %ld",
+			    (int64_t)granule, page_size);
+
+	rc = vcpu_exec(vm, 0, OP_SHARE, PG_SHARED, 0, &ret);
+	if (!rc)
+		ktap_diag("share_ret=%" PRId64, (int64_t)ret);
+	if (rc || ret)
+		return fail(why, len, "MEM_SHARE failed: %s",
+			    rc ? err_buf : "non-zero SMCCC return");
+
+	sig = host_access(page, &val, false);
+	ktap_diag("shared_read_signal=%s", signame(sig));
+	if (sig)
+		return fail(why, len, "host read of shared page raised %s", signame(sig));
+	bad = host_mismatches(vm, PG_SHARED, 1);
+	ktap_diag("shared_mismatches=%lu", bad);
+	if (bad)
+		return fail(why, len, "shared page lacks guest pattern in %lu words", bad);
+
+	val = HOST_VALUE;
+	sig = host_access(page, &val, true);
+	if (sig)
+		return fail(why, len, "host write to shared page raised %s", signame(sig));
+	rc = vcpu_exec(vm, 0, OP_READ, PG_SHARED, 0, &back);
+	if (rc)
+		return fail(why, len, "guest read-back: %s", err_buf);
+	ktap_diag("guest_readback=0x%" PRIx64, back);
+	if (back != HOST_VALUE)
+		return fail(why, len, "guest read 0x%" PRIx64 " after host wrote 0x%llx",
+			    back, HOST_VALUE);
+	return true;
+}
+
+static bool check_unshare(struct vm *vm, char *why, size_t len)
+{
+	uint64_t ret, back = 0;
+	int rc;
+
+	rc = vcpu_exec(vm, 0, OP_UNSHARE, PG_SHARED, 0, &ret);
+	if (!rc)
+		ktap_diag("unshare_ret=%" PRId64, (int64_t)ret);
+	if (rc || ret)
+		return fail(why, len, "MEM_UNSHARE failed: %s",
+			    rc ? err_buf : "non-zero SMCCC return");
+	if (!check_host_read_faults(vm, PG_SHARED, "unshared_read_signal", why, len))
+		return false;
+	/* The guest keeps the page, host write included. */
+	rc = vcpu_exec(vm, 0, OP_READ, PG_SHARED, 0, &back);
+	if (rc)
+		return fail(why, len, "guest read after unshare: %s", err_buf);
+	ktap_diag("guest_value_after_unshare=0x%" PRIx64, back);
+	return true;
+}
+
+/* A syscall touching a donated page either fails with EFAULT or forcibly
+ * reclaims the page (zeroed); the guest's next access to a reclaimed page
+ * makes KVM_RUN fail with EFAULT (pkvm.rst). Leaves the vCPU unusable. */
+static bool check_syscall(struct vm *vm, char *why, size_t len)
+{
+	uint8_t *page = data_page(vm, PG_SYSCALL);
+	uint64_t got = ~0ULL, val = 0;
+	int pfd[2], e, rc, sig;
+	ssize_t n;
+
+	if (pipe(pfd))
+		bail("pipe: %s", strerror(errno));
+	n = write(pfd[1], page, sizeof(got));
+	e = errno;
+	if (n == (ssize_t)sizeof(got) && read(pfd[0], &got, sizeof(got)) != (ssize_t)sizeof(got))
+		got = ~0ULL;
+	close(pfd[0]);
+	close(pfd[1]);
+
+	if (n < 0 && e == EFAULT) {
+		ktap_diag("write_path=efault");
+		return true;
+	}
+	if (n != (ssize_t)sizeof(got))
+		return fail(why, len, "write(2) returned %zd (%s)", n,
+			    n < 0 ? errname(e) : "short");
+
+	ktap_diag("write_path=reclaim");
+	ktap_diag("reclaimed_value=0x%" PRIx64, got);
+	sig = host_access(page, &val, false);
+	if (sig)
+		ktap_diag("host_read_after_reclaim=%s", signame(sig));
+	else
+		ktap_diag("host_read_after_reclaim=0x%" PRIx64, val);
+	if (got == pattern(PG_SYSCALL))
+		return fail(why, len, "write(2) leaked the guest pattern");
+
+	rc = vcpu_exec(vm, 0, OP_READ, PG_SYSCALL, 0, &val);
+	ktap_diag("guest_access_after_reclaim=%s", rc ? errname(-rc) : "ok");
+	if (rc == -EFAULT)
+		return true;
+	if (rc)
+		return fail(why, len, "guest access after reclaim: %s (expected EFAULT)",
+			    err_buf);
+	return fail(why, len, "guest access after reclaim succeeded (0x%" PRIx64
+		    "), expected KVM_RUN EFAULT", val);
+}
+
+static int cmd_pvm_donate(void)
+{
+	const int n = sizeof(donate_names) / sizeof(donate_names[0]);
+	uint64_t pa_before, pa_after;
+	struct vm vm;
+	char why[320] = "";
+	int t;
+
+	ktap_header(n);
+	if (!require_protected(donate_names, n))
+		return ktap_exit_code();
+	if (vm_setup(&vm, true, DONATE_PAGES, 1))
+		bail("%s", err_buf);
+
+	/* Touch the pages first so that they have a PA before donation. */
+	memset(data_page(&vm, 0), 0, DONATE_PAGES * page_size);
+	pagemap_pa(data_page(&vm, PG_READ), 1, &pa_before);
+	ktap_diag("page_pa_before=0x%" PRIx64, pa_before);
+
+	if (guest_fill_verify(&vm, 0, 0, DONATE_PAGES)) {
+		snprintf(why, sizeof(why), "guest run failed: %s", err_buf);
+		ktap_result(0, 0, donate_names[0], why);
+		for (t = 1; t < n; t++)
+			ktap_result(0, 0, donate_names[t], "guest did not run");
+		goto out;
+	}
+	ktap_result(1, 0, donate_names[0], NULL);
+
+	/* The page is pinned while donated: pagemap still resolves it. */
+	pagemap_pa(data_page(&vm, PG_READ), 1, &pa_after);
+	ktap_diag("page_pa=0x%" PRIx64, pa_after);
+
+	ktap_result(check_host_read_faults(&vm, PG_READ, "host_read_signal", why, sizeof(why)),
+		    0, donate_names[1], why);
+	ktap_result(check_shared_page(&vm, why, sizeof(why)), 0, donate_names[2], why);
+	ktap_result(check_unshare(&vm, why, sizeof(why)), 0, donate_names[3], why);
+	/* Last: after a forced reclaim the vCPU cannot run any more. */
+	ktap_result(check_syscall(&vm, why, sizeof(why)), 0, donate_names[4], why);
+out:
+	vm_destroy(&vm, false);
+	return ktap_exit_code();
+}
+
+/* pvm-teardown ---------------------------------------------------------- */
+
+struct scrub_stats {
+	unsigned int pattern;	/* pages still holding the guest pattern */
+	unsigned int nonzero;	/* pages with any non-zero word */
+	unsigned int faults;	/* pages the host could not read */
+};
+
+static struct scrub_stats scan_after_teardown(struct vm *vm, unsigned int pages)
+{
+	struct scrub_stats s = { 0 };
+
+	for (unsigned int p = 0; p < pages; p++) {
+		uint64_t *w = (uint64_t *)data_page(vm, p), first;
+		bool pat = false, nz = false;
+
+		/* One guarded read per page: if it works, the whole page does. */
+		if (host_access(w, &first, false)) {
+			s.faults++;
+			continue;
+		}
+		for (size_t i = 0; i < page_size / sizeof(*w); i++) {
+			pat |= w[i] == pattern(p);
+			nz |= w[i] != 0;
+		}
+		s.pattern += pat;
+		s.nonzero += nz;
+	}
+	return s;
+}
+
+static int cmd_pvm_teardown(unsigned int pages)
+{
+	static const char *const names[] = {
+		"pvm-teardown guest writes pattern",
+		"pvm-teardown pages scrubbed after teardown",
+		"pvm-teardown memory returned",
+	};
+	long before, during, after, guest_kb = (long)pages * page_size / 1024;
+	unsigned int known = 0, same = 0;
+	struct scrub_stats s;
+	char why[320] = "";
+	uint64_t *pa, *pa2;
+	struct vm vm;
+	bool ran;
+	double t0;
+
+	ktap_header(3);
+	if (!require_protected(names, 3))
+		return ktap_exit_code();
+	ktap_diag("pages=%u", pages);
+	pa = calloc(pages, sizeof(*pa));
+	pa2 = calloc(pages, sizeof(*pa2));
+	if (!pa || !pa2)
+		bail("calloc: out of memory");
+
+	before = memfree_kb();
+	if (vm_setup(&vm, true, pages, 1))
+		bail("%s", err_buf);
+	memset(data_page(&vm, 0), 0, (size_t)pages * page_size);
+	ran = !guest_fill_verify(&vm, 0, 0, pages);
+	snprintf(why, sizeof(why), "guest run failed: %s", err_buf);
+	ktap_result(ran, 0, names[0], why);
+
+	pagemap_pa(data_page(&vm, 0), pages, pa);
+	for (unsigned int p = 0; p < pages; p++)
+		known += !!pa[p];
+	ktap_diag("pages_pa_known=%u", known);
+	ktap_diag("first_page_pa=0x%" PRIx64, pa[0]);
+	during = memfree_kb();
+
+	t0 = now_ms();
+	vm_destroy(&vm, true);
+	ktap_diag("metric: teardown_ms=%.3f ms", now_ms() - t0);
+
+	/* Same virtual pages, and (if pagemap says so) the same physical
+	 * pages the guest owned: after teardown they must be zeroed. */
+	pagemap_pa(data_page(&vm, 0), pages, pa2);
+	for (unsigned int p = 0; p < pages; p++)
+		same += pa[p] && pa[p] == pa2[p];
+	ktap_diag("pa_unchanged_after_teardown=%u/%u", same, known);
+	s = scan_after_teardown(&vm, pages);
+	ktap_diag("pattern_pages_after_teardown=%u", s.pattern);
+	ktap_diag("nonzero_pages_after_teardown=%u", s.nonzero);
+	ktap_diag("host_read_faults_after_teardown=%u", s.faults);
+	if (!ran)
+		snprintf(why, sizeof(why), "guest did not run");
+	else if (s.pattern)
+		snprintf(why, sizeof(why), "guest pattern visible after teardown (%u pages)",
+			 s.pattern);
+	else
+		snprintf(why, sizeof(why), "host read faulted after teardown (%u pages)", s.faults);
+	ktap_result(ran && !s.pattern && !s.faults, 0, names[1], why);
+
+	munmap(vm.mem, vm.mem_size);
+	after = memfree_kb();
+	ktap_diag("memfree_before_kb=%ld", before);
+	ktap_diag("memfree_during_kb=%ld", during);
+	ktap_diag("memfree_after_kb=%ld", after);
+	ktap_diag("guest_mem_kb=%ld", guest_kb);
+	/* MemFree is noisy (per-CPU free lists, other activity): only a loss
+	 * of half the guest's memory or more counts as not returned. */
+	snprintf(why, sizeof(why), "MemFree dropped by %ld kB of %ld kB guest memory",
+		 before - after, guest_kb);
+	ktap_result(before >= 0 && after >= 0 && before - after < guest_kb / 2, 0, names[2], why);
+	free(pa);
+	free(pa2);
+	return ktap_exit_code();
+}
+
+/* pvm-rules ------------------------------------------------------------- */
+
+/* A refusal is ok whatever the errno (kernel 7.3 uses EPERM); the errno or
+ * "0" (accepted) goes out as a diagnostic. */
+static void report_refusal(const char *name, const char *key, int rc)
+{
+	char why[320];
+
+	ktap_diag("%s=%s", key, rc ? errname(-rc) : "0");
+	snprintf(why, sizeof(why), "not refused (ioctl returned 0)");
+	ktap_result(rc < 0, 0, name, why);
+}
+
+/* Drop/restore CAP_IPC_LOCK in the effective set only (root would bypass
+ * RLIMIT_MEMLOCK with it); the permitted set keeps it for restoring. */
+static int cap_ipc_lock(bool on)
+{
+	struct __user_cap_header_struct hdr = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];
+
+	if (syscall(SYS_capget, &hdr, data))
+		return -errno;
+	if (on)
+		data[CAP_TO_INDEX(CAP_IPC_LOCK)].effective |= CAP_TO_MASK(CAP_IPC_LOCK);
+	else
+		data[CAP_TO_INDEX(CAP_IPC_LOCK)].effective &= ~CAP_TO_MASK(CAP_IPC_LOCK);
+	return syscall(SYS_capset, &hdr, data) ? -errno : 0;
+}
+
+/* Donated pages are accounted against RLIMIT_MEMLOCK: with a soft limit of
+ * 0 the first guest page fault (the payload fetch) must fail KVM_RUN. */
+static void rule_mlock(const char *name)
+{
+	struct rlimit old, zero;
+	struct vm vm;
+	uint64_t res;
+	char why[320];
+	int rc;
+
+	if (getrlimit(RLIMIT_MEMLOCK, &old))
+		bail("getrlimit: %s", strerror(errno));
+	zero = old;
+	zero.rlim_cur = 0;
+	if (setrlimit(RLIMIT_MEMLOCK, &zero))
+		bail("setrlimit(RLIMIT_MEMLOCK): %s", strerror(errno));
+	ktap_diag("cap_ipc_lock_dropped=%d", cap_ipc_lock(false) == 0);
+
+	if (vm_setup(&vm, true, 1, 1))
+		bail("%s", err_buf);
+	rc = vcpu_exec(&vm, 0, OP_FILL, 0, 1, &res);
+	vm_destroy(&vm, false);
+
+	cap_ipc_lock(true);
+	setrlimit(RLIMIT_MEMLOCK, &old);
+
+	ktap_diag("mlock_run=%s", rc ? errname(-rc) : "0");
+	if (rc == -EPROTO)
+		snprintf(why, sizeof(why), "unexpected: %s", err_buf);
+	else
+		snprintf(why, sizeof(why), "pVM ran with RLIMIT_MEMLOCK=0");
+	ktap_result(rc < 0 && rc != -EPROTO, 0, name, why);
+}
+
+static int cmd_pvm_rules(void)
+{
+	static const char *const names[] = {
+		"pvm-rules memslot move after run refused",
+		"pvm-rules memslot delete after run refused",
+		"pvm-rules readonly memslot refused",
+		"pvm-rules dirty logging refused",
+		"pvm-rules low RLIMIT_MEMLOCK fails donation",
+	};
+	struct vm vm;
+	char why[320];
+
+	ktap_header(5);
+	if (!require_protected(names, 5))
+		return ktap_exit_code();
+
+	/* Memslots are frozen once the pVM has run (the first KVM_RUN
+	 * creates it in the hypervisor). */
+	if (vm_setup(&vm, true, 1, 1))
+		bail("%s", err_buf);
+	if (guest_fill_verify(&vm, 0, 0, 1)) {
+		snprintf(why, sizeof(why), "pVM did not run: %s", err_buf);
+		ktap_result(0, 0, names[0], why);
+		ktap_result(0, 0, names[1], why);
+	} else {
+		report_refusal(names[0], "move_errno",
+			       set_memslot(&vm, 0, VMM_RAM_IPA + 0x40000000ULL, vm.mem_size));
+		report_refusal(names[1], "delete_errno", set_memslot(&vm, 0, VMM_RAM_IPA, 0));
+	}
+	vm_destroy(&vm, false);
+
+	/* Flags that need MMU notifiers / write-protection are refused at
+	 * memslot creation, before any run. */
+	if (vm_create(&vm, true, 1))
+		bail("%s", err_buf);
+	report_refusal(names[2], "readonly_errno",
+		       set_memslot(&vm, KVM_MEM_READONLY, VMM_RAM_IPA, vm.mem_size));
+	report_refusal(names[3], "dirty_log_errno",
+		       set_memslot(&vm, KVM_MEM_LOG_DIRTY_PAGES, VMM_RAM_IPA, vm.mem_size));
+	vm_destroy(&vm, false);
+
+	rule_mlock(names[4]);
+	return ktap_exit_code();
+}
+
+/* ---------------------------------------------------------------- main */
+
+static void __attribute__((noreturn)) usage(const char *why)
+{
+	fprintf(stderr,
+		"usage: pkvm-vmm probe | normal-vm | pvm-donate | pvm-rules\n"
+		"       pkvm-vmm lifecycle [--cycles N] [--vcpus K] [--protected]\n"
+		"       pkvm-vmm pvm-teardown [--pages N]\n");
+	bail("usage: %s", why);
+}
+
+static int parse_int(const char *s, int min, int max)
+{
+	char *end;
+	long v;
+
+	if (!s)
+		usage("missing option value");
+	v = strtol(s, &end, 0);
+	if (*end || v < min || v > max)
+		usage("bad option value");
+	return v;
+}
+
+int main(int argc, char **argv)
+{
+	int cycles = 10, vcpus = 1, pages = 2048;
+	bool protected = false;
+	const char *cmd;
+
+	if (argc < 2)
+		usage("no subcommand");
+	cmd = argv[1];
+	for (int i = 2; i < argc; i++) {
+		if (!strcmp(argv[i], "--cycles"))
+			cycles = parse_int(argv[++i], 1, 1000000);
+		else if (!strcmp(argv[i], "--vcpus"))
+			vcpus = parse_int(argv[++i], 1, MAX_VCPUS);
+		else if (!strcmp(argv[i], "--pages"))
+			pages = parse_int(argv[++i], 1, 1 << 20);
+		else if (!strcmp(argv[i], "--protected"))
+			protected = true;
+		else
+			usage(argv[i]);
+	}
+
+	install_handlers();
+	kvm_open();
+
+	if (!strcmp(cmd, "probe"))
+		return cmd_probe();
+	if (!strcmp(cmd, "lifecycle"))
+		return cmd_lifecycle(cycles, vcpus, protected);
+	if (!strcmp(cmd, "normal-vm"))
+		return cmd_normal_vm();
+	if (!strcmp(cmd, "pvm-donate"))
+		return cmd_pvm_donate();
+	if (!strcmp(cmd, "pvm-teardown"))
+		return cmd_pvm_teardown(pages);
+	if (!strcmp(cmd, "pvm-rules"))
+		return cmd_pvm_rules();
+	usage(cmd);
+}

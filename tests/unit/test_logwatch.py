@@ -1,0 +1,150 @@
+"""The signature table and watcher, on real console logs (tests/data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.logwatch import LogWatcher, parse_log
+from harness.logwatch.signatures import expand, fatal_stream_patterns
+
+
+def events_of(data_dir: Path, name: str) -> list:  # type: ignore[type-arg]
+    return parse_log((data_dir / name).read_text())
+
+
+@pytest.mark.parametrize(
+    ("log", "function"),
+    [
+        ("6.12-no-jump-label-hyp-panic.log", "handle_trap"),
+        ("6.12-no-jump-label-hyp-panic-el2-debug.log", "pkvm_alloc_private_va_range"),
+    ],
+)
+def test_hyp_panic_is_fatal_with_symbol_and_trace(data_dir: Path, log: str, function: str) -> None:
+    events = events_of(data_dir, log)
+    hyp = [e for e in events if e.signature == "hyp-panic"]
+    assert len(hyp) == 1
+    assert hyp[0].fatal
+    assert hyp[0].fields["function"] == function
+    assert hyp[0].fields["symbol"].startswith(f"__kvm_nvhe_{function}+0x")
+    # The trace carries the whole report: hyp offset, registers, call trace.
+    trace = "\n".join(hyp[0].trace)
+    assert "Hyp Offset:" in trace and "Call trace:" in trace and "kvm_arm_init" in trace
+    panic = [e for e in events if e.signature == "kernel-panic"]
+    assert panic and panic[0].fields["reason"] == "HYP panic:"
+    assert not any(e.signature == "pkvm-init" for e in events)
+
+
+def test_clean_7_3_boot_has_pkvm_and_nested_smmu_and_no_errors(data_dir: Path) -> None:
+    events = events_of(data_dir, "7.3-smmuv3-nested-pkvm-boot.log")
+    assert [e.fields["mode"] for e in events if e.signature == "pkvm-init"] == ["hVHE"]
+    (probe,) = [e for e in events if e.signature == "smmuv3-probe"]
+    assert probe.fields["features"] == "0x01088705"
+    assert probe.fields["stage1"] is True and probe.fields["stage2"] is True
+    assert probe.fields["nesting"] is True
+    assert "ias" not in probe.fields  # 7.3 prints no ias
+    assert not [e for e in events if e.severity != "info"]
+
+
+def test_6_12_smmu_probe_line_with_ias_and_stage1_only_features() -> None:
+    (e,) = parse_log(
+        "[    0.5] arm-smmu-v3 9050000.smmuv3: ias 44-bit, oas 44-bit (features 0x00008305)\n"
+    )
+    assert e.fields["ias"] == "44" and e.fields["stage1"] is True and e.fields["stage2"] is False
+
+
+def test_smmu_event_decoded_from_dwords_and_7_3_line(data_dir: Path) -> None:
+    events = [
+        e
+        for e in events_of(data_dir, "7.3-smmuv3-nested-vfio-edu-faults.log")
+        if e.signature == "smmuv3-event"
+    ]
+    assert len(events) == 10
+    first = events[0]
+    assert first.fields["id"] == "0x10"
+    assert first.fields["sid"] == "0x10"  # edu at 0000:00:02.0
+    assert first.fields["address"] == "0x101000"
+    assert first.fields["client"] == "0000:00:02.0"
+    assert first.fields["name"] == "F_TRANSLATION"
+    assert len(first.trace) == 7  # header, 4 dwords, 2 decoded lines
+    # 4-byte DMA beats: consecutive addresses.
+    assert [e.fields["address"] for e in events[:3]] == ["0x101000", "0x101004", "0x101008"]
+
+
+def test_smmu_event_6_12_form_uses_dwords_only() -> None:
+    text = (
+        "arm-smmu-v3 9050000.smmuv3: event 0x10 received:\n"
+        "arm-smmu-v3 9050000.smmuv3: \t0x0000001800000010\n"
+        "arm-smmu-v3 9050000.smmuv3: \t0x0000020000000000\n"
+        "arm-smmu-v3 9050000.smmuv3: \t0x0000000007000040\n"
+        "arm-smmu-v3 9050000.smmuv3: \t0x0000000000000000\n"
+        "some other line\n"
+    )
+    (e,) = parse_log(text)
+    assert e.fields == {
+        "device": "9050000.smmuv3",
+        "id": "0x10",
+        "sid": "0x18",
+        "address": "0x7000040",
+    }
+
+
+def test_virtio_iommu_faults(data_dir: Path) -> None:
+    events = events_of(data_dir, "7.3-virtio-iommu-vfio-edu-faults.log")
+    faults = [e for e in events if e.signature == "virtio-iommu-fault"]
+    assert len(faults) == 10
+    assert faults[0].fields == {"device": "virtio0", "endpoint": "16", "address": "0x101000"}
+    (probe,) = [e for e in events if e.signature == "virtio-iommu-probe"]
+    assert probe.fields["ias"] == "48"
+
+
+def test_protected_vm_taint_is_info_not_failure(data_dir: Path) -> None:
+    events = events_of(data_dir, "7.3-protected-vm-taint.log")
+    taint = [e for e in events if e.signature == "pvm-taint"]
+    assert len(taint) == 1 and taint[0].severity == "info"
+    assert not [e for e in events if e.signature in expand(["any-error"])]
+
+
+def test_chunked_feed_equals_whole_feed(data_dir: Path) -> None:
+    text = (data_dir / "6.12-no-jump-label-hyp-panic.log").read_text().replace("\n", "\r\n")
+    watcher = LogWatcher()
+    for i in range(0, len(text), 7):  # odd chunk size splits lines and \r\n
+        watcher.feed(text[i : i + 7])
+    watcher.finish()
+    whole = parse_log(text)
+    assert [(e.signature, e.line, e.fields) for e in watcher.events] == [
+        (e.signature, e.line, e.fields) for e in whole
+    ]
+
+
+def test_timestamps_and_warning_trace_end() -> None:
+    text = (
+        "[    1.000000] WARNING: CPU: 0 PID: 1 at drivers/iommu/io-pgtable-arm.c:42 foo+0x10/0x20\n"
+        "[    1.000001] Modules linked in:\n"
+        "[    1.000002] ---[ end trace 0000000000000000 ]---\n"
+        "[    1.000003] after\n"
+    )
+    (e,) = parse_log(text)
+    assert e.signature == "warning" and e.timestamp == 1.0
+    assert e.fields["location"] == "drivers/iommu/io-pgtable-arm.c:42"
+    assert len(e.trace) == 3
+
+
+def test_hyp_bug_with_address_only_7_3_form() -> None:
+    text = (
+        "[    2.0] kvm [1]: nVHE hyp BUG at: ffff800080551b40!\n"
+        "[    2.0] Code: d65f03c0 (d4210000)\n"
+        "[    2.0] kvm [1]: Hyp Offset: 0xfff0000000000000\n"
+        "[    2.0] Kernel panic - not syncing: HYP panic:\n"
+    )
+    events = parse_log(text)
+    assert [e.signature for e in events] == ["hyp-bug", "kernel-panic"]
+    assert events[0].fields["location"] == "ffff800080551b40" and events[0].fatal
+
+
+def test_fatal_stream_patterns_find_panics_mid_stream(data_dir: Path) -> None:
+    text = (data_dir / "6.12-no-jump-label-hyp-panic.log").read_text()
+    assert any(p.search(text) for p in fatal_stream_patterns())
+    clean = (data_dir / "7.3-smmuv3-nested-pkvm-boot.log").read_text()
+    assert not any(p.search(clean) for p in fatal_stream_patterns())

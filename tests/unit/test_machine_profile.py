@@ -1,0 +1,70 @@
+"""Profiles (data) to QEMU argv (a list)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.config import Registry
+from harness.machine.profile import MachineSpec, kernel_cmdline, qemu_argv, reproducer_argv
+
+
+def spec(profile_name: str) -> MachineSpec:
+    profile = Registry().profile(profile_name)
+    return MachineSpec(
+        profile=profile, kernel=Path("/k/Image"), initrd=Path("/k/initrd"),
+        cmdline=kernel_cmdline(profile), serial_socket=Path("/s/serial"),
+        qmp_socket=Path("/s/qmp"), console_log=Path("/r/console.log"), ssh_port=40022,
+    )
+
+
+def opt(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
+
+
+def test_nested_smmu_on_virt_10() -> None:
+    argv = qemu_argv(spec("smmuv3-nested"))
+    assert opt(argv, "-M") == ["virt,virtualization=on,gic-version=3,iommu=smmuv3"]
+    assert "-global" not in argv
+    assert "edu,dma_mask=0xffffffffffffffff" in opt(argv, "-device")
+
+
+def test_stage_1_and_2_use_virt_9_1_and_the_stage_global() -> None:
+    for stage in ("1", "2"):
+        argv = qemu_argv(spec(f"smmuv3-s{stage}"))
+        assert opt(argv, "-M")[0].startswith("virt-9.1,virtualization=on")
+        assert opt(argv, "-global") == [f"arm-smmuv3.stage={stage}"]
+
+
+def test_virtio_iommu_profile_has_no_smmu() -> None:
+    argv = qemu_argv(spec("virtio-iommu"))
+    assert "iommu=smmuv3" not in opt(argv, "-M")[0]
+    assert "virtio-iommu-pci" in opt(argv, "-device")
+
+
+def test_every_virtio_pci_device_is_behind_the_iommu() -> None:
+    for name in Registry().profile_names():
+        for dev in opt(qemu_argv(spec(name)), "-device"):
+            if dev.startswith("virtio-") and dev != "virtio-iommu-pci":
+                assert "iommu_platform=on" in dev and "disable-legacy=on" in dev, (name, dev)
+
+
+def test_ports_bind_loopback_only_and_pkvm_cmdline() -> None:
+    argv = qemu_argv(spec("smmuv3-nested"))
+    (netdev,) = opt(argv, "-netdev")
+    assert "hostfwd=tcp:127.0.0.1:40022-:22" in netdev
+    (append,) = opt(argv, "-append")
+    assert "kvm-arm.mode=protected" in append and "panic=-1" in append
+    assert "-no-reboot" in argv and "-S" in argv
+    assert "logfile=/r/console.log" in opt(argv, "-chardev")[0]
+
+
+def test_reproducer_runs_unpaused_on_stdio() -> None:
+    argv = reproducer_argv(spec("smmuv3-nested"))
+    assert "-S" not in argv and opt(argv, "-serial") == ["mon:stdio"] and "-qmp" not in argv
+
+
+def test_no_pkvm_profile_cmdline() -> None:
+    from dataclasses import replace
+
+    profile = replace(Registry().profile("no-iommu"), pkvm=False)
+    assert "kvm-arm.mode=protected" not in kernel_cmdline(profile)
