@@ -61,6 +61,7 @@ class Profile:
     cpu: str = "max"
     smp: int = 2
     memory_mb: int = 1024
+    scratch_disk_mb: int = 16  # a virtio-blk disk behind the IOMMU; 0 for none
     pkvm: bool = True
     cmdline: tuple[str, ...] = ()
     extra_args: tuple[str, ...] = ()
@@ -77,6 +78,16 @@ class EventExpectation:
 
 
 @dataclass(frozen=True)
+class QmpAction:
+    """A QMP command sent from the host side (e.g. device_add for hotplug),
+    optionally waiting for an event such as DEVICE_DELETED."""
+
+    command: str
+    arguments: Mapping[str, ExpectValue] = field(default_factory=dict)
+    wait_event: str | None = None
+
+
+@dataclass(frozen=True)
 class Step:
     name: str
     requires: frozenset[str] = frozenset()
@@ -88,7 +99,11 @@ class Step:
     forbid_output: str | None = None
     expect_events: tuple[EventExpectation, ...] = ()
     forbid_events: tuple[str, ...] = ()
-    events_since: Literal["boot", "step"] = "step"
+    events_since: Literal["boot", "scenario", "step"] = "step"
+    # The command prints KTAP: any "not ok" fails the step (naming the test),
+    # "Bail out!" is an ERROR (the helper could not even set up).
+    expect_ktap: bool = False
+    qmp: QmpAction | None = None
     fail_reason: str | None = None
 
 

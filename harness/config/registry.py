@@ -12,6 +12,7 @@ from harness.config import schemas
 from harness.config.models import (
     EventExpectation,
     Profile,
+    QmpAction,
     Scenario,
     SeriesSpec,
     SourceSpec,
@@ -36,7 +37,9 @@ def _target(doc: LoadedYaml, fragment_dir: Path) -> Target:
         series = SeriesSpec(kind, loc if kind == "b4" else str((base / loc).resolve()))
     fragments = []
     for i, name in enumerate(d["fragments"]):
-        frag = fragment_dir / f"{name}.config"
+        # A name from kernel-configs/, or a path to a .config (relative to
+        # the target file) for fragments kept elsewhere.
+        frag = base / name if name.endswith(".config") else fragment_dir / f"{name}.config"
         if not frag.is_file():
             raise ConfigError(
                 f"{doc.path}:{doc.line_of(('fragments', i))}: fragment '{name}' not found (looked for {frag})"
@@ -67,6 +70,7 @@ def _profile(doc: LoadedYaml) -> Profile:
         cpu=d.get("cpu", "max"),
         smp=d.get("smp", 2),
         memory_mb=d.get("memory_mb", 1024),
+        scratch_disk_mb=d.get("scratch_disk_mb", 16),
         pkvm=d.get("pkvm", True),
         cmdline=tuple(d.get("cmdline", ())),
         extra_args=tuple(d.get("extra_args", ())),
@@ -99,6 +103,12 @@ def _step(raw: dict[str, Any]) -> Step:
         expect_events=tuple(_event_expectation(e) for e in raw.get("expect_events", ())),
         forbid_events=tuple(raw.get("forbid_events", ())),
         events_since=raw.get("events_since", "step" if has_run else "boot"),
+        expect_ktap=bool(raw.get("expect_ktap", False)),
+        qmp=QmpAction(
+            raw["qmp"]["command"], dict(raw["qmp"].get("arguments", {})), raw["qmp"].get("wait_event")
+        )
+        if "qmp" in raw
+        else None,
         fail_reason=raw.get("fail_reason"),
     )
 

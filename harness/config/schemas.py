@@ -58,6 +58,7 @@ PROFILE: dict[str, Any] = {
         "cpu": {"type": "string"},
         "smp": {"type": "integer", "minimum": 1, "maximum": 8},
         "memory_mb": {"type": "integer", "minimum": 128, "maximum": 8192},
+        "scratch_disk_mb": {"type": "integer", "minimum": 0, "maximum": 4096},
         "pkvm": {"type": "boolean"},
         "features": _STR_LIST,
         "cmdline": _STR_LIST,
@@ -103,8 +104,19 @@ STEP: dict[str, Any] = {
         "forbid_output": {"type": "string"},
         "expect_events": {"type": "array", "items": _EVENT_EXPECTATION},
         "forbid_events": _STR_LIST,
-        "events_since": {"enum": ["boot", "step"]},
+        "events_since": {"enum": ["boot", "scenario", "step"]},
+        "expect_ktap": {"type": "boolean"},
         "fail_reason": {"type": "string"},
+        "qmp": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["command"],
+            "properties": {
+                "command": {"type": "string"},
+                "arguments": {"type": "object"},
+                "wait_event": {"type": "string"},
+            },
+        },
     },
 }
 

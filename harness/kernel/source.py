@@ -103,7 +103,8 @@ def prepare_source(spec: SourceSpec, identity: str, store: ContentStore) -> Sour
                 tree.mkdir()
                 _unpack(spec, tree)
                 git(tree, "init", "-q")
-                git(tree, "add", "-A")
+                # --force: Debian's packaging .gitignore ignores everything at the top.
+                git(tree, "add", "-A", "--force")
                 git(tree, "commit", "-q", "--no-verify", "-m", f"base: {identity}")
         tree = store.path(key) / "tree"
     return SourceTree(spec=spec, identity=identity, path=tree, version=_kernel_version(tree))

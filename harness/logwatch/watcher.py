@@ -14,6 +14,10 @@ from harness.logwatch.signatures import SIGNATURES, Signature
 
 # Optional printk timestamp and a leading "<level>" that some consoles keep.
 _PREFIX = re.compile(r"^(?:<\d+>)?(?:\[\s*(?P<ts>\d+\.\d+)\]\s?)?")
+# On a shared serial console a kernel record can start in the middle of a
+# line a program was printing; with printk timestamps on, that is where a
+# new record begins.
+_RECORD_START = re.compile(r"(?<=\S)(?=\[\s*\d+\.\d{6}\] )")
 
 
 @dataclass
@@ -71,13 +75,14 @@ class LogWatcher:
         data = self._partial + chunk.replace("\r", "")
         *complete, self._partial = data.split("\n")
         for line in complete:
-            self._line(line)
+            self.lines_seen += 1
+            for record in _RECORD_START.split(line):
+                self._record(record)
 
     def finish(self) -> None:
         """End of stream: flush a partial line and close open events."""
         if self._partial:
-            self._line(self._partial)
-            self._partial = ""
+            self.feed("\n")
         for o in self._open:
             self._close(o)
         self._open.clear()
@@ -89,14 +94,20 @@ class LogWatcher:
     def since(self, line: int) -> list[Event]:
         return [e for e in self.events if e.line > line]
 
-    def _line(self, raw: str) -> None:
-        self.lines_seen += 1
+    def _record(self, raw: str) -> None:
         m = _PREFIX.match(raw)
         text = raw[m.end() :] if m else raw
         ts = float(m["ts"]) if m and m["ts"] else None
+        if not text.strip():
+            return  # blank lines (e.g. the tail of an interrupted line) end nothing
         still_open = []
         for o in self._open:
             sig = o.sig
+            if ts is None and o.event.timestamp is not None:
+                # Untimestamped text amid timestamped records is a program's
+                # output on the shared console: not part of the kernel message.
+                still_open.append(o)
+                continue
             if sig.more is None or (sig.more.pattern and not sig.more.search(text)):
                 self._close(o)
                 continue

@@ -15,8 +15,12 @@ QEMU_BINARY = "qemu-system-aarch64"
 # virtio-pci devices must sit behind the IOMMU (modern-only, DMA via the
 # platform IOMMU) or they would bypass the very translation under test.
 VIRTIO_BEHIND_IOMMU = "iommu_platform=on,disable-legacy=on"
+# Direct kernel boot needs no option ROM (and Debian's qemu-system-arm does
+# not ship efi-virtio.rom without qemu-system-data's ipxe files).
+NO_ROM = "romfile="
 # edu's default 28-bit DMA mask silently clamps addresses.
 EDU = "edu,dma_mask=0xffffffffffffffff"
+HOTPLUG_PORT = "hotplug0"
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,7 @@ class MachineSpec:
     qmp_socket: Path
     console_log: Path
     ssh_port: int
+    scratch_disk: Path | None = None
     extra_devices: tuple[str, ...] = ()
     qemu_binary: str = QEMU_BINARY
 
@@ -75,7 +80,7 @@ def _machine_args(spec: MachineSpec) -> list[str]:
         "-netdev",
         f"user,id=net0,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22",
         "-device",
-        f"virtio-net-pci,netdev=net0,{VIRTIO_BEHIND_IOMMU}",
+        f"virtio-net-pci,netdev=net0,{VIRTIO_BEHIND_IOMMU},{NO_ROM}",
         "-device",
         EDU,
     ]
@@ -84,6 +89,16 @@ def _machine_args(spec: MachineSpec) -> list[str]:
         argv += ["-global", f"arm-smmuv3.stage={p.smmu_stage}"]
     if p.iommu == "virtio-iommu":
         argv += ["-device", "virtio-iommu-pci"]
+    if spec.scratch_disk is not None:
+        argv += [
+            "-drive",
+            f"file={spec.scratch_disk},if=none,id=scratch,format=raw",
+            "-device",
+            f"virtio-blk-pci,drive=scratch,{VIRTIO_BEHIND_IOMMU}",
+        ]
+    # One empty PCIe root port, so scenarios can hotplug devices over QMP
+    # (device_add ...,bus=hotplug0).
+    argv += ["-device", f"pcie-root-port,id={HOTPLUG_PORT},chassis=1,slot=1"]
     for dev in spec.extra_devices:
         argv += ["-device", dev]
     return argv + list(p.extra_args)

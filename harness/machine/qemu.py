@@ -101,7 +101,13 @@ class QemuMachine:
             )
         self._wait_for_sockets()
         self.qmp = QEMUMonitorProtocol(str(self.spec.qmp_socket))
-        self.qmp.connect(negotiate=True)
+        try:
+            self.qmp.connect(negotiate=True)
+        except Exception as exc:  # QEMU died between opening and serving
+            if self.proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(2)
+            raise MachineError(f"QMP connect failed ({exc}): {self._last_log_line()}") from exc
         self.serial = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.serial.connect(str(self.spec.serial_socket))
 
@@ -132,9 +138,23 @@ class QemuMachine:
         if self.qmp is None:
             raise MachineError(f"QMP {name}: machine not running")
         try:
-            return self.qmp.cmd(name, **args)
-        except Exception as exc:  # qemu.qmp raises several types
+            return self.qmp.cmd(name, **args)  # the "return" value; raises on "error"
+        except Exception as exc:  # ExecuteError, connection errors, timeouts
             raise MachineError(f"QMP {name} failed: {exc}") from exc
+
+    def wait_event(self, name: str, timeout: float) -> dict[str, Any] | None:
+        """The next QMP event called `name` within `timeout`, or None."""
+        if self.qmp is None:
+            raise MachineError(f"QMP wait for {name}: machine not running")
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                event = self.qmp.pull_event(wait=left)
+            except Exception:  # the legacy API raises on its own timeout
+                return None
+            if event is not None and event.get("event") == name:
+                return dict(event)
+        return None
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -10,17 +10,35 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from harness.config.models import EventExpectation, Profile, Scenario, Step, Target
+from harness.config.models import EventExpectation, Profile, Scenario, Step, Target, Transport
 from harness.errors import HarnessError
-from harness.logwatch import Event
+from harness.logwatch import Event, LogWatcher
 from harness.logwatch.signatures import expand
 from harness.report.results import ScenarioResult, StepResult, Verdict
+from harness.scenario import ktap
 from harness.scenario import variables as V
 from harness.session.base import Completed
-from harness.session.guest import Guest
 
 MAX_EVENTS_PER_RESULT = 200
+
+
+class Guest(Protocol):
+    """What the runner needs of a booted guest (harness.session.guest.Guest
+    is the real one; tests and future front-ends may bring their own)."""
+
+    watcher: LogWatcher
+
+    def run(self, transport: Transport, command: str, timeout: float) -> Completed: ...
+
+    def sync_console(self, timeout: float = 15.0) -> None: ...
+
+    def events_since(self, line: int) -> list[Event]: ...
+
+    def qmp(
+        self, command: str, arguments: Mapping[str, object], wait_event: str | None, timeout: float
+    ) -> dict[str, object] | None: ...
 
 
 @dataclass(frozen=True)
@@ -56,6 +74,7 @@ class _StepFailed(Exception):
 @dataclass
 class _State:
     variables: dict[str, str]
+    start_line: int  # console line where the scenario began
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -82,6 +101,8 @@ def _check_command(step: Step, result: Completed, guest: Guest) -> None:
         if fatal is None:
             raise HarnessError(f"guest went away during step {step.name} (no kernel message)")
         raise _StepFailed(fatal.summary())
+    if step.expect_ktap:
+        _check_ktap(step, result)
     if step.expect_status is not None and result.status != step.expect_status:
         last = result.output.strip().splitlines()[-1:] or ["no output"]
         raise _StepFailed(f"exit status {result.status}, expected {step.expect_status}: {last[0][:200]}")
@@ -89,6 +110,35 @@ def _check_command(step: Step, result: Completed, guest: Guest) -> None:
         raise _StepFailed(f"output does not match /{step.expect_output}/")
     if step.forbid_output and (m := re.search(step.forbid_output, result.output, re.MULTILINE)):
         raise _StepFailed(f"output matches forbidden /{step.forbid_output}/: {m.group(0)[:120]}")
+
+
+def _do_qmp(step: Step, guest: Guest, state: _State) -> None:
+    assert step.qmp is not None
+    args = {
+        k: V.substitute(v, state.variables) if isinstance(v, str) else v
+        for k, v in step.qmp.arguments.items()
+    }
+    event = guest.qmp(step.qmp.command, args, step.qmp.wait_event, step.timeout_s)
+    if step.qmp.wait_event and event is None:
+        raise _StepFailed(
+            f"QMP {step.qmp.command}: no {step.qmp.wait_event} event within"
+            f" {step.timeout_s:.0f}s (the guest did not release the device?)"
+        )
+
+
+def _check_ktap(step: Step, result: Completed) -> None:
+    report = ktap.parse(result.output)
+    if report.bail_out is not None:
+        raise HarnessError(f"step {step.name}: helper bailed out: {report.bail_out}")
+    if not report.results:
+        raise _StepFailed(f"no KTAP results (exit status {result.status})")
+    failures = report.failures
+    if failures:
+        first = failures[0]
+        more = f" (and {len(failures) - 1} more failed)" if len(failures) > 1 else ""
+        raise _StepFailed(f"{first.name}: {first.reason or 'not ok'}{more}")
+    if report.planned and len(report.results) < report.planned:
+        raise _StepFailed(f"KTAP plan 1..{report.planned} but only {len(report.results)} results")
 
 
 def _check_events(
@@ -112,6 +162,8 @@ def _run_step(step: Step, guest: Guest, state: _State, scenario_forbid: set[str]
     result: Completed | None = None
     command = None
     try:
+        if step.qmp is not None:
+            _do_qmp(step, guest, state)
         if step.run is not None:
             command = V.substitute(step.run, state.variables)
             result = guest.run(step.transport, command, step.timeout_s)
@@ -120,7 +172,7 @@ def _run_step(step: Step, guest: Guest, state: _State, scenario_forbid: set[str]
             state.variables.update(V.captures(result.output))
             state.metrics.update(V.metrics(result.output))
             _check_command(step, result, guest)
-        window_start = 0 if step.events_since == "boot" else mark
+        window_start = {"boot": 0, "scenario": state.start_line, "step": mark}[step.events_since]
         _check_events(step, guest.events_since(window_start), scenario_forbid, state.variables)
     except _StepFailed as failed:
         reason = f"{step.fail_reason}: {failed.reason}" if step.fail_reason else failed.reason
@@ -148,7 +200,7 @@ def _step_result(
 def run_scenario(scenario: Scenario, guest: Guest, ctx: ScenarioContext) -> ScenarioResult:
     start = time.monotonic()
     start_line = 0 if scenario.check_boot_log else guest.watcher.lines_seen
-    state = _State(variables=ctx.base_variables())
+    state = _State(variables=ctx.base_variables(), start_line=start_line)
     forbid = expand(scenario.forbid_events)
     steps: list[StepResult] = []
     verdict, reason = Verdict.PASS, ""

@@ -46,17 +46,20 @@ def _as_int(v: str) -> int | None:
 
 def value_matches(actual: ExpectValue, expected: ExpectValue, variables: Mapping[str, str]) -> bool:
     """Equality that understands the log's conventions: hex and decimal
-    numbers compare as numbers, booleans as true/false, and "A..B" is the
-    half-open numeric range [A, B)."""
+    numbers compare as numbers, booleans as true/false, "A..B" is the
+    half-open numeric range [A, B) and "A..+N" the range [A, A+N)."""
     exp = substitute(expected, variables) if isinstance(expected, str) else expected
     if isinstance(exp, bool) or isinstance(actual, bool):
         return str(actual).lower() == str(exp).lower()
     act_s, exp_s = str(actual), str(exp)
     if ".." in exp_s:
         lo_s, hi_s = exp_s.split("..", 1)
-        lo, hi, act = _as_int(lo_s), _as_int(hi_s), _as_int(act_s)
-        if None not in (lo, hi, act):
-            return lo <= act < hi  # type: ignore[operator]
+        lo, act = _as_int(lo_s), _as_int(act_s)
+        hi = _as_int(hi_s.removeprefix("+"))
+        if lo is not None and hi is not None and act is not None:
+            if hi_s.startswith("+"):  # "A..+N": N bytes from A
+                hi += lo
+            return lo <= act < hi
     act_i, exp_i = _as_int(act_s), _as_int(exp_s)
     if act_i is not None and exp_i is not None:
         return act_i == exp_i

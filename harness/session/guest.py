@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +122,16 @@ class Guest:
     def events_since(self, line: int) -> list[Event]:
         return self.watcher.since(line)
 
+    def qmp(
+        self, command: str, arguments: Mapping[str, object], wait_event: str | None, timeout: float
+    ) -> dict[str, object] | None:
+        """Send a QMP command; with `wait_event`, return that event (None if
+        it did not come within `timeout`)."""
+        self.machine.command(command, **arguments)
+        if wait_event is None:
+            return None
+        return self.machine.wait_event(wait_event, timeout)
+
     def close(self) -> None:
         if self._ssh is not None:
             self._ssh.close()
@@ -154,6 +164,11 @@ def booted_guest(
         run_dir / "initramfs.cpio",
     )
     console_log = run_dir / "console.log"
+    scratch = None
+    if profile.scratch_disk_mb:
+        scratch = run_dir / "scratch.img"
+        with scratch.open("wb") as f:  # sparse: costs no disk until written
+            f.truncate(profile.scratch_disk_mb << 20)
     # Sockets in a short path: AF_UNIX paths are limited to 108 bytes.
     import tempfile
 
@@ -167,6 +182,7 @@ def booted_guest(
             qmp_socket=Path(sockdir) / "qmp",
             console_log=console_log,
             ssh_port=free_port(),
+            scratch_disk=scratch,
         )
         with QemuMachine(spec, run_dir) as machine:
             guest = Guest(machine, key, console_log)

@@ -72,7 +72,8 @@ class SerialSession:
 
     def prepare(self, timeout: float = 10.0) -> None:
         """Turn off echo so outputs are exactly what commands print."""
-        result = self.run("stty -echo 2>/dev/null; export PS1='' PS2=''", timeout)
+        # Wide columns: the line editor then never wraps (and re-draws) input.
+        result = self.run("stty -echo cols 4096 2>/dev/null; export PS1='' PS2=''", timeout)
         if result.status is None:
             raise SessionError(f"serial shell did not answer: {result.ended_by}")
 
@@ -86,7 +87,14 @@ class SerialSession:
             raise SessionError(f"serial write failed: {exc}") from exc
         what, before = self.expect([re.compile(re.escape(m1 + m2) + r":(\d+)\r?\n")], timeout)
         duration = time.monotonic() - start
-        output = before.replace("\r\n", "\n").strip("\n")
+        output = before.replace("\r\n", "\n")
+        # An interactive busybox ash echoes input through its line editor
+        # whatever stty says; the echo ends with the wrapper's tag, which
+        # only the echo contains (the printed marker joins the halves).
+        echo_end = output.find(f"'{m2}' $?")
+        if echo_end != -1:
+            output = output[echo_end + len(m2) + 5 :]
+        output = output.strip("\n")
         if what == "match:0":
             return Completed(command, output, int(self.child.match.group(1)), duration)
         ended = {"abort": "kernel-fatal", "eof": "eof", "timeout": "timeout"}[what]

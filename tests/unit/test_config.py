@@ -16,9 +16,7 @@ from harness.logwatch.signatures import known_names
 def test_every_shipped_data_file_loads() -> None:
     reg = Registry()
     assert {"mainline-7.3", "stable-6.12"} <= set(reg.target_names())
-    assert {"smmuv3-nested", "smmuv3-s1", "smmuv3-s2", "virtio-iommu", "no-iommu"} <= set(
-        reg.profile_names()
-    )
+    assert {"smmuv3-nested", "smmuv3-s1", "smmuv3-s2", "virtio-iommu", "no-iommu"} <= set(reg.profile_names())
     for name in reg.target_names():
         assert reg.target(name).fragments
     for name in reg.profile_names():
@@ -80,9 +78,7 @@ def test_cli_unknown_profile_is_one_line_error_exit_2(
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert err == [
-        "pkvm-harness: error: unknown profile 'smmuv4' (known: "
-        + ", ".join(Registry().profile_names())
-        + ")"
+        "pkvm-harness: error: unknown profile 'smmuv4' (known: " + ", ".join(Registry().profile_names()) + ")"
     ]
 
 

@@ -48,9 +48,7 @@ def test_clean_7_3_boot_has_pkvm_and_nested_smmu_and_no_errors(data_dir: Path) -
 
 
 def test_6_12_smmu_probe_line_with_ias_and_stage1_only_features() -> None:
-    (e,) = parse_log(
-        "[    0.5] arm-smmu-v3 9050000.smmuv3: ias 44-bit, oas 44-bit (features 0x00008305)\n"
-    )
+    (e,) = parse_log("[    0.5] arm-smmu-v3 9050000.smmuv3: ias 44-bit, oas 44-bit (features 0x00008305)\n")
     assert e.fields["ias"] == "44" and e.fields["stage1"] is True and e.fields["stage2"] is False
 
 
@@ -148,3 +146,24 @@ def test_fatal_stream_patterns_find_panics_mid_stream(data_dir: Path) -> None:
     assert any(p.search(text) for p in fatal_stream_patterns())
     clean = (data_dir / "7.3-smmuv3-nested-pkvm-boot.log").read_text()
     assert not any(p.search(clean) for p in fatal_stream_patterns())
+
+
+def test_kernel_record_interleaved_mid_line_on_a_shared_console() -> None:
+    # Captured on a 7.3 guest: a KTAP line from edu-dma interrupted by an
+    # SMMU event record, whose own newline comes later as a blank line.
+    text = (
+        "[    3.353411] arm-smmu-v3 9050000.smmuv3: event 0x10 received:\n"
+        "[    3.353419] arm-smmu-v3 9050000.smmuv3: \t0x0000001000000010\n"
+        "ok 2 fault-unmapped write: memory unchanged[    3.353426] arm-smmu-v3 9050000.smmuv3:"
+        " \t0x0000020000000000\n"
+        "[    3.353433] arm-smmu-v3 9050000.smmuv3: \t0x0000000007000004\n"
+        "\n"
+        "[    3.353454] arm-smmu-v3 9050000.smmuv3: \t0x0000000000000000\n"
+        "[    3.353461] arm-smmu-v3 9050000.smmuv3: event: F_TRANSLATION client: 0000:00:02.0"
+        " sid: 0x10 ssid: 0x0 iova: 0x7000004 ipa: 0x0\n"
+        "ok 3 next[    3.4] not a record: timestamps have 6 decimals\n"
+    )
+    (e,) = parse_log(text)
+    assert e.fields["address"] == "0x7000004" and e.fields["sid"] == "0x10"
+    assert e.fields["name"] == "F_TRANSLATION" and len(e.trace) == 6
+    assert e.line == 1

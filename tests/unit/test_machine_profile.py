@@ -11,9 +11,14 @@ from harness.machine.profile import MachineSpec, kernel_cmdline, qemu_argv, repr
 def spec(profile_name: str) -> MachineSpec:
     profile = Registry().profile(profile_name)
     return MachineSpec(
-        profile=profile, kernel=Path("/k/Image"), initrd=Path("/k/initrd"),
-        cmdline=kernel_cmdline(profile), serial_socket=Path("/s/serial"),
-        qmp_socket=Path("/s/qmp"), console_log=Path("/r/console.log"), ssh_port=40022,
+        profile=profile,
+        kernel=Path("/k/Image"),
+        initrd=Path("/k/initrd"),
+        cmdline=kernel_cmdline(profile),
+        serial_socket=Path("/s/serial"),
+        qmp_socket=Path("/s/qmp"),
+        console_log=Path("/r/console.log"),
+        ssh_port=40022,
     )
 
 

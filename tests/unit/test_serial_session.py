@@ -20,8 +20,9 @@ def shell() -> Iterator[tuple[SerialSession, LogWatcher]]:
     proc = subprocess.Popen(["/bin/sh", "-i"], stdin=theirs, stdout=theirs, stderr=theirs)
     theirs.close()
     watcher = LogWatcher()
-    session = SerialSession(ours, observer=watcher,
-                            abort_patterns=[re.compile(r"Kernel panic - not syncing")])
+    session = SerialSession(
+        ours, observer=watcher, abort_patterns=[re.compile(r"Kernel panic - not syncing")]
+    )
     session.prepare()
     yield session, watcher
     session.close()

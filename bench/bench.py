@@ -1,0 +1,149 @@
+"""pkvm-harness benchmark: prints figures and ratios against the targets.
+
+    .venv/bin/python bench/bench.py [--target mainline-7.3] [--profile smmuv3-nested]
+                                    [--boots 5] [--round-trips 50] [--cold]
+
+Measured in one run:
+- build: cold (an empty harness cache; ccache stays warm unless --cold-ccache)
+  only with --cold, because it takes minutes; warm (a cache hit) always;
+- boot to the readiness marker, through the harness (QEMU start, QMP, cont);
+- SSH ready after the marker;
+- serial command round trip;
+- the same kernel + initramfs booted by a bare `qemu-system-aarch64` under
+  pexpect, and the ratio harness/bare.
+Targets (from the project's issue): boot <= 2 s, SSH <= 0.5 s after the
+marker, round trip <= 50 ms, ratio <= 1.10. Speed goals are reported here,
+not asserted in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pexpect
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from harness import pipeline
+from harness.config import Registry
+from harness.image.initramfs import READY_MARKER
+from harness.machine.profile import MachineSpec, kernel_cmdline, reproducer_argv
+from harness.machine.qemu import free_port
+from harness.session.guest import booted_guest
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def line(name: str, value: float, unit: str, goal: float | None = None) -> None:
+    verdict = ""
+    if goal is not None:
+        verdict = f"  (goal <= {goal:g} {unit}: {'met' if value <= goal else 'MISSED'})"
+    print(f"{name:<38} {value:>10.3f} {unit}{verdict}")
+
+
+def build_times(target_name: str, cold: bool) -> None:
+    target = Registry().target(target_name)
+    if cold:
+        with tempfile.TemporaryDirectory(prefix="pkvm-bench-cache-") as cache:
+            env_before = os.environ.get("PKVM_HARNESS_CACHE")
+            os.environ["PKVM_HARNESS_CACHE"] = cache
+            start = time.monotonic()
+            pipeline.build_all(target)
+            line("build, cold (empty harness cache)", time.monotonic() - start, "s")
+            if env_before is None:
+                del os.environ["PKVM_HARNESS_CACHE"]
+            else:
+                os.environ["PKVM_HARNESS_CACHE"] = env_before
+    pipeline.build_all(target)  # make sure the real cache is populated
+    warm = []
+    for _ in range(3):
+        start = time.monotonic()
+        pipeline.build_all(target)
+        warm.append(time.monotonic() - start)
+    line("build, warm (cache hit, no make)", median(warm), "s", 2.0)
+
+
+def harness_boots(artifacts: pipeline.Artifacts, profile_name: str, boots: int,
+                  round_trips: int) -> tuple[float, float, float, float]:
+    profile = Registry().profile(profile_name)
+    to_marker, since_launch, ssh, rtt = [], [], [], []
+    for i in range(boots):
+        with tempfile.TemporaryDirectory(prefix="pkvm-bench-") as tmp:
+            start = time.monotonic()
+            with booted_guest(profile, artifacts.kernel.image, artifacts.image,
+                              Path(tmp) / f"boot{i}") as guest:
+                outcome = guest.boot_outcome
+                assert outcome is not None and outcome.ready, outcome
+                since_launch.append(time.monotonic() - start)
+                to_marker.append(outcome.seconds)
+                guest.ssh()
+                assert guest.ssh_connect_s is not None
+                ssh.append(guest.ssh_connect_s)
+                if i == 0:
+                    for _ in range(round_trips):
+                        r = guest.run("serial", "true", 5)
+                        rtt.append(r.duration_s)
+    return median(since_launch), median(to_marker), median(ssh), median(rtt)
+
+
+def bare_boots(artifacts: pipeline.Artifacts, profile_name: str, boots: int) -> float:
+    """The same machine with no harness: QEMU on stdio, pexpect waits for
+    the marker. Measured from spawn, like the harness figure it is compared to."""
+    profile = Registry().profile(profile_name)
+    times = []
+    for _ in range(boots):
+        with tempfile.TemporaryDirectory(prefix="pkvm-bare-") as tmp:
+            initrd = artifacts.image.with_overlay({}, Path(tmp) / "initrd.cpio")
+            spec = MachineSpec(
+                profile=profile, kernel=artifacts.kernel.image, initrd=initrd,
+                cmdline=kernel_cmdline(profile), serial_socket=Path(tmp) / "s",
+                qmp_socket=Path(tmp) / "q", console_log=Path(tmp) / "c", ssh_port=free_port(),
+            )
+            argv = reproducer_argv(spec)
+            start = time.monotonic()
+            child = pexpect.spawn(argv[0], argv[1:], timeout=120, encoding="utf-8",
+                                  codec_errors="replace")
+            try:
+                child.expect(READY_MARKER)
+                times.append(time.monotonic() - start)
+            finally:
+                child.terminate(force=True)
+    return median(times)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--target", default="mainline-7.3")
+    ap.add_argument("--profile", default="smmuv3-nested")
+    ap.add_argument("--boots", type=int, default=5)
+    ap.add_argument("--round-trips", type=int, default=50)
+    ap.add_argument("--cold", action="store_true", help="also time a cold build (minutes)")
+    args = ap.parse_args()
+
+    qemu = subprocess.run(["qemu-system-aarch64", "--version"], capture_output=True, text=True)
+    print(f"pkvm-harness benchmark: {args.target} on {args.profile}, {os.cpu_count()} CPUs,"
+          f" {qemu.stdout.splitlines()[0]}, medians of {args.boots} boots")
+    build_times(args.target, args.cold)
+    artifacts = pipeline.build_all(Registry().target(args.target))
+    launch, marker, ssh, rtt = harness_boots(artifacts, args.profile, args.boots, args.round_trips)
+    line("boot: cont -> readiness marker", marker, "s", 2.0)
+    line("boot: QEMU launch -> marker (harness)", launch, "s")
+    line("ssh ready after the marker", ssh, "s", 0.5)
+    line("serial command round trip", rtt * 1000, "ms", 50)
+    bare = bare_boots(artifacts, args.profile, args.boots)
+    line("boot: bare qemu + pexpect -> marker", bare, "s")
+    line("ratio harness / bare", launch / bare, "x", 1.10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""End-to-end tests: real kernels built by the harness, booted under QEMU.
+
+They need the host set up by ci/setup-host.sh (QEMU 10, cross gcc, kernel
+sources). Builds are cached by content, so only the first run is slow."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HARNESS = [sys.executable, "-m", "harness.cli"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_ready() -> None:
+    missing = [t for t in ("qemu-system-aarch64", "aarch64-linux-gnu-gcc") if not shutil.which(t)]
+    if missing:
+        pytest.fail(f"host not set up ({', '.join(missing)} missing): run sudo ci/setup-host.sh")
+
+
+@dataclass
+class Run:
+    rc: int
+    stdout: str
+    stderr: str
+    output: Path
+
+    @property
+    def results(self) -> dict[str, Any]:
+        return json.loads((self.output / "results.json").read_text())  # type: ignore[no-any-return]
+
+    def verdicts(self) -> dict[tuple[str, str], str]:
+        return {(r["scenario"], r["profile"]): r["verdict"] for r in self.results["results"]}
+
+
+def harness(*args: str, output: Path | None = None, timeout: float = 3000) -> Run:
+    argv = [*HARNESS, *args]
+    if output is not None:
+        argv += ["--output", str(output)]
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
+    sys.stderr.write(proc.stderr[-3000:])
+    return Run(proc.returncode, proc.stdout, proc.stderr, output or Path("."))
+
+
+def qemu_pids() -> set[int]:
+    out = subprocess.run(["pgrep", "-x", "qemu-system-aar"], capture_output=True, text=True)
+    return {int(p) for p in out.stdout.split()}
+
+
+@pytest.fixture
+def no_leaked_qemu() -> Any:
+    before = qemu_pids()
+    yield
+    leaked = qemu_pids() - before
+    assert not leaked, f"QEMU processes left behind: {leaked}"

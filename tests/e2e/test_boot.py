@@ -1,0 +1,108 @@
+"""Real boots: the default target on the IOMMU profiles, the known-bad 6.12
+config, the stable target, and the build cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import harness
+
+
+@pytest.mark.usefixtures("no_leaked_qemu")
+def test_mainline_boot_health_and_dma_on_smmuv3_and_virtio_iommu(tmp_path: Path) -> None:
+    run = harness(
+        "run",
+        "--target",
+        "mainline-7.3",
+        "--profile",
+        "smmuv3-nested",
+        "--profile",
+        "virtio-iommu",
+        "boot-health",
+        "dma-roundtrip",
+        "dma-fault-unmapped",
+        output=tmp_path,
+    )
+    verdicts = run.verdicts()
+    assert run.rc == 0, (run.stderr[-2000:], verdicts)
+    for profile in ("smmuv3-nested", "virtio-iommu"):
+        for scenario in ("boot-health", "dma-roundtrip", "dma-fault-unmapped"):
+            assert verdicts[(scenario, profile)] == "pass"
+    results = run.results
+    for key in ("harness_version", "qemu_version", "kernel", "results", "boots"):
+        assert key in results
+    assert results["qemu_version"].startswith("QEMU emulator version 10.")
+    assert results["kernel"]["kernel_version"].startswith("7.3")
+    for r in results["results"]:
+        assert {"scenario", "profile", "target", "verdict", "reason", "duration_s", "events"} <= set(r)
+    fault = next(
+        r
+        for r in results["results"]
+        if r["scenario"] == "dma-fault-unmapped" and r["profile"] == "smmuv3-nested"
+    )
+    assert any(e["signature"] == "smmuv3-event" and e["fields"]["sid"] == "0x10" for e in fault["events"])
+    assert (tmp_path / "junit.xml").read_text().count("<testcase") == 6
+    for boot in results["boots"]:
+        assert Path(boot["console_log"]).read_text().startswith("Booting Linux")
+
+
+@pytest.mark.usefixtures("no_leaked_qemu")
+def test_6_12_without_jump_label_hyp_panics_and_is_a_fail_with_the_symbol(tmp_path: Path) -> None:
+    run = harness(
+        "run",
+        "--target",
+        "stable-6.12-no-jump-label",
+        "--profile",
+        "smmuv3-nested",
+        "boot-health",
+        output=tmp_path,
+    )
+    assert run.rc == 1, run.stderr[-2000:]
+    (result,) = run.results["results"]
+    assert result["verdict"] == "fail"
+    # NVHE_EL2_DEBUG (debug fragment) moves the panic into this function.
+    assert result["reason"].startswith("boot: hyp-panic: kvm [1]: nVHE hyp panic at:")
+    assert "function=pkvm_alloc_private_va_range" in result["reason"]
+    hyp = next(e for e in result["events"] if e["signature"] == "hyp-panic")
+    assert any("Kernel panic - not syncing: HYP panic:" in line for line in hyp["trace"])
+    (boot,) = run.results["boots"]
+    assert boot["boot_s"] < 60  # ended by the panic, not by the 120 s boot timeout
+
+
+@pytest.mark.usefixtures("no_leaked_qemu")
+def test_stable_6_12_boots_pkvm_cleanly(tmp_path: Path) -> None:
+    run = harness(
+        "run", "--target", "stable-6.12", "--profile", "smmuv3-nested", "boot-health", output=tmp_path
+    )
+    assert run.rc == 0, (run.stderr[-2000:], run.verdicts())
+
+
+def test_warm_build_runs_no_make(tmp_path: Path) -> None:
+    harness("build", "--target", "mainline-7.3")  # cold or warm, whatever the cache holds
+    run = harness("build", "--target", "mainline-7.3")
+    assert run.rc == 0
+    info = json.loads(run.stdout)
+    assert info["kernel_cached"] is True and info["image_cached"] is True
+    assert "make -j" not in run.stderr and "packing initramfs" not in run.stderr
+
+
+def test_dropped_fragment_option_is_a_one_line_error(tmp_path: Path) -> None:
+    # The pKVM SMMUv3 driver is not in mainline: asking for it must not be
+    # silently ignored.
+    (tmp_path / "pkvm-smmu.config").write_text("CONFIG_ARM_SMMU_V3_PKVM=y\n")
+    target = tmp_path / "t.yaml"
+    target.write_text(
+        "name: dropped\nsource: {debian: linux-source-7.3}\n"
+        "fragments: [base, pkvm, smmuv3, pkvm-smmu.config]\n"
+    )
+    run = harness("build", "--target", str(target))
+    assert run.rc == 2
+    last = run.stderr.strip().splitlines()[-1]
+    assert last == (
+        "pkvm-harness: error: config option dropped:"
+        " pkvm-smmu.config:1: CONFIG_ARM_SMMU_V3_PKVM=y but .config has"
+        " CONFIG_ARM_SMMU_V3_PKVM=n (unmet dependency?)"
+    )

@@ -1,0 +1,186 @@
+"""Kernel stage pieces that need no real kernel: series loading and
+application (on a tiny tarball "kernel"), kconfig verification, the cache."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from harness.cache import ContentStore, DigestMemo
+from harness.cli import main
+from harness.config.models import SeriesSpec, SourceSpec
+from harness.errors import PatchError
+from harness.kernel import kconfig
+from harness.kernel.gitutil import git
+from harness.kernel.series import apply_series, load_series
+from harness.kernel.source import prepare_source, source_identity
+
+PATCH = """From 1111111111111111111111111111111111111111 Mon Sep 17 00:00:00 2001
+From: Dev <dev@example.org>
+Date: Mon, 1 Jan 2024 00:00:00 +0000
+Subject: [PATCH {n}/2] iommu: {subject}
+
+---
+ drivers/iommu/foo.c | 2 +-
+ 1 file changed, 1 insertion(+), 1 deletion(-)
+
+diff --git a/drivers/iommu/foo.c b/drivers/iommu/foo.c
+--- a/drivers/iommu/foo.c
++++ b/drivers/iommu/foo.c
+@@ -1,3 +1,3 @@
+ int a;
+-{old}
++{new}
+ int c;
+--
+2.39.5
+
+"""
+
+
+def make_tarball(tmp_path: Path) -> Path:
+    root = tmp_path / "linux-tiny"
+    (root / "arch" / "arm64").mkdir(parents=True)
+    (root / "drivers" / "iommu").mkdir(parents=True)
+    (root / "Makefile").write_text("VERSION = 7\nPATCHLEVEL = 3\nSUBLEVEL = 4\nEXTRAVERSION =\n")
+    (root / "drivers" / "iommu" / "foo.c").write_text("int a;\nint b;\nint c;\n")
+    tarball = tmp_path / "linux-tiny.tar"
+    with tarfile.open(tarball, "w") as tar:
+        tar.add(root, arcname="linux-tiny")
+    return tarball
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("PKVM_HARNESS_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_mbox_series_skips_cover_letter_and_cleans_subjects(tmp_path: Path) -> None:
+    cover = (
+        "From 0 Mon Sep 17 00:00:00 2001\nFrom: Dev <d@e>\n"
+        "Subject: [PATCH 0/2] cover letter\n\nJust words.\n\n"
+    )
+    p1 = PATCH.format(n=1, subject="first", old="int b;", new="int B;")
+    p2 = PATCH.format(n=2, subject="second", old="int B;", new="int BB;")
+    mbox = tmp_path / "series.mbox"
+    mbox.write_text(cover + p1 + p2)
+    series = load_series(SeriesSpec("mbox", str(mbox)))
+    assert [p.subject for p in series.patches] == ["iommu: first", "iommu: second"]
+    assert [p.index for p in series.patches] == [1, 2]
+
+
+def test_patch_dir_uses_quilt_series_order(tmp_path: Path) -> None:
+    d = tmp_path / "patches"
+    d.mkdir()
+    (d / "b.patch").write_text(PATCH.format(n=1, subject="bee", old="int b;", new="int B;"))
+    (d / "a.patch").write_text(PATCH.format(n=2, subject="ay", old="int B;", new="int BB;"))
+    (d / "series").write_text("# order\nb.patch\na.patch\n")
+    series = load_series(SeriesSpec("dir", str(d)))
+    assert [p.origin for p in series.patches] == ["b.patch", "a.patch"]
+
+
+def test_series_applies_as_one_commit_per_patch(tmp_path: Path, cache: Path) -> None:
+    spec = SourceSpec("tarball", str(make_tarball(tmp_path)))
+    store = ContentStore(cache / "sources")
+    base = prepare_source(spec, source_identity(spec, DigestMemo(cache / "d.json")), store)
+    assert base.version == "7.3.4"
+    mbox = tmp_path / "s.mbox"
+    mbox.write_text(
+        PATCH.format(n=1, subject="first", old="int b;", new="int B;")
+        + PATCH.format(n=2, subject="second", old="int B;", new="int BB;")
+    )
+    tree = apply_series(base, load_series(SeriesSpec("mbox", str(mbox))), store)
+    log = git(tree, "log", "--format=%s").stdout.splitlines()
+    assert log[:2] == ["iommu: second", "iommu: first"] and log[2].startswith("base: ")
+    assert (tree / "drivers/iommu/foo.c").read_text() == "int a;\nint BB;\nint c;\n"
+
+
+def test_patch_that_does_not_apply_names_position_subject_and_file(tmp_path: Path, cache: Path) -> None:
+    spec = SourceSpec("tarball", str(make_tarball(tmp_path)))
+    store = ContentStore(cache / "sources")
+    base = prepare_source(spec, source_identity(spec, DigestMemo(cache / "d.json")), store)
+    mbox = tmp_path / "s.mbox"
+    mbox.write_text(
+        PATCH.format(n=1, subject="good", old="int b;", new="int B;")
+        + PATCH.format(n=2, subject="stale", old="int zzz;", new="int y;")
+    )
+    with pytest.raises(PatchError) as err:
+        apply_series(base, load_series(SeriesSpec("mbox", str(mbox))), store)
+    assert str(err.value) == (
+        "patch 2/2 'iommu: stale' (s.mbox message 2) does not apply: conflicts in drivers/iommu/foo.c"
+    )
+    # Nothing half-applied is left in the cache.
+    assert not [p for p in (cache / "sources").iterdir() if p.name.startswith(".stage")]
+
+
+def test_cli_bad_patch_is_one_line_error_exit_2(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tarball = make_tarball(tmp_path)
+    target = tmp_path / "tiny.yaml"
+    target.write_text(f"name: tiny\nsource: {{tarball: {tarball}}}\nfragments: [base]\n")
+    bad = tmp_path / "0001-stale.patch"
+    bad.write_text(PATCH.format(n=1, subject="stale", old="int zzz;", new="int y;"))
+    rc = main(["build", "--target", str(target), "--series", str(bad)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert err[-1] == (
+        "pkvm-harness: error: patch 1/1 'iommu: stale' (0001-stale.patch message 1)"
+        " does not apply: conflicts in drivers/iommu/foo.c"
+    )
+
+
+def test_cli_missing_cross_compiler_is_one_line_error_exit_2(
+    tmp_path: Path,
+    cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH at all
+    rc = main(["build", "--target", "mainline-7.3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert err == [
+        "pkvm-harness: error: toolchain gcc: aarch64-linux-gnu-gcc not found"
+        " (install gcc-aarch64-linux-gnu, e.g. with: sudo ci/setup-host.sh)"
+    ]
+
+
+def test_kconfig_dropped_option_is_named(tmp_path: Path) -> None:
+    frag = tmp_path / "pkvm.config"
+    frag.write_text("# c\nCONFIG_KVM=y\nCONFIG_ARM_SMMU_V3_PKVM=y\n# CONFIG_JUMP_LABEL is not set\n")
+    config = "CONFIG_KVM=y\n# CONFIG_JUMP_LABEL is not set\n"
+    (dropped,) = kconfig.dropped_options(config, [frag])
+    assert dropped.describe() == "pkvm.config:3: CONFIG_ARM_SMMU_V3_PKVM=y"
+    # An option absent from .config counts as "not set" (JUMP_LABEL above).
+
+
+def test_kconfig_later_fragment_overrides_earlier(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.config", tmp_path / "b.config"
+    a.write_text("CONFIG_JUMP_LABEL=y\n")
+    b.write_text("# CONFIG_JUMP_LABEL is not set\n")
+    assert kconfig.dropped_options("", [a, b]) == []
+    assert [r.option for r in kconfig.dropped_options("", [b, a])] == ["CONFIG_JUMP_LABEL"]
+
+
+def test_bad_fragment_line(tmp_path: Path) -> None:
+    f = tmp_path / "x.config"
+    f.write_text("CONFIG_A=y\nKVM=y\n")
+    with pytest.raises(Exception, match=r"x\.config:2: not a Kconfig line"):
+        kconfig.parse_fragment(f)
+
+
+def test_content_store_alias_and_atomic_stage(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path / "s")
+    with pytest.raises(RuntimeError), store.stage("k1") as stage:
+        (stage / "f").write_text("half")
+        raise RuntimeError("killed")
+    assert store.get("k1") is None
+    with store.stage("k1") as stage:
+        (stage / "f").write_text("whole")
+    store.set_alias("input", "k1")
+    hit = store.alias("input")
+    assert hit is not None and (hit / "f").read_text() == "whole"

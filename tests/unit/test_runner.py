@@ -1,0 +1,215 @@
+"""Scenario verdict logic with a scripted guest: the runner sees the same
+interface as with QEMU, and events come from a real LogWatcher."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from harness.config import Registry
+from harness.config.registry import load_scenario
+from harness.logwatch import Event, LogWatcher
+from harness.report import Verdict
+from harness.scenario import ScenarioContext, run_scenario, skip_reason
+from harness.session.base import Completed
+
+Responder = Callable[[str], tuple[str, int, str]]  # command -> (output, status, console)
+
+
+class ScriptedGuest:
+    def __init__(self, boot_log: str, respond: Responder) -> None:
+        self.watcher = LogWatcher()
+        self.watcher.feed(boot_log)
+        self.respond = respond
+        self.commands: list[tuple[str, str]] = []
+
+    def run(self, transport: str, command: str, timeout: float) -> Completed:
+        self.commands.append((transport, command))
+        output, status, console = self.respond(command)
+        self.watcher.feed(console)
+        return Completed(command, output, status, 0.01)
+
+    def sync_console(self, timeout: float = 15.0) -> None:
+        pass
+
+    def events_since(self, line: int) -> list[Event]:
+        return self.watcher.since(line)
+
+
+def ctx(
+    profile: str = "smmuv3-nested",
+    caps: tuple[str, ...] = (),
+    gaps: dict[str, str] | None = None,
+) -> ScenarioContext:
+    reg = Registry()
+    p = reg.profile(profile)
+    target = replace(reg.target("mainline-7.3"), known_gaps=gaps or {})
+    return ScenarioContext(target=target, profile=p, capabilities=p.features | set(caps))
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    f = tmp_path / "s.yaml"
+    f.write_text(text)
+    return f
+
+
+def boot_log(data_dir: Path) -> str:
+    return (data_dir / "7.3-smmuv3-nested-pkvm-boot.log").read_text()
+
+
+def ok(command: str) -> tuple[str, int, str]:
+    return ("uname: aarch64\nconsole=ttyAMA0 kvm-arm.mode=protected\n0000:00:02.0 iommu=x", 0, "")
+
+
+def test_boot_health_passes_on_the_real_clean_boot_log(data_dir: Path) -> None:
+    scenario = Registry().scenario("boot-health")
+    guest = ScriptedGuest(boot_log(data_dir), ok)
+    result = run_scenario(scenario, guest, ctx())
+    assert result.verdict == Verdict.PASS, result.reason
+    assert [s.name for s in result.steps if s.verdict == Verdict.SKIP] == ["virtio-iommu-probed"]
+    assert ("ssh", "uname -a && cat /proc/cmdline") in guest.commands
+    assert {e["signature"] for e in result.events} >= {"pkvm-init", "smmuv3-probe"}
+
+
+def test_boot_health_fails_when_stage_features_are_wrong(data_dir: Path) -> None:
+    # The nested SMMU log checked against the stage-1-only profile.
+    result = run_scenario(
+        Registry().scenario("boot-health"), ScriptedGuest(boot_log(data_dir), ok), ctx("smmuv3-s1")
+    )
+    assert result.verdict == Verdict.FAIL
+    assert result.reason.startswith("step smmuv3-probed: SMMUv3 missing or with the wrong stage")
+    assert "stage2=false" in result.reason
+
+
+def test_boot_health_fails_without_pkvm(data_dir: Path) -> None:
+    log = boot_log(data_dir).replace("Protected hVHE mode", "hVHE mode")
+    result = run_scenario(Registry().scenario("boot-health"), ScriptedGuest(log, ok), ctx())
+    assert result.verdict == Verdict.FAIL and "pKVM did not initialise" in result.reason
+
+
+def test_warning_during_a_step_fails_the_scenario(tmp_path: Path, data_dir: Path) -> None:
+    scenario = load_scenario(
+        write(
+            tmp_path,
+            """
+name: s
+forbid_events: [any-error]
+steps:
+  - name: poke
+    run: poke
+""",
+        )
+    )
+    splat = "WARNING: CPU: 1 PID: 9 at drivers/iommu/dma-iommu.c:100 iommu_dma_unmap+0x1/0x2\n"
+
+    def respond(cmd: str) -> tuple[str, int, str]:
+        return ("", 0, splat + "---[ end trace 0 ]---\n")
+
+    result = run_scenario(scenario, ScriptedGuest(boot_log(data_dir), respond), ctx())
+    assert result.verdict == Verdict.FAIL
+    assert result.reason.startswith("step poke: forbidden event warning:")
+    assert "drivers/iommu/dma-iommu.c:100" in result.reason
+
+
+def test_ktap_failure_names_the_test_and_known_gap_gives_xfail(tmp_path: Path, data_dir: Path) -> None:
+    scenario = load_scenario(
+        write(
+            tmp_path,
+            """
+name: pvm-dma-isolation
+steps:
+  - name: dma
+    run: tool
+    expect_ktap: true
+    fail_reason: host DMA reached protected memory
+""",
+        )
+    )
+
+    def respond(cmd: str) -> tuple[str, int, str]:
+        return ("KTAP version 1\n1..2\nok 1 setup\nnot ok 2 dma blocked # pattern read back\n", 1, "")
+
+    guest = ScriptedGuest(boot_log(data_dir), respond)
+    failed = run_scenario(scenario, guest, ctx())
+    assert failed.verdict == Verdict.FAIL
+    assert failed.reason == ("step dma: host DMA reached protected memory: dma blocked: pattern read back")
+    xfail = run_scenario(scenario, guest, ctx(gaps={"pvm-dma-isolation": "not enforced"}))
+    assert xfail.verdict == Verdict.XFAIL and "known gap" in xfail.reason
+
+
+def test_ktap_bail_out_is_an_error_not_a_fail(tmp_path: Path, data_dir: Path) -> None:
+    scenario = load_scenario(write(tmp_path, "name: s\nsteps:\n  - {name: t, run: x, expect_ktap: true}\n"))
+    guest = ScriptedGuest(boot_log(data_dir), lambda c: ("1..3\nBail out! no /dev/vfio\n", 2, ""))
+    result = run_scenario(scenario, guest, ctx())
+    assert result.verdict == Verdict.ERROR and "bailed out: no /dev/vfio" in result.reason
+
+
+def test_expected_fault_event_matched_by_captured_sid_and_address_range(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    scenario = load_scenario(
+        write(
+            tmp_path,
+            """
+name: s
+steps:
+  - name: dma
+    run: edu-dma fault-unmapped
+  - name: reported
+    events_since: scenario
+    expect_events:
+      - signature: smmuv3-event
+        fields: {id: 0x10, sid: "${capture.sid}", address: "${capture.lo}..${capture.hi}"}
+""",
+        )
+    )
+    faults = (data_dir / "7.3-smmuv3-nested-vfio-edu-faults.log").read_text()
+    faults = faults[faults.index("arm-smmu-v3 9050000.smmuv3: event 0x10") :]
+
+    def respond(cmd: str) -> tuple[str, int, str]:
+        return ("# sid=0x10\n# lo=0x101000\n# hi=0x102000\n", 0, faults)
+
+    result = run_scenario(scenario, ScriptedGuest(boot_log(data_dir), respond), ctx())
+    assert result.verdict == Verdict.PASS, result.reason
+
+    def wrong_range(cmd: str) -> tuple[str, int, str]:
+        return ("# sid=0x10\n# lo=0x7000000\n# hi=0x7001000\n", 0, faults)
+
+    result = run_scenario(scenario, ScriptedGuest(boot_log(data_dir), wrong_range), ctx())
+    assert result.verdict == Verdict.FAIL
+    assert "expected event smmuv3-event(id=16, sid=0x10, address=0x7000000..0x7001000)" in result.reason
+
+
+def test_skip_reason_names_missing_capability() -> None:
+    scenario = replace(Registry().scenario("boot-health"), requires=frozenset({"pkvm", "protected-vm"}))
+    assert skip_reason(scenario, ctx()) == "profile smmuv3-nested / kernel lacks: protected-vm"
+    assert skip_reason(scenario, ctx(caps=("protected-vm",))) is None
+
+
+def test_unknown_variable_is_an_error(tmp_path: Path, data_dir: Path) -> None:
+    scenario = load_scenario(write(tmp_path, "name: s\nsteps:\n  - {name: t, run: 'echo ${profile.nope}'}\n"))
+    result = run_scenario(scenario, ScriptedGuest(boot_log(data_dir), ok), ctx())
+    assert result.verdict == Verdict.ERROR and "unknown variable ${profile.nope}" in result.reason
+
+
+@pytest.mark.parametrize(
+    ("actual", "expected", "match"),
+    [
+        ("0x10", "16", True),
+        ("0x10", "0x11", False),
+        (True, "true", True),
+        (False, True, False),
+        ("0x101004", "0x101000..0x101010", True),
+        ("0x101010", "0x101000..0x101010", False),
+        ("hVHE", "hVHE", True),
+        ("0x700000c", "0x7000000..+16", True),
+        ("0x7000010", "0x7000000..+16", False),
+    ],
+)
+def test_value_matching(actual: str | bool, expected: str | bool, match: bool) -> None:
+    from harness.scenario.variables import value_matches
+
+    assert value_matches(actual, expected, {}) is match
