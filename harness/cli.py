@@ -99,8 +99,9 @@ def cmd_boot(args: argparse.Namespace, reg: Registry) -> int:
             " serial shell follows, Ctrl-] to quit",
             file=sys.stderr,
         )
-        guest.run("serial", "stty echo; PS1='pkvm-guest# '", 10)
-        guest.serial.interact()
+        with guest.interactive_console() as serial:
+            serial.run("stty echo; PS1='pkvm-guest# '", 10, isolated=False)
+            serial.interact()
     return ExitCode.OK
 
 

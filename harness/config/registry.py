@@ -91,6 +91,9 @@ def _event_expectation(raw: str | dict[str, Any]) -> EventExpectation:
 
 def _step(raw: dict[str, Any]) -> Step:
     has_run = "run" in raw
+    # A step that only checks events looks at the whole boot by default; a
+    # step that does something (a command, a QMP action) at what it caused.
+    acts = has_run or "qmp" in raw
     return Step(
         name=raw["name"],
         requires=frozenset(raw.get("requires", ())),
@@ -102,7 +105,7 @@ def _step(raw: dict[str, Any]) -> Step:
         forbid_output=raw.get("forbid_output"),
         expect_events=tuple(_event_expectation(e) for e in raw.get("expect_events", ())),
         forbid_events=tuple(raw.get("forbid_events", ())),
-        events_since=raw.get("events_since", "step" if has_run else "boot"),
+        events_since=raw.get("events_since", "step" if acts else "boot"),
         expect_ktap=bool(raw.get("expect_ktap", False)),
         qmp=QmpAction(
             raw["qmp"]["command"], dict(raw["qmp"].get("arguments", {})), raw["qmp"].get("wait_event")

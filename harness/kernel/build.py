@@ -26,7 +26,7 @@ from harness.cache import ContentStore, DigestMemo, digest, write_json
 from harness.config.models import SeriesSpec, Target
 from harness.errors import BuildError, ToolMissingError
 from harness.kernel import kconfig
-from harness.kernel.series import PatchSeries, apply_series, load_series
+from harness.kernel.series import PatchSeries, checkout, load_series
 from harness.kernel.source import prepare_source, source_identity
 
 ARCH = "arm64"
@@ -180,33 +180,24 @@ def build_kernel(
 
     sources = ContentStore(cache / "sources")
     base = prepare_source(target.source, source_id, sources)
-    tree = apply_series(base, series, sources) if series else base.path
-
-    # One persistent O= directory per tree and toolchain: reconfiguring reuses
-    # the objects make already has, and ccache covers the rest.
-    work_key = digest(["work-v1", source_id, series.identity if series else "", tc_version])
+    # One persistent O= directory per source and toolchain, shared by every
+    # series built on it: switching series rebuilds only what changed.
+    work_key = digest(["work-v1", source_id, "", tc_version])
     outdir = cache / "work" / work_key[:24]
     outdir.mkdir(parents=True, exist_ok=True)
     log = outdir / "build.log"
-    log.write_text("")
     make = ["make", f"O={outdir}", *toolchain.make_vars(), "LOCALVERSION="]
-    ui.info("kernel", f"configuring {target.name} ({base.version}, {len(target.fragments)} fragments)")
-    config_text = kconfig.resolve_config(make, tree, outdir, target.fragments, log)
-    build_key = digest(["build", input_key, config_text])
-
-    with store.lock(build_key):
-        if store.get(build_key) is None:
-            _build_into_store(
-                store,
-                build_key,
-                make,
-                tree,
-                outdir,
-                log,
-                config_text,
-                jobs,
-                _metadata(target, base.version, source_id, series, tc_version, config_text, make),
-            )
+    with sources.lock(f"{base.key}.worktree"):
+        commit = checkout(base.path, series)
+        log.write_text("")
+        ui.info("kernel", f"configuring {target.name} ({base.version}, {len(target.fragments)} fragments)")
+        config_text = kconfig.resolve_config(make, base.path, outdir, target.fragments, log)
+        build_key = digest(["build", input_key, config_text])
+        with store.lock(build_key):
+            if store.get(build_key) is None:
+                meta = _metadata(target, base.version, source_id, series, tc_version, config_text, make)
+                meta["commit"] = commit
+                _build_into_store(store, build_key, make, base.path, outdir, log, config_text, jobs, meta)
     store.set_alias(input_key, build_key)
     return _load(store.path(build_key), target.name, cached=False)
 

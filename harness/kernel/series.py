@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import paths, ui
-from harness.cache import ContentStore, digest
+from harness.cache import digest
 from harness.config.models import SeriesSpec
 from harness.errors import PatchError
 from harness.kernel.gitutil import git
-from harness.kernel.source import SourceTree
 
 _SUBJECT_PREFIX = re.compile(r"^\s*(\[[^\]]*\]\s*)+")
 
@@ -174,17 +173,42 @@ def _last_error(output: str) -> str:
     return (lines or output.strip().splitlines() or ["git failed"])[-1]
 
 
-def apply_series(base: SourceTree, series: PatchSeries, store: ContentStore) -> Path:
-    """A git tree holding base + one commit per patch; cached by content."""
-    key = digest(["patched-v1", base.identity, series.identity])
-    with store.lock(key):
-        if store.get(key) is None:
-            ui.info("kernel", f"applying {len(series.patches)} patches ({series.spec.describe()})")
-            with store.stage(key) as stage, tempfile.TemporaryDirectory() as scratch:
-                tree = stage / "tree"
-                # --shared borrows the base's objects: cheap, and the base
-                # entry is never deleted while patched trees exist.
-                git(stage, "clone", "-q", "--shared", str(base.path), str(tree))
-                for patch in series.patches:
-                    _apply_one(tree, series, patch, Path(scratch))
-        return store.path(key) / "tree"
+BASE_TAG = "harness-base"
+
+
+def _branch(series: PatchSeries) -> str:
+    return f"harness/series-{series.identity[:16]}"
+
+
+def checkout(tree: Path, series: PatchSeries | None) -> str:
+    """Check out the base, or base + series (one commit per patch, applied
+    once and kept as a branch), in the source's shared work tree; returns
+    the commit. The caller holds the source lock: the work tree is shared
+    by every build of this source, which is what lets make and ccache
+    rebuild only what a series changes (and what per-patch checks and
+    bisect need later)."""
+    if git(tree, "rev-parse", "-q", "--verify", f"refs/tags/{BASE_TAG}", check=False).returncode:
+        root = git(tree, "rev-list", "--max-parents=0", "HEAD").stdout.split()[0]
+        git(tree, "tag", BASE_TAG, root)
+    if series is None:
+        git(tree, "checkout", "-q", "-f", "--detach", BASE_TAG)
+        return git(tree, "rev-parse", "HEAD").stdout.strip()
+    branch = _branch(series)
+    if git(tree, "rev-parse", "-q", "--verify", f"refs/heads/{branch}", check=False).returncode == 0:
+        git(tree, "checkout", "-q", "-f", branch)
+        return git(tree, "rev-parse", "HEAD").stdout.strip()
+    ui.info("kernel", f"applying {len(series.patches)} patches ({series.spec.describe()})")
+    work = f"{branch}-applying"
+    git(tree, "checkout", "-q", "-f", "-B", work, BASE_TAG)
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            for patch in series.patches:
+                _apply_one(tree, series, patch, Path(scratch))
+    except BaseException:
+        git(tree, "am", "--abort", check=False)
+        git(tree, "checkout", "-q", "-f", "--detach", BASE_TAG)
+        git(tree, "branch", "-D", work, check=False)
+        raise
+    # Only a fully applied series gets its final name.
+    git(tree, "branch", "-M", work, branch)
+    return git(tree, "rev-parse", "HEAD").stdout.strip()

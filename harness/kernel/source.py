@@ -20,7 +20,8 @@ from harness.kernel.gitutil import git
 class SourceTree:
     spec: SourceSpec
     identity: str  # e.g. "tarball:linux-source-7.3.tar.xz@sha256:76df..."
-    path: Path
+    key: str  # its content-store key
+    path: Path  # a git work tree: base commit tagged harness-base
     version: str  # from the top Makefile, e.g. "7.3.4"
 
 
@@ -107,7 +108,7 @@ def prepare_source(spec: SourceSpec, identity: str, store: ContentStore) -> Sour
                 git(tree, "add", "-A", "--force")
                 git(tree, "commit", "-q", "--no-verify", "-m", f"base: {identity}")
         tree = store.path(key) / "tree"
-    return SourceTree(spec=spec, identity=identity, path=tree, version=_kernel_version(tree))
+    return SourceTree(spec=spec, identity=identity, key=key, path=tree, version=_kernel_version(tree))
 
 
 def remove_tree(path: Path) -> None:

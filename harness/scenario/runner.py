@@ -34,6 +34,8 @@ class Guest(Protocol):
 
     def sync_console(self, timeout: float = 15.0) -> None: ...
 
+    def settle(self, quiet_s: float = 0.5, limit_s: float = 5.0) -> None: ...
+
     def events_since(self, line: int) -> list[Event]: ...
 
     def qmp(
@@ -172,6 +174,8 @@ def _run_step(step: Step, guest: Guest, state: _State, scenario_forbid: set[str]
             state.variables.update(V.captures(result.output))
             state.metrics.update(V.metrics(result.output))
             _check_command(step, result, guest)
+        if step.expect_events and step.run is None:
+            guest.settle()  # a report may trail the action that caused it
         window_start = {"boot": 0, "scenario": state.start_line, "step": mark}[step.events_since]
         _check_events(step, guest.events_since(window_start), scenario_forbid, state.variables)
     except _StepFailed as failed:
@@ -218,6 +222,7 @@ def run_scenario(scenario: Scenario, guest: Guest, ctx: ScenarioContext) -> Scen
             if res.verdict == Verdict.FAIL:
                 verdict, reason = Verdict.FAIL, res.reason
                 break
+        guest.settle()  # late messages belong to this scenario, not the next
         if verdict == Verdict.PASS:
             # Scenario-wide: also catches what came between or after steps.
             bad = next((e for e in guest.events_since(start_line) if e.signature in forbid), None)

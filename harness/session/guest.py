@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -51,6 +52,15 @@ class Guest:
         self._ssh: SshSession | None = None
         self.boot_outcome: BootOutcome | None = None
         self.ssh_connect_s: float | None = None
+        # The console must be read all the time, not only during serial
+        # commands: QEMU's PL011 writes it one byte per socket write, a
+        # few hundred unread bytes fill the socket, and then the guest
+        # spins in its console driver (a fault storm during an SSH step
+        # froze the guest). The pump reads whenever no command does.
+        self._serial_lock = threading.Lock()
+        self._serial_wanted = threading.Event()
+        self._pump_stop = threading.Event()
+        self._pump: threading.Thread | None = None
 
     @property
     def dead(self) -> bool:
@@ -64,6 +74,7 @@ class Guest:
         if what == "match:0":
             self.serial.prepare()
             outcome = BootOutcome(True, "pass", "", elapsed)
+            self._start_pump()
         else:
             outcome = self._boot_failed(what, elapsed, timeout)
         self.boot_outcome = outcome
@@ -89,6 +100,33 @@ class Guest:
             elapsed,
         )
 
+    def _start_pump(self) -> None:
+        self._pump = threading.Thread(target=self._pump_loop, name="console-pump", daemon=True)
+        self._pump.start()
+
+    def _pump_loop(self) -> None:
+        while not self._pump_stop.is_set():
+            if self._serial_wanted.is_set():
+                time.sleep(0.002)
+                continue
+            with self._serial_lock:
+                alive = self.serial.read_available(timeout=0.05)
+            if not alive:
+                return
+
+    @contextlib.contextmanager
+    def _serial_owned(self) -> Iterator[SerialSession]:
+        self._serial_wanted.set()
+        try:
+            with self._serial_lock:
+                yield self.serial
+        finally:
+            self._serial_wanted.clear()
+
+    def interactive_console(self) -> contextlib.AbstractContextManager[SerialSession]:
+        """The serial session for a human (`pkvm-harness boot`), pump paused."""
+        return self._serial_owned()
+
     def ssh(self) -> SshSession:
         if self._ssh is None:
             session = SshSession(self.machine.spec.ssh_port, self.key)
@@ -100,9 +138,14 @@ class Guest:
         return self.ssh() if transport == "ssh" else self.serial
 
     def run(self, transport: Transport, command: str, timeout: float) -> Completed:
-        result = self.session(transport).run(command, timeout)
+        if transport == "ssh":
+            result = self.ssh().run(command, timeout)
+        else:
+            with self._serial_owned() as serial:
+                result = serial.run(command, timeout)
         if result.ended_by in ("kernel-fatal", "eof"):
-            self.serial.drain(quiet_s=1.5, limit_s=10)
+            with self._serial_owned() as serial:
+                serial.drain(quiet_s=1.5, limit_s=10)
             self.watcher.finish()
         return result
 
@@ -112,12 +155,23 @@ class Guest:
         messages arrive on the console, not on the SSH channel)."""
         if self.dead:
             return
-        result = self.serial.run(":", timeout)
-        if result.ended_by in ("kernel-fatal", "eof"):
-            self.serial.drain(quiet_s=1.5, limit_s=10)
-            self.watcher.finish()
-        elif result.status is None:
+        result = self.run("serial", ":", timeout)
+        if result.status is None and result.ended_by == "timeout":
             raise SessionError(f"serial console did not answer within {timeout}s")
+
+    def settle(self, quiet_s: float = 0.5, limit_s: float = 5.0) -> None:
+        """Wait until the console has been quiet for `quiet_s`: messages a
+        step caused but the kernel printed late (IRQ threads, rate-limited
+        reports) then count for that step, not the next one."""
+        self.sync_console()
+        deadline = time.monotonic() + limit_s
+        seen, since = self.watcher.lines_seen, time.monotonic()
+        while time.monotonic() < deadline and not self.dead:
+            time.sleep(0.05)
+            if self.watcher.lines_seen != seen:
+                seen, since = self.watcher.lines_seen, time.monotonic()
+            elif time.monotonic() - since >= quiet_s:
+                return
 
     def events_since(self, line: int) -> list[Event]:
         return self.watcher.since(line)
@@ -133,6 +187,9 @@ class Guest:
         return self.machine.wait_event(wait_event, timeout)
 
     def close(self) -> None:
+        self._pump_stop.set()
+        if self._pump is not None:
+            self._pump.join(timeout=2)
         if self._ssh is not None:
             self._ssh.close()
         self.serial.close()

@@ -18,7 +18,11 @@ import pexpect.fdpexpect
 from harness.errors import SessionError
 from harness.session.base import Completed
 
-_WRAP = "{{\n{command}\n}} </dev/null 2>&1; printf '\\n%s%s:%d\\n' '{m1}' '{m2}' $?\n"
+# A subshell, like an SSH exec: `exit` or `cd` in a command cannot end or
+# change the console's shell; stdin is closed so nothing eats later input.
+_WRAP = "(\n{command}\n) </dev/null 2>&1; printf '\\n%s%s:%d\\n' '{m1}' '{m2}' $?\n"
+# For the few commands that must change the console shell itself.
+_WRAP_IN_SHELL = "{{\n{command}\n}} </dev/null 2>&1; printf '\\n%s%s:%d\\n' '{m1}' '{m2}' $?\n"
 
 
 class SerialSession:
@@ -70,19 +74,31 @@ class SerialSession:
             except pexpect.EOF:
                 return
 
+    def read_available(self, timeout: float) -> bool:
+        """Read whatever the console has within `timeout` (it reaches the
+        observer, not a later expect). False once the stream has ended."""
+        try:
+            self.child.read_nonblocking(65536, timeout=timeout)
+        except pexpect.TIMEOUT:
+            pass
+        except (pexpect.EOF, OSError, ValueError):
+            return False
+        return True
+
     def prepare(self, timeout: float = 10.0) -> None:
         """Turn off echo so outputs are exactly what commands print."""
         # Wide columns: the line editor then never wraps (and re-draws) input.
-        result = self.run("stty -echo cols 4096 2>/dev/null; export PS1='' PS2=''", timeout)
+        result = self.run("stty -echo cols 4096 2>/dev/null; export PS1='' PS2=''", timeout, isolated=False)
         if result.status is None:
             raise SessionError(f"serial shell did not answer: {result.ended_by}")
 
-    def run(self, command: str, timeout: float) -> Completed:
+    def run(self, command: str, timeout: float, isolated: bool = True) -> Completed:
         tag = uuid.uuid4().hex[:12]
         m1, m2 = "@@PKVMH", tag
         start = time.monotonic()
         try:
-            self.child.send(_WRAP.format(command=command, m1=m1, m2=m2))
+            wrap = _WRAP if isolated else _WRAP_IN_SHELL
+            self.child.send(wrap.format(command=command, m1=m1, m2=m2))
         except OSError as exc:
             raise SessionError(f"serial write failed: {exc}") from exc
         what, before = self.expect([re.compile(re.escape(m1 + m2) + r":(\d+)\r?\n")], timeout)

@@ -14,7 +14,7 @@ from harness.config.models import SeriesSpec, SourceSpec
 from harness.errors import PatchError
 from harness.kernel import kconfig
 from harness.kernel.gitutil import git
-from harness.kernel.series import apply_series, load_series
+from harness.kernel.series import BASE_TAG, checkout, load_series
 from harness.kernel.source import prepare_source, source_identity
 
 PATCH = """From 1111111111111111111111111111111111111111 Mon Sep 17 00:00:00 2001
@@ -92,10 +92,16 @@ def test_series_applies_as_one_commit_per_patch(tmp_path: Path, cache: Path) -> 
         PATCH.format(n=1, subject="first", old="int b;", new="int B;")
         + PATCH.format(n=2, subject="second", old="int B;", new="int BB;")
     )
-    tree = apply_series(base, load_series(SeriesSpec("mbox", str(mbox))), store)
-    log = git(tree, "log", "--format=%s").stdout.splitlines()
+    series = load_series(SeriesSpec("mbox", str(mbox)))
+    head = checkout(base.path, series)
+    log = git(base.path, "log", "--format=%s").stdout.splitlines()
     assert log[:2] == ["iommu: second", "iommu: first"] and log[2].startswith("base: ")
-    assert (tree / "drivers/iommu/foo.c").read_text() == "int a;\nint BB;\nint c;\n"
+    foo = base.path / "drivers/iommu/foo.c"
+    assert foo.read_text() == "int a;\nint BB;\nint c;\n"
+    # Back to the base and again to the series (now a kept branch): same commit.
+    checkout(base.path, None)
+    assert foo.read_text() == "int a;\nint b;\nint c;\n"
+    assert checkout(base.path, series) == head
 
 
 def test_patch_that_does_not_apply_names_position_subject_and_file(tmp_path: Path, cache: Path) -> None:
@@ -108,12 +114,17 @@ def test_patch_that_does_not_apply_names_position_subject_and_file(tmp_path: Pat
         + PATCH.format(n=2, subject="stale", old="int zzz;", new="int y;")
     )
     with pytest.raises(PatchError) as err:
-        apply_series(base, load_series(SeriesSpec("mbox", str(mbox))), store)
+        checkout(base.path, load_series(SeriesSpec("mbox", str(mbox))))
     assert str(err.value) == (
         "patch 2/2 'iommu: stale' (s.mbox message 2) does not apply: conflicts in drivers/iommu/foo.c"
     )
-    # Nothing half-applied is left in the cache.
-    assert not [p for p in (cache / "sources").iterdir() if p.name.startswith(".stage")]
+    # Nothing half-applied is left: the tree is back at the base, no branch.
+    assert (
+        git(base.path, "rev-parse", "HEAD").stdout
+        == git(base.path, "rev-parse", f"{BASE_TAG}^{{commit}}").stdout
+    )
+    assert git(base.path, "branch", "--list", "harness/*").stdout.strip() == ""
+    assert git(base.path, "status", "--porcelain").stdout == ""
 
 
 def test_cli_bad_patch_is_one_line_error_exit_2(

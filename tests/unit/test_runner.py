@@ -35,6 +35,9 @@ class ScriptedGuest:
     def sync_console(self, timeout: float = 15.0) -> None:
         pass
 
+    def settle(self, quiet_s: float = 0.5, limit_s: float = 5.0) -> None:
+        pass
+
     def events_since(self, line: int) -> list[Event]:
         return self.watcher.since(line)
 

@@ -58,3 +58,11 @@ def test_fatal_pattern_aborts_the_wait_and_reaches_the_watcher(
     assert r.ended_by == "kernel-fatal" and r.duration_s < 4
     watcher.feed("\n")
     assert watcher.fatal is not None and watcher.fatal.fields["reason"] == "test"
+
+
+def test_exit_in_a_command_does_not_end_the_console_shell(
+    shell: tuple[SerialSession, LogWatcher],
+) -> None:
+    session, _ = shell
+    assert session.run("echo bye; exit 4", timeout=5).status == 4
+    assert session.run("echo still-here", timeout=5).output == "still-here"

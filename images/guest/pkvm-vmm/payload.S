@@ -2,6 +2,9 @@
  * MMIO exits (protocol in vmm_protocol.h). Runs at EL1 with the MMU off,
  * interrupts masked and no stack; it never returns.
  *
+ * Layout: exception vectors at offset 0 (VBAR_EL1 needs 2K alignment),
+ * entry point _start at VMM_ENTRY_OFFSET.
+ *
  * Boot registers (set by the VMM with KVM_SET_ONE_REG):
  *   x0  IPA of data page 0
  *   x1  page size in bytes (host PAGE_SIZE = pKVM protection granule)
@@ -13,8 +16,30 @@
 #include "vmm_protocol.h"
 
 	.section .text.boot, "ax"
+
+/* Any exception is fatal: report which vector, ESR_EL1, ELR_EL1 and
+ * FAR_EL1 as four MMIO stores to VMM_MMIO_EXC, so the VMM can say what
+ * went wrong instead of timing out on a guest looping through vectors. */
+	.macro	vector	off
+	.balign	0x80
+	mov	x9, #\off
+	b	exception
+	.endm
+
+vectors:
+	.irp	off, 0x000, 0x080, 0x100, 0x180, 0x200, 0x280, 0x300, 0x380
+	vector	\off
+	.endr
+	.irp	off, 0x400, 0x480, 0x500, 0x580, 0x600, 0x680, 0x700, 0x780
+	vector	\off
+	.endr
+
+	.balign	VMM_ENTRY_OFFSET
 	.global _start
 _start:
+	adr	x9, vectors
+	msr	vbar_el1, x9
+	isb
 	mov	x19, x0
 	mov	x20, x1
 	ldr	x21, =VMM_MMIO_CMD
@@ -116,5 +141,16 @@ smccc:
 	mov	x3, xzr
 	hvc	#0
 	b	report
+
+exception:
+	ldr	x13, =VMM_MMIO_EXC
+	str	x9, [x13]
+	mrs	x10, esr_el1
+	str	x10, [x13]
+	mrs	x10, elr_el1
+	str	x10, [x13]
+	mrs	x10, far_el1
+	str	x10, [x13]
+	b	exception		/* keep reporting if run again */
 
 	.ltorg

@@ -21,9 +21,13 @@
 
 #define VMM_MMIO_CMD		0x10000000	/* guest load: next command */
 #define VMM_MMIO_RESULT		0x10001000	/* guest store: command result */
+/* guest stores on an exception: vector offset, ESR_EL1, ELR_EL1, FAR_EL1 */
+#define VMM_MMIO_EXC		0x10002000
 
 /* Guest RAM memslot base IPA; payload.lds links the payload here too. */
 #define VMM_RAM_IPA		0x80000000
+/* Entry point offset in the payload (after the 2K vector table). */
+#define VMM_ENTRY_OFFSET	0x800
 
 /* Value the guest writes to every 64-bit word of data page p: PATTERN | p */
 #define VMM_PATTERN		0x5ec2e7000000
