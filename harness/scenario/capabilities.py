@@ -23,11 +23,20 @@ _PROBE = r"""
 test -c /dev/kvm && echo kvm
 test -d /sys/kernel/debug/tracing -o -d /sys/kernel/tracing && echo tracing
 for h in /usr/local/bin/*; do [ -x "$h" ] && echo "helper:${h##*/}"; done
-if [ -x /usr/local/bin/pkvm-vmm ]; then
-  pkvm-vmm probe 2>/dev/null | sed -n 's/^# protected_vm=1$/protected-vm/p'
+if [ -x /usr/local/bin/pkvm-vmm ] && [ -c /dev/kvm ]; then
+  pkvm-vmm probe 2>/dev/null | sed -n -e 's/^# protected_vm=1$/protected-vm/p' \
+                                      -e 's/^# pkvm_hypercalls=1$/pkvm-guest-hypercalls/p'
 fi
 true
 """
+
+
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
 
 
 def probe(guest: Guest, kernel: KernelBuild, features: frozenset[str]) -> frozenset[str]:
@@ -36,6 +45,9 @@ def probe(guest: Guest, kernel: KernelBuild, features: frozenset[str]) -> frozen
     for option, token in _CONFIG_CAPS.items():
         if f"\n{option}=y" in f"\n{config}":
             caps.add(token)
+    # pkvm_ownership_selftest() runs at hyp init under NVHE_EL2_DEBUG from 6.16.
+    if "nvhe-el2-debug" in caps and _version(kernel.version) >= (6, 16):
+        caps.add("pkvm-ownership-selftest")
     if any(e.signature == "pkvm-init" for e in guest.watcher.events):
         caps.add("pkvm-protected-mode")
     result = guest.run("serial", _PROBE, 30)
