@@ -52,7 +52,8 @@ def cmd_list(args: argparse.Namespace, reg: Registry) -> int:
     for kind, rows in table.items():
         print(f"{kind}:")
         for row in rows:
-            print(f"  {row['name']:<28} {row['description'].splitlines()[0] if row['description'] else ''}")
+            summary = row["description"].split(". ")[0]
+            print(f"  {row['name']:<28} {summary[:90]}{'...' if len(summary) > 90 else ''}")
     return ExitCode.OK
 
 
