@@ -7,17 +7,39 @@ import json
 import os
 import sys
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 from harness import __version__, pipeline
 from harness.config import Registry
-from harness.config.models import SeriesSpec
+from harness.config.models import SeriesSpec, SourceSpec, Target
 from harness.errors import ConfigError, ExitCode, HarnessError
 from harness.machine.qemu import install_signal_handlers
 from harness.report import exit_code
 
 DEFAULT_TARGET = "mainline-7.3"
 DEFAULT_PROFILES = ("smmuv3-nested", "virtio-iommu")
+
+
+def _source(value: str) -> SourceSpec:
+    path = Path(value)
+    if (path / ".git").exists():
+        return SourceSpec("git", str(path.resolve()))
+    if path.is_file():
+        return SourceSpec("tarball", str(path.resolve()))
+    raise ConfigError(f"--source {value}: not a git work tree or a tarball")
+
+
+def _target(args: argparse.Namespace, reg: Registry) -> Target:
+    """The named target with the command line's overrides applied."""
+    target = reg.target(args.target)
+    if args.source:
+        target = replace(target, source=_source(args.source))
+    if args.series:
+        target = replace(target, series=_series(args.series))
+    if args.toolchain:
+        target = replace(target, toolchain=args.toolchain)
+    return target
 
 
 def _series(value: str | None) -> SeriesSpec | None:
@@ -58,8 +80,7 @@ def cmd_list(args: argparse.Namespace, reg: Registry) -> int:
 
 
 def cmd_build(args: argparse.Namespace, reg: Registry) -> int:
-    target = reg.target(args.target)
-    artifacts = pipeline.build_all(target, _series(args.series), args.jobs)
+    artifacts = pipeline.build_all(_target(args, reg), args.jobs)
     print(
         json.dumps(
             {
@@ -79,8 +100,8 @@ def cmd_build(args: argparse.Namespace, reg: Registry) -> int:
 def cmd_boot(args: argparse.Namespace, reg: Registry) -> int:
     from harness.session.guest import booted_guest
 
-    target, profile = reg.target(args.target), reg.profile(args.profile)
-    artifacts = pipeline.build_all(target, _series(args.series))
+    target, profile = _target(args, reg), reg.profile(args.profile)
+    artifacts = pipeline.build_all(target)
     output = Path(args.output)
     with booted_guest(
         profile, artifacts.kernel.image, artifacts.image, output, target.cmdline, args.boot_timeout
@@ -107,13 +128,11 @@ def cmd_boot(args: argparse.Namespace, reg: Registry) -> int:
 
 
 def cmd_run(args: argparse.Namespace, reg: Registry) -> int:
-    target = reg.target(args.target)
+    target = _target(args, reg)
     profiles = tuple(reg.profile(p) for p in (args.profile or DEFAULT_PROFILES))
     names = args.scenarios or reg.scenario_names()
     scenarios = tuple(reg.scenario(n) for n in names)
-    request = pipeline.RunRequest(
-        target, profiles, scenarios, Path(args.output), args.boot_timeout, _series(args.series)
-    )
+    request = pipeline.RunRequest(target, profiles, scenarios, Path(args.output), args.boot_timeout)
     result = pipeline.run(request)
     counts = result.counts()
     print(" ".join(f"{k}={v}" for k, v in counts.items() if v) + f"  ({args.output}/results.json)")
@@ -133,6 +152,8 @@ def parser() -> argparse.ArgumentParser:
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--target", default=DEFAULT_TARGET, help="target name or .yaml path")
         sp.add_argument("--series", help="patch series: mbox file, patch dir, or message-id (b4)")
+        sp.add_argument("--source", help="kernel source instead of the target's: git tree or tarball")
+        sp.add_argument("--toolchain", choices=["gcc", "llvm"], help="gcc (cross) or llvm (LLVM=1)")
 
     b = sub.add_parser("build", help="build (or fetch from cache) the kernel and image")
     common(b)

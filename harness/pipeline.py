@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import __version__, ui
-from harness.config.models import Profile, Scenario, SeriesSpec, Target
+from harness.config.models import Profile, Scenario, Target
 from harness.image import GuestImage, build_image
 from harness.kernel import KernelBuild, build_kernel
 from harness.machine import qemu_version
@@ -32,9 +32,9 @@ class Artifacts:
     seconds: float
 
 
-def build_all(target: Target, series: SeriesSpec | None = None, jobs: int | None = None) -> Artifacts:
+def build_all(target: Target, jobs: int | None = None) -> Artifacts:
     start = time.monotonic()
-    kernel = build_kernel(target, jobs=jobs, series_override=series)
+    kernel = build_kernel(target, jobs=jobs)
     ui.info("kernel", f"{target.name}: {kernel.version} {'(cached)' if kernel.cached else ''} {kernel.image}")
     image = build_image()
     ui.info(
@@ -52,7 +52,6 @@ class RunRequest:
     scenarios: tuple[Scenario, ...]
     output: Path
     boot_timeout: float = 120.0
-    series: SeriesSpec | None = None
 
 
 @dataclass
@@ -157,7 +156,7 @@ class _ProfileRun:
 
 def run(request: RunRequest) -> RunResult:
     qemu = qemu_version()
-    artifacts = build_all(request.target, request.series)
+    artifacts = build_all(request.target)
     results: list[ScenarioResult] = []
     boots: list[dict[str, object]] = []
     start = time.monotonic()
@@ -186,25 +185,34 @@ def run(request: RunRequest) -> RunResult:
     return run_result
 
 
+def _target_args(target: Target) -> list[str]:
+    """Command-line arguments that rebuild exactly this target (overrides
+    given on the command line included)."""
+    args = ["--target", str(target.path) if target.path else target.name]
+    if target.source.kind != "debian":
+        args += ["--source", target.source.location]
+    if target.series is not None:
+        args += ["--series", target.series.location]
+    args += ["--toolchain", target.toolchain]
+    return args
+
+
 def _write_reproducer(request: RunRequest, run_result: RunResult) -> None:
     lines = ["#!/bin/sh", "# Re-run exactly what failed in this run.", "set -e"]
     failed = [r for r in run_result.results if r.verdict in (Verdict.FAIL, Verdict.ERROR)]
+    rerun = request.output / "rerun"
     for r in failed:
-        lines.append(
-            shlex.join(
-                [
-                    "pkvm-harness",
-                    "run",
-                    "--target",
-                    request.target.name,
-                    "--profile",
-                    r.profile,
-                    "--output",
-                    str(request.output / "rerun"),
-                    r.scenario,
-                ]
-            )
-        )
+        argv = [
+            "pkvm-harness",
+            "run",
+            *_target_args(request.target),
+            "--profile",
+            r.profile,
+            "--output",
+            str(rerun),
+            r.scenario,
+        ]
+        lines.append(shlex.join(argv))
     if not failed:
         lines.append("# nothing failed")
     path = request.output / "reproduce.sh"

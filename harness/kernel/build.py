@@ -23,7 +23,7 @@ from typing import Any
 
 from harness import __version__, paths, ui
 from harness.cache import ContentStore, DigestMemo, digest, write_json
-from harness.config.models import SeriesSpec, Target
+from harness.config.models import Target
 from harness.errors import BuildError, ToolMissingError
 from harness.kernel import kconfig
 from harness.kernel.series import PatchSeries, checkout, load_series
@@ -158,13 +158,7 @@ def _run_make(argv: list[str], cwd: Path, log: Path, expected: int | None) -> in
     return steps
 
 
-def build_kernel(
-    target: Target, *, jobs: int | None = None, series_override: SeriesSpec | None = None
-) -> KernelBuild:
-    if series_override is not None:
-        from dataclasses import replace
-
-        target = replace(target, series=series_override)
+def build_kernel(target: Target, *, jobs: int | None = None) -> KernelBuild:
     cache = paths.cache_root()
     toolchain = Toolchain(target.toolchain)
     tc_version = toolchain.check()

@@ -48,7 +48,7 @@ class SshSession:
         self.host, self.port, self.key = host, port, key
         self.client: paramiko.SSHClient | None = None
 
-    def connect(self, timeout: float = 20.0) -> float:
+    def connect(self, timeout: float = 60.0) -> float:
         """Connect, retrying while the guest's dropbear comes up; returns the
         seconds it took."""
         start = time.monotonic()
@@ -67,9 +67,9 @@ class SshSession:
                     pkey=self.key.paramiko_key(),
                     look_for_keys=False,
                     allow_agent=False,
-                    timeout=5,
-                    banner_timeout=5,
-                    auth_timeout=5,
+                    timeout=10,
+                    banner_timeout=15,  # dropbear makes its host key on first use, under TCG
+                    auth_timeout=15,
                 )
                 self.client = client
                 return time.monotonic() - start

