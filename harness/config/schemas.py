@@ -9,6 +9,17 @@ _NAME = {"type": "string", "pattern": "^[a-z0-9][a-z0-9.+_-]*$"}
 _STR_LIST = {"type": "array", "items": {"type": "string"}}
 _TIMEOUT = {"type": "number", "exclusiveMinimum": 0, "maximum": 7200}
 
+def _one_of_keys(*keys: str) -> dict[str, Any]:
+    """An object with exactly one of `keys`, whose value is a string."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "minProperties": 1,
+        "maxProperties": 1,
+        "properties": {k: {"type": "string"} for k in keys},
+    }
+
+
 TARGET: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -16,28 +27,8 @@ TARGET: dict[str, Any] = {
     "properties": {
         "name": _NAME,
         "description": {"type": "string"},
-        "source": {
-            "type": "object",
-            "additionalProperties": False,
-            "minProperties": 1,
-            "maxProperties": 1,
-            "properties": {
-                "debian": {"type": "string"},
-                "git": {"type": "string"},
-                "tarball": {"type": "string"},
-            },
-        },
-        "series": {
-            "type": "object",
-            "additionalProperties": False,
-            "minProperties": 1,
-            "maxProperties": 1,
-            "properties": {
-                "mbox": {"type": "string"},
-                "dir": {"type": "string"},
-                "b4": {"type": "string"},
-            },
-        },
+        "source": _one_of_keys("debian", "git", "tarball"),
+        "series": _one_of_keys("mbox", "dir", "b4"),
         "fragments": {**_STR_LIST, "minItems": 1},
         "toolchain": {"enum": ["gcc", "llvm"]},
         "cmdline": _STR_LIST,

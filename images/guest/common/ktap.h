@@ -4,6 +4,7 @@
 #define PKVM_HARNESS_KTAP_H
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 static int ktap_test_no;
 static int ktap_failures;
@@ -40,6 +41,21 @@ static inline void ktap_result(int ok, int skip, const char *name, const char *r
 		printf(" # %s", reason);
 	printf("\n");
 	fflush(stdout);
+}
+
+/* The environment is unusable (no device, a setup ioctl failed): the
+ * harness reports this as an infrastructure ERROR, not a FAIL. Exit 2. */
+static inline __attribute__((noreturn, format(printf, 1, 2))) void ktap_bail(const char *fmt, ...)
+{
+	va_list ap;
+
+	printf("Bail out! ");
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	printf("\n");
+	fflush(stdout);
+	exit(2);
 }
 
 static inline int ktap_exit_code(void)

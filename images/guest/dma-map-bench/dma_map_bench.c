@@ -121,19 +121,6 @@ static struct options {
 /* ------------------------------------------------------------------ */
 /* small utilities                                                     */
 
-static __attribute__((noreturn, format(printf, 1, 2))) void bail(const char *fmt, ...)
-{
-	va_list ap;
-
-	printf("Bail out! ");
-	va_start(ap, fmt);
-	vprintf(fmt, ap);
-	va_end(ap);
-	printf("\n");
-	fflush(stdout);
-	exit(2);
-}
-
 /* Bounded copy that truncates silently (names). */
 static void copy_str(char *dst, size_t len, const char *src)
 {
@@ -243,7 +230,7 @@ static void find_edu(char *bdf, size_t len)
 	struct dirent *de;
 
 	if (!d)
-		bail("cannot list /sys/bus/pci/devices: %s", strerror(errno));
+		ktap_bail("cannot list /sys/bus/pci/devices: %s", strerror(errno));
 	bdf[0] = '\0';
 	while ((de = readdir(d))) {
 		if (de->d_name[0] == '.' || !is_edu(de->d_name))
@@ -253,7 +240,7 @@ static void find_edu(char *bdf, size_t len)
 	}
 	closedir(d);
 	if (!bdf[0])
-		bail("no edu device (%04x:%04x) found in /sys/bus/pci/devices: %s", EDU_VENDOR,
+		ktap_bail("no edu device (%04x:%04x) found in /sys/bus/pci/devices: %s", EDU_VENDOR,
 		     EDU_DEVICE, strerror(ENODEV));
 }
 
@@ -266,10 +253,10 @@ static void parse_bdf(const char *in, char *bdf, size_t len)
 	if (sscanf(in, "%x:%x:%x.%x%c", &dom, &bus, &dev, &fn, &tail) != 4) {
 		dom = 0;
 		if (sscanf(in, "%x:%x.%x%c", &bus, &dev, &fn, &tail) != 3)
-			bail("bad BDF '%s': %s", in, strerror(EINVAL));
+			ktap_bail("bad BDF '%s': %s", in, strerror(EINVAL));
 	}
 	if (dom > 0xffff || bus > 0xff || dev > 0x1f || fn > 7)
-		bail("bad BDF '%s': %s", in, strerror(EINVAL));
+		ktap_bail("bad BDF '%s': %s", in, strerror(EINVAL));
 	snprintf(bdf, len, "%04x:%02x:%02x.%x", dom, bus, dev, fn);
 }
 
@@ -532,7 +519,7 @@ int main(int argc, char **argv)
 		find_edu(bdf, sizeof(bdf));
 	dev_path(path, sizeof(path), bdf, "");
 	if (access(path, F_OK))
-		bail("no PCI device %s: %s", bdf, strerror(errno));
+		ktap_bail("no PCI device %s: %s", bdf, strerror(errno));
 
 	save_state(bdf, &st);
 	print_setup(bdf, &st);
@@ -540,7 +527,7 @@ int main(int argc, char **argv)
 	if (bind_benchmark(bdf, &st, &changed, why, sizeof(why))) {
 		if (changed)
 			restore_binding(bdf, &st);
-		bail("%s", why);
+		ktap_bail("%s", why);
 	}
 
 	fd = open(BENCH_FILE, O_RDWR | O_CLOEXEC);
@@ -548,7 +535,7 @@ int main(int argc, char **argv)
 		err = errno;
 		if (changed)
 			restore_binding(bdf, &st);
-		bail("open " BENCH_FILE ": %s", strerror(err));
+		ktap_bail("open " BENCH_FILE ": %s", strerror(err));
 	}
 
 	memset(&mb, 0, sizeof(mb));

@@ -139,19 +139,6 @@ struct dmabuf {
 /* ------------------------------------------------------------------ */
 /* small utilities                                                     */
 
-static __attribute__((noreturn, format(printf, 1, 2))) void bail(const char *fmt, ...)
-{
-	va_list ap;
-
-	printf("Bail out! ");
-	va_start(ap, fmt);
-	vprintf(fmt, ap);
-	va_end(ap);
-	printf("\n");
-	fflush(stdout);
-	exit(2);
-}
-
 static __attribute__((format(printf, 2, 3))) void set_err(struct edu *e, const char *fmt, ...)
 {
 	va_list ap;
@@ -358,7 +345,7 @@ static void find_edu(char *bdf, size_t len)
 	struct dirent *de;
 
 	if (!d)
-		bail("cannot list /sys/bus/pci/devices: %s", strerror(errno));
+		ktap_bail("cannot list /sys/bus/pci/devices: %s", strerror(errno));
 	bdf[0] = '\0';
 	while ((de = readdir(d))) {
 		if (de->d_name[0] == '.' || !is_edu(de->d_name))
@@ -368,7 +355,7 @@ static void find_edu(char *bdf, size_t len)
 	}
 	closedir(d);
 	if (!bdf[0])
-		bail("no edu device (%04x:%04x) found in /sys/bus/pci/devices", EDU_VENDOR,
+		ktap_bail("no edu device (%04x:%04x) found in /sys/bus/pci/devices", EDU_VENDOR,
 		     EDU_DEVICE);
 }
 
@@ -381,10 +368,10 @@ static void parse_bdf(struct edu *e, const char *in)
 	if (sscanf(in, "%x:%x:%x.%x%c", &dom, &bus, &dev, &fn, &tail) != 4) {
 		dom = 0;
 		if (sscanf(in, "%x:%x.%x%c", &bus, &dev, &fn, &tail) != 3)
-			bail("bad BDF '%s'", in);
+			ktap_bail("bad BDF '%s'", in);
 	}
 	if (bus > 0xff || dev > 0x1f || fn > 7)
-		bail("bad BDF '%s'", in);
+		ktap_bail("bad BDF '%s'", in);
 	snprintf(e->bdf, sizeof(e->bdf), "%04x:%02x:%02x.%x", dom, bus, dev, fn);
 	e->sid = (bus << 8) | (dev << 3) | fn;
 }
@@ -398,7 +385,7 @@ static void read_iommu_group(struct edu *e)
 	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/iommu_group", e->bdf);
 	n = readlink(path, target, sizeof(target) - 1);
 	if (n < 0)
-		bail("no IOMMU group for %s (%s: %s)", e->bdf, path, strerror(errno));
+		ktap_bail("no IOMMU group for %s (%s: %s)", e->bdf, path, strerror(errno));
 	target[n] = '\0';
 	slash = strrchr(target, '/');
 	e->group = atoi(slash ? slash + 1 : target);
@@ -414,26 +401,26 @@ static void bind_vfio_pci(struct edu *e)
 	if (!strcmp(drv, "vfio-pci"))
 		return;
 	if (access("/sys/bus/pci/drivers/vfio-pci", F_OK))
-		bail("vfio-pci driver not available (/sys/bus/pci/drivers/vfio-pci: %s)",
+		ktap_bail("vfio-pci driver not available (/sys/bus/pci/drivers/vfio-pci: %s)",
 		     strerror(errno));
 
 	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/driver_override", e->bdf);
 	err = write_file(path, "vfio-pci");
 	if (err)
-		bail("write %s: %s", path, strerror(-err));
+		ktap_bail("write %s: %s", path, strerror(-err));
 	if (drv[0]) {
 		snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/driver/unbind", e->bdf);
 		err = write_file(path, e->bdf);
 		if (err)
-			bail("unbind %s from %s: %s", e->bdf, drv, strerror(-err));
+			ktap_bail("unbind %s from %s: %s", e->bdf, drv, strerror(-err));
 	}
 	err = write_file("/sys/bus/pci/drivers_probe", e->bdf);
 	if (err)
-		bail("probe %s with vfio-pci: %s", e->bdf, strerror(-err));
+		ktap_bail("probe %s with vfio-pci: %s", e->bdf, strerror(-err));
 
 	current_driver(e->bdf, drv, sizeof(drv));
 	if (strcmp(drv, "vfio-pci"))
-		bail("vfio-pci did not bind to %s (driver now '%s')", e->bdf, drv);
+		ktap_bail("vfio-pci did not bind to %s (driver now '%s')", e->bdf, drv);
 }
 
 /* Device nodes appear asynchronously after a bind; give devtmpfs a moment. */
@@ -507,7 +494,7 @@ static uint64_t pick_helper_iova(const struct edu *e, uint64_t len, uint64_t lo,
 				return cand[i];
 		}
 	}
-	bail("no free helper IOVA outside [0x%" PRIx64 ", 0x%" PRIx64 ")", lo, hi);
+	ktap_bail("no free helper IOVA outside [0x%" PRIx64 ", 0x%" PRIx64 ")", lo, hi);
 }
 
 /* ------------------------------------------------------------------ */
@@ -522,10 +509,10 @@ static void type1_query_iova(struct edu *e)
 	for (;;) {
 		info = calloc(1, sz);
 		if (!info)
-			bail("out of memory");
+			ktap_bail("out of memory");
 		info->argsz = sz;
 		if (ioctl(e->container_fd, VFIO_IOMMU_GET_INFO, info))
-			bail("VFIO_IOMMU_GET_INFO: %s", strerror(errno));
+			ktap_bail("VFIO_IOMMU_GET_INFO: %s", strerror(errno));
 		if (info->argsz <= sz)
 			break;
 		sz = info->argsz;
@@ -566,29 +553,29 @@ static void type1_setup(struct edu *e)
 
 	e->container_fd = open("/dev/vfio/vfio", O_RDWR | O_CLOEXEC);
 	if (e->container_fd < 0)
-		bail("open /dev/vfio/vfio: %s", strerror(errno));
+		ktap_bail("open /dev/vfio/vfio: %s", strerror(errno));
 	ret = ioctl(e->container_fd, VFIO_GET_API_VERSION);
 	if (ret != VFIO_API_VERSION)
-		bail("VFIO_GET_API_VERSION: got %d, want %d", ret, VFIO_API_VERSION);
+		ktap_bail("VFIO_GET_API_VERSION: got %d, want %d", ret, VFIO_API_VERSION);
 	if (ioctl(e->container_fd, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU) <= 0)
-		bail("VFIO_CHECK_EXTENSION(VFIO_TYPE1v2_IOMMU): not supported");
+		ktap_bail("VFIO_CHECK_EXTENSION(VFIO_TYPE1v2_IOMMU): not supported");
 
 	snprintf(path, sizeof(path), "/dev/vfio/%d", e->group);
 	e->group_fd = open_retry(path, O_RDWR | O_CLOEXEC);
 	if (e->group_fd < 0)
-		bail("open %s: %s", path, strerror(errno));
+		ktap_bail("open %s: %s", path, strerror(errno));
 	if (ioctl(e->group_fd, VFIO_GROUP_GET_STATUS, &status))
-		bail("VFIO_GROUP_GET_STATUS: %s", strerror(errno));
+		ktap_bail("VFIO_GROUP_GET_STATUS: %s", strerror(errno));
 	if (!(status.flags & VFIO_GROUP_FLAGS_VIABLE))
-		bail("IOMMU group %d not viable (other devices bound to host drivers?)",
+		ktap_bail("IOMMU group %d not viable (other devices bound to host drivers?)",
 		     e->group);
 	if (ioctl(e->group_fd, VFIO_GROUP_SET_CONTAINER, &e->container_fd))
-		bail("VFIO_GROUP_SET_CONTAINER: %s", strerror(errno));
+		ktap_bail("VFIO_GROUP_SET_CONTAINER: %s", strerror(errno));
 	if (ioctl(e->container_fd, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU))
-		bail("VFIO_SET_IOMMU(VFIO_TYPE1v2_IOMMU): %s", strerror(errno));
+		ktap_bail("VFIO_SET_IOMMU(VFIO_TYPE1v2_IOMMU): %s", strerror(errno));
 	e->device_fd = ioctl(e->group_fd, VFIO_GROUP_GET_DEVICE_FD, e->bdf);
 	if (e->device_fd < 0)
-		bail("VFIO_GROUP_GET_DEVICE_FD(%s): %s", e->bdf, strerror(errno));
+		ktap_bail("VFIO_GROUP_GET_DEVICE_FD(%s): %s", e->bdf, strerror(errno));
 	type1_query_iova(e);
 }
 
@@ -604,7 +591,7 @@ static void find_vfio_cdev(const struct edu *e, char *path, size_t len)
 	snprintf(dir, sizeof(dir), "/sys/bus/pci/devices/%s/vfio-dev", e->bdf);
 	d = opendir(dir);
 	if (!d)
-		bail("no VFIO cdev for %s (%s: %s; kernel without CONFIG_VFIO_DEVICE_CDEV?)",
+		ktap_bail("no VFIO cdev for %s (%s: %s; kernel without CONFIG_VFIO_DEVICE_CDEV?)",
 		     e->bdf, dir, strerror(errno));
 	path[0] = '\0';
 	while ((de = readdir(d)))
@@ -612,7 +599,7 @@ static void find_vfio_cdev(const struct edu *e, char *path, size_t len)
 			snprintf(path, len, "/dev/vfio/devices/%s", de->d_name);
 	closedir(d);
 	if (!path[0])
-		bail("no VFIO cdev for %s (%s is empty)", e->bdf, dir);
+		ktap_bail("no VFIO cdev for %s (%s is empty)", e->bdf, dir);
 }
 
 static void iommufd_query_iova(struct edu *e)
@@ -626,7 +613,7 @@ static void iommufd_query_iova(struct edu *e)
 	};
 
 	if (ioctl(e->iommufd, IOMMU_IOAS_IOVA_RANGES, &q))
-		bail("IOMMU_IOAS_IOVA_RANGES: %s", strerror(errno));
+		ktap_bail("IOMMU_IOAS_IOVA_RANGES: %s", strerror(errno));
 	e->ranges_known = true;
 	for (uint32_t i = 0; i < q.num_iovas && i < MAX_RANGES; i++)
 		add_range(e, r[i].start, r[i].last);
@@ -642,22 +629,22 @@ static void iommufd_setup(struct edu *e)
 
 	e->iommufd = open("/dev/iommu", O_RDWR | O_CLOEXEC);
 	if (e->iommufd < 0)
-		bail("open /dev/iommu: %s", strerror(errno));
+		ktap_bail("open /dev/iommu: %s", strerror(errno));
 	find_vfio_cdev(e, path, sizeof(path));
 	e->device_fd = open_retry(path, O_RDWR | O_CLOEXEC);
 	if (e->device_fd < 0)
-		bail("open %s: %s", path, strerror(errno));
+		ktap_bail("open %s: %s", path, strerror(errno));
 
 	bind.iommufd = e->iommufd;
 	if (ioctl(e->device_fd, VFIO_DEVICE_BIND_IOMMUFD, &bind))
-		bail("VFIO_DEVICE_BIND_IOMMUFD: %s", strerror(errno));
+		ktap_bail("VFIO_DEVICE_BIND_IOMMUFD: %s", strerror(errno));
 	e->devid = bind.out_devid;
 	if (ioctl(e->iommufd, IOMMU_IOAS_ALLOC, &alloc))
-		bail("IOMMU_IOAS_ALLOC: %s", strerror(errno));
+		ktap_bail("IOMMU_IOAS_ALLOC: %s", strerror(errno));
 	e->ioas_id = alloc.out_ioas_id;
 	attach.pt_id = e->ioas_id;
 	if (ioctl(e->device_fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &attach))
-		bail("VFIO_DEVICE_ATTACH_IOMMUFD_PT(ioas %u): %s", e->ioas_id, strerror(errno));
+		ktap_bail("VFIO_DEVICE_ATTACH_IOMMUFD_PT(ioas %u): %s", e->ioas_id, strerror(errno));
 	/* Ranges narrow on attach, so query only now. */
 	iommufd_query_iova(e);
 }
@@ -734,7 +721,7 @@ static void buf_alloc(struct edu *e, struct dmabuf *b, size_t len)
 	b->va = mmap(NULL, len, PROT_READ | PROT_WRITE,
 		     MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
 	if (b->va == MAP_FAILED)
-		bail("mmap %zu bytes: %s", len, strerror(errno));
+		ktap_bail("mmap %zu bytes: %s", len, strerror(errno));
 	b->len = len;
 	b->maplen = 0;
 }
@@ -766,7 +753,7 @@ static int buf_unmap(struct edu *e, struct dmabuf *b)
 static void buf_map_or_bail(struct edu *e, struct dmabuf *b, uint64_t iova)
 {
 	if (buf_map(e, b, iova, 0))
-		bail("%s", e->err);
+		ktap_bail("%s", e->err);
 }
 
 /* ------------------------------------------------------------------ */
@@ -818,7 +805,7 @@ static void region_info(struct edu *e, uint32_t index, struct vfio_region_info *
 	ri->argsz = sizeof(*ri);
 	ri->index = index;
 	if (ioctl(e->device_fd, VFIO_DEVICE_GET_REGION_INFO, ri))
-		bail("VFIO_DEVICE_GET_REGION_INFO(%u): %s", index, strerror(errno));
+		ktap_bail("VFIO_DEVICE_GET_REGION_INFO(%u): %s", index, strerror(errno));
 }
 
 static void device_setup(struct edu *e)
@@ -829,7 +816,7 @@ static void device_setup(struct edu *e)
 	region_info(e, VFIO_PCI_BAR0_REGION_INDEX, &bar);
 	region_info(e, VFIO_PCI_CONFIG_REGION_INDEX, &cfg);
 	if (bar.size < EDU_REGS_END)
-		bail("BAR0 too small: 0x%llx bytes", (unsigned long long)bar.size);
+		ktap_bail("BAR0 too small: 0x%llx bytes", (unsigned long long)bar.size);
 	e->bar0_size = bar.size;
 	e->bar0_offset = bar.offset;
 	e->cfg_offset = cfg.offset;
@@ -845,10 +832,10 @@ static void device_setup(struct edu *e)
 	/* vfio-pci enables memory decoding on open but leaves bus mastering to
 	 * the user; without it QEMU silently drops the device's DMA. */
 	if (pread(e->device_fd, &cmd, 2, e->cfg_offset + PCI_COMMAND) != 2)
-		bail("read PCI_COMMAND: %s", strerror(errno));
+		ktap_bail("read PCI_COMMAND: %s", strerror(errno));
 	cmd |= PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER;
 	if (pwrite(e->device_fd, &cmd, 2, e->cfg_offset + PCI_COMMAND) != 2)
-		bail("write PCI_COMMAND: %s", strerror(errno));
+		ktap_bail("write PCI_COMMAND: %s", strerror(errno));
 }
 
 /* ------------------------------------------------------------------ */
@@ -934,7 +921,7 @@ static void edu_setup(struct edu *e)
 	if (opt.bdf) {
 		parse_bdf(e, opt.bdf);
 		if (!is_edu(e->bdf))
-			bail("%s is not an edu device (or does not exist)", e->bdf);
+			ktap_bail("%s is not an edu device (or does not exist)", e->bdf);
 	} else {
 		char found[64];
 
@@ -1018,7 +1005,7 @@ static bool roundtrip_one(struct edu *e, struct dmabuf *src, struct dmabuf *dst,
 	bool ok = false;
 
 	if (!poison)
-		bail("out of memory");
+		ktap_bail("out of memory");
 	fill_pattern(src->va, e->page, pattern_key(TAG_SRC, iova, size));
 	fill_pattern(dst->va, e->page, poison_key);
 	fill_pattern(poison, e->page, poison_key);
@@ -1143,7 +1130,7 @@ static void cmd_fault_unmapped(struct edu *e)
 	aux_in_ref = malloc(pg);
 	poison = malloc(pg);
 	if (!dev_data || !lo_ref || !hi_ref || !aux_in_ref || !poison)
-		bail("out of memory");
+		ktap_bail("out of memory");
 	fill_pattern(dev_data, pg, pattern_key(TAG_DEVICE, fault, size));
 	fill_pattern(lo_ref, pg, pattern_key(TAG_SENTINEL, lo_iova, size));
 	fill_pattern(hi_ref, pg, pattern_key(TAG_SENTINEL, hi_iova, size));
@@ -1240,9 +1227,9 @@ static void cmd_after_unmap(struct edu *e)
 	ktap_diag("fault_iova=0x%" PRIx64, iova);
 	ktap_diag("fault_size=%u", size);
 	if (iova & (pg - 1))
-		bail("--iova 0x%" PRIx64 " is not page aligned", iova);
+		ktap_bail("--iova 0x%" PRIx64 " is not page aligned", iova);
 	if (!iova_valid(e, iova, pg))
-		bail("--iova 0x%" PRIx64 " is outside the valid IOVA ranges", iova);
+		ktap_bail("--iova 0x%" PRIx64 " is outside the valid IOVA ranges", iova);
 
 	p1 = malloc(pg);
 	p2 = malloc(pg);
@@ -1250,7 +1237,7 @@ static void cmd_after_unmap(struct edu *e)
 	q = malloc(pg);
 	poison = malloc(pg);
 	if (!p1 || !p2 || !p3 || !q || !poison)
-		bail("out of memory");
+		ktap_bail("out of memory");
 	fill_pattern(p1, pg, pattern_key(TAG_P1, iova, size));
 	fill_pattern(p2, pg, pattern_key(TAG_P2, iova, size));
 	fill_pattern(p3, pg, pattern_key(TAG_P3, iova, size));
@@ -1470,10 +1457,10 @@ static int stress_slots(struct edu *e, struct slot *slots)
 			continue;
 		}
 		if (iova & (e->page - 1))
-			bail("IOVA 0x%" PRIx64 " is not page aligned", iova);
+			ktap_bail("IOVA 0x%" PRIx64 " is not page aligned", iova);
 		for (int j = 0; j < n; j++)
 			if (iova < slots[j].iova + span && slots[j].iova < iova + span)
-				bail("IOVAs 0x%" PRIx64 " and 0x%" PRIx64
+				ktap_bail("IOVAs 0x%" PRIx64 " and 0x%" PRIx64
 				     " are closer than %" PRIu64 " bytes", slots[j].iova, iova, span);
 		slots[n].iova = iova;
 		buf_alloc(e, &slots[n].buf, span);
@@ -1565,7 +1552,7 @@ static int parse_list(const char *opt_name, const char *s, uint64_t *out, bool a
 	int n = 0;
 
 	if (!copy)
-		bail("out of memory");
+		ktap_bail("out of memory");
 	for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
 		if (n == MAX_LIST)
 			usage_error("%s: more than %d entries", opt_name, MAX_LIST);

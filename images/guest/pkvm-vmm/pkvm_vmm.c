@@ -145,19 +145,6 @@ static bool __attribute__((format(printf, 3, 4))) fail(char *why, size_t len, co
 	return false;
 }
 
-static void __attribute__((noreturn, format(printf, 1, 2))) bail(const char *fmt, ...)
-{
-	va_list ap;
-
-	printf("Bail out! ");
-	va_start(ap, fmt);
-	vprintf(fmt, ap);
-	va_end(ap);
-	printf("\n");
-	fflush(stdout);
-	exit(2);
-}
-
 static double now_ms(void)
 {
 	struct timespec ts;
@@ -281,17 +268,17 @@ static void kvm_open(void)
 {
 	kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
 	if (kvm_fd < 0)
-		bail("open /dev/kvm: %s", strerror(errno));
+		ktap_bail("open /dev/kvm: %s", strerror(errno));
 	kvm_api = ioctl(kvm_fd, KVM_GET_API_VERSION, 0);
 	if (kvm_api < 0)
-		bail("KVM_GET_API_VERSION: %s", strerror(errno));
+		ktap_bail("KVM_GET_API_VERSION: %s", strerror(errno));
 	vcpu_mmap_size = ioctl(kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
 	if (vcpu_mmap_size < (int)sizeof(struct kvm_run))
-		bail("KVM_GET_VCPU_MMAP_SIZE: %s", strerror(errno));
+		ktap_bail("KVM_GET_VCPU_MMAP_SIZE: %s", strerror(errno));
 	page_size = sysconf(_SC_PAGESIZE);
 	payload_size = payload_end - payload_start;
 	if (payload_size <= VMM_ENTRY_OFFSET || payload_size > (size_t)page_size)
-		bail("payload size %zu bytes: not in (%d, %ld]", payload_size,
+		ktap_bail("payload size %zu bytes: not in (%d, %ld]", payload_size,
 		     VMM_ENTRY_OFFSET, page_size);
 }
 
@@ -582,7 +569,7 @@ static bool require_protected(const char *const *names, int n)
 	int prot = probe_protected();
 
 	if (prot < 0)
-		bail("KVM_CREATE_VM(protected): %s", strerror(-prot));
+		ktap_bail("KVM_CREATE_VM(protected): %s", strerror(-prot));
 	ktap_diag("protected_vm=%d", prot);
 	if (prot)
 		return true;
@@ -629,7 +616,7 @@ static int cmd_probe(void)
 
 	prot = probe_protected();
 	if (prot < 0)
-		bail("KVM_CREATE_VM(protected): %s", strerror(-prot));
+		ktap_bail("KVM_CREATE_VM(protected): %s", strerror(-prot));
 	ktap_diag("protected_vm=%d", prot);
 	if (prot)
 		probe_hypercalls();
@@ -703,7 +690,7 @@ static int cmd_normal_vm(void)
 
 	ktap_header(1);
 	if (vm_setup(&vm, false, pages, 1))
-		bail("%s", err_buf);
+		ktap_bail("%s", err_buf);
 	memset(data_page(&vm, 0), 0, pages * page_size);
 	ktap_diag("pages=%u", pages);
 
@@ -886,7 +873,7 @@ static bool check_write(struct vm *vm, char *why, size_t len)
 	ssize_t n;
 
 	if (pipe(pfd))
-		bail("pipe: %s", strerror(errno));
+		ktap_bail("pipe: %s", strerror(errno));
 	n = write(pfd[1], data_page(vm, PG_WRITE), sizeof(got));
 	e = errno;
 	if (n == (ssize_t)sizeof(got) && read(pfd[0], &got, sizeof(got)) != (ssize_t)sizeof(got))
@@ -907,7 +894,7 @@ static bool check_procmem(struct vm *vm, char *why, size_t len)
 
 	fd = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		bail("open /proc/self/mem: %s", strerror(errno));
+		ktap_bail("open /proc/self/mem: %s", strerror(errno));
 	n = pread(fd, &got, sizeof(got), (off_t)(uintptr_t)data_page(vm, PG_PROCMEM));
 	e = errno;
 	close(fd);
@@ -927,7 +914,7 @@ static int cmd_pvm_donate(void)
 	if (!require_protected(donate_names, n))
 		return ktap_exit_code();
 	if (vm_setup(&vm, true, DONATE_PAGES, DONATE_VCPUS))
-		bail("%s", err_buf);
+		ktap_bail("%s", err_buf);
 
 	/* Touch the pages first so that they have a PA before donation. */
 	memset(data_page(&vm, 0), 0, DONATE_PAGES * page_size);
@@ -1013,11 +1000,11 @@ static int cmd_pvm_teardown(unsigned int pages)
 	pa = calloc(pages, sizeof(*pa));
 	pa2 = calloc(pages, sizeof(*pa2));
 	if (!pa || !pa2)
-		bail("calloc: out of memory");
+		ktap_bail("calloc: out of memory");
 
 	before = memfree_kb();
 	if (vm_setup(&vm, true, pages, 1))
-		bail("%s", err_buf);
+		ktap_bail("%s", err_buf);
 	memset(data_page(&vm, 0), 0, (size_t)pages * page_size);
 	ran = !guest_fill_verify(&vm, 0, 0, pages);
 	snprintf(why, sizeof(why), "guest run failed: %s", err_buf);
@@ -1124,15 +1111,15 @@ static void rule_mlock(const char *name)
 	int rc;
 
 	if (getrlimit(RLIMIT_MEMLOCK, &old))
-		bail("getrlimit: %s", strerror(errno));
+		ktap_bail("getrlimit: %s", strerror(errno));
 	zero = old;
 	zero.rlim_cur = 0;
 	if (setrlimit(RLIMIT_MEMLOCK, &zero))
-		bail("setrlimit(RLIMIT_MEMLOCK): %s", strerror(errno));
+		ktap_bail("setrlimit(RLIMIT_MEMLOCK): %s", strerror(errno));
 	ktap_diag("cap_ipc_lock_dropped=%d", cap_ipc_lock(false) == 0);
 
 	if (vm_setup(&vm, true, 1, 1))
-		bail("%s", err_buf);
+		ktap_bail("%s", err_buf);
 	rc = vcpu_exec(&vm, 0, OP_FILL, 0, 1, &res);
 	vm_destroy(&vm, false);
 
@@ -1166,7 +1153,7 @@ static int cmd_pvm_rules(void)
 	/* Memslots are frozen once the pVM has run (the first KVM_RUN
 	 * creates it in the hypervisor). */
 	if (vm_setup(&vm, true, 1, 1))
-		bail("%s", err_buf);
+		ktap_bail("%s", err_buf);
 	if (guest_fill_verify(&vm, 0, 0, 1)) {
 		snprintf(why, sizeof(why), "pVM did not run: %s", err_buf);
 		ktap_result(0, 0, names[0], why);
@@ -1181,7 +1168,7 @@ static int cmd_pvm_rules(void)
 	/* Flags that need MMU notifiers / write-protection are refused at
 	 * memslot creation, before any run. */
 	if (vm_create(&vm, true, 1))
-		bail("%s", err_buf);
+		ktap_bail("%s", err_buf);
 	report_refusal(names[2], "readonly_errno",
 		       set_memslot(&vm, KVM_MEM_READONLY, ram_ipa, vm.mem_size));
 	report_refusal(names[3], "dirty_log_errno",
@@ -1326,21 +1313,21 @@ static void edu_find(struct edu *e, const char *want)
 
 	if (want) {
 		if (!is_edu(want))
-			bail("--bdf %s: no edu device (%04x:%04x) there in /sys/bus/pci/devices",
+			ktap_bail("--bdf %s: no edu device (%04x:%04x) there in /sys/bus/pci/devices",
 			     want, EDU_VENDOR, EDU_DEVICE);
 		copy_str(e->bdf, sizeof(e->bdf), want);
 		return;
 	}
 	d = opendir("/sys/bus/pci/devices");
 	if (!d)
-		bail("cannot list /sys/bus/pci/devices: %s", strerror(errno));
+		ktap_bail("cannot list /sys/bus/pci/devices: %s", strerror(errno));
 	while ((de = readdir(d)))
 		if (de->d_name[0] != '.' && is_edu(de->d_name) &&
 		    (!e->bdf[0] || strcmp(de->d_name, e->bdf) < 0))
 			copy_str(e->bdf, sizeof(e->bdf), de->d_name);
 	closedir(d);
 	if (!e->bdf[0])
-		bail("no edu device (%04x:%04x) in /sys/bus/pci/devices", EDU_VENDOR, EDU_DEVICE);
+		ktap_bail("no edu device (%04x:%04x) in /sys/bus/pci/devices", EDU_VENDOR, EDU_DEVICE);
 }
 
 /* A bound driver owns the device's DMA (and blocks a change of the group's
@@ -1356,13 +1343,13 @@ static void edu_unbind(struct edu *e)
 	if (drv[0]) {
 		rc = sysfs_write(dev_path(e->bdf, "driver/unbind"), e->bdf);
 		if (rc)
-			bail("unbind %s from %s: %s", e->bdf, drv, strerror(-rc));
+			ktap_bail("unbind %s from %s: %s", e->bdf, drv, strerror(-rc));
 	}
 	if (sysfs_read(dev_path(e->bdf, "driver_override"), ovr, sizeof(ovr)) &&
 	    ovr[0] && strcmp(ovr, "(null)")) {
 		rc = sysfs_write(dev_path(e->bdf, "driver_override"), "\n");
 		if (rc)
-			bail("clear driver_override of %s: %s", e->bdf, strerror(-rc));
+			ktap_bail("clear driver_override of %s: %s", e->bdf, strerror(-rc));
 	}
 }
 
@@ -1426,12 +1413,12 @@ static void edu_enable(struct edu *e)
 	if (sysfs_read(dev_path(e->bdf, "enable"), en, sizeof(en)) && !strcmp(en, "0")) {
 		rc = sysfs_write(dev_path(e->bdf, "enable"), "1");
 		if (rc)
-			bail("enable %s: %s", e->bdf, strerror(-rc));
+			ktap_bail("enable %s: %s", e->bdf, strerror(-rc));
 		e->enabled_by_us = true;
 	}
 	rc = edu_command(e, PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER, 0);
 	if (rc)
-		bail("set bus master on %s: %s", e->bdf, strerror(-rc));
+		ktap_bail("set bus master on %s: %s", e->bdf, strerror(-rc));
 	e->master_set = true;
 }
 
@@ -1442,15 +1429,15 @@ static void edu_map_bar(struct edu *e)
 	uint32_t id;
 
 	if (fd < 0)
-		bail("open %s: %s", dev_path(e->bdf, "resource0"), strerror(errno));
+		ktap_bail("open %s: %s", dev_path(e->bdf, "resource0"), strerror(errno));
 	p = mmap(NULL, EDU_BAR0_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	close(fd);
 	if (p == MAP_FAILED)
-		bail("mmap %s: %s", dev_path(e->bdf, "resource0"), strerror(errno));
+		ktap_bail("mmap %s: %s", dev_path(e->bdf, "resource0"), strerror(errno));
 	e->bar0 = p;
 	id = *(volatile uint32_t *)(e->bar0 + EDU_REG_ID);
 	if (id != EDU_ID)
-		bail("edu %s: id register 0x%08x, expected 0x%08x", e->bdf, id, EDU_ID);
+		ktap_bail("edu %s: id register 0x%08x, expected 0x%08x", e->bdf, id, EDU_ID);
 }
 
 /* Undo edu_prepare() except the unbind (the device is left without a
@@ -1507,7 +1494,7 @@ static void edu_wait_idle(struct edu *e, const char *what)
 
 	while (edu_read(e, EDU_REG_DMA_CMD) & EDU_DMA_RUN) {
 		if (now_ms() > deadline)
-			bail("edu DMA (%s) did not complete within %d ms", what,
+			ktap_bail("edu DMA (%s) did not complete within %d ms", what,
 			     EDU_DMA_TIMEOUT_MS);
 		usleep(1000);
 	}
@@ -1528,7 +1515,7 @@ static void edu_dma(struct edu *e, bool to_ram, uint64_t pa, size_t count)
 	edu_write(e, EDU_REG_DMA_CNT, count);
 	if (edu_read(e, EDU_REG_DMA_SRC) != src || edu_read(e, EDU_REG_DMA_DST) != dst ||
 	    edu_read(e, EDU_REG_DMA_CNT) != count)
-		bail("edu DMA registers did not take the programmed values");
+		ktap_bail("edu DMA registers did not take the programmed values");
 	edu_write(e, EDU_REG_DMA_CMD, EDU_DMA_RUN | (to_ram ? EDU_DMA_TO_RAM : 0));
 	edu_wait_idle(e, to_ram ? "buffer to RAM" : "RAM to buffer");
 	io_barrier();	/* the device's writes before the CPU reads them */
@@ -1548,14 +1535,14 @@ static void bounce_alloc(struct bounce *b)
 		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
 	if (p == MAP_FAILED)
-		bail("mmap bounce page: %s", strerror(errno));
+		ktap_bail("mmap bounce page: %s", strerror(errno));
 	if (mlock(p, page_size))
-		bail("mlock bounce page: %s", strerror(errno));
+		ktap_bail("mlock bounce page: %s", strerror(errno));
 	memset(p, 0, page_size);
 	b->va = p;
 	pagemap_pa(b->va, 1, &b->pa);
 	if (!b->pa)
-		bail("no PA for the bounce page in /proc/self/pagemap (needs CAP_SYS_ADMIN)");
+		ktap_bail("no PA for the bounce page in /proc/self/pagemap (needs CAP_SYS_ADMIN)");
 }
 
 static void bounce_fill(struct bounce *b, uint64_t base)
@@ -1656,7 +1643,7 @@ static int cmd_pvm_dma_isolation(const char *bdf)
 	if (!require_protected(names, 2))
 		return ktap_exit_code();
 	if (vm_setup(&vm, true, 1, 1))
-		bail("%s", err_buf);
+		ktap_bail("%s", err_buf);
 	/* The guest's first access donates the page; it then holds the secret. */
 	if (guest_fill_verify(&vm, 0, SECRET_PAGE, 1)) {
 		snprintf(why, sizeof(why), "guest run failed: %s", err_buf);
@@ -1668,7 +1655,7 @@ static int cmd_pvm_dma_isolation(const char *bdf)
 	pagemap_pa(data_page(&vm, SECRET_PAGE), 1, &page_pa);
 	ktap_diag("page_pa=0x%" PRIx64, page_pa);
 	if (!page_pa)
-		bail("no PA for the donated page in /proc/self/pagemap (needs CAP_SYS_ADMIN)");
+		ktap_bail("no PA for the donated page in /proc/self/pagemap (needs CAP_SYS_ADMIN)");
 	bounce_alloc(&h);
 	ktap_diag("bounce_pa=0x%" PRIx64, h.pa);
 
@@ -1695,7 +1682,7 @@ static void __attribute__((noreturn)) usage(const char *why)
 		"       pkvm-vmm lifecycle [--cycles N] [--vcpus K] [--protected]\n"
 		"       pkvm-vmm pvm-teardown [--pages N]\n"
 		"       pkvm-vmm pvm-dma-isolation [--bdf BDF]\n");
-	bail("usage: %s", why);
+	ktap_bail("usage: %s", why);
 }
 
 static int parse_int(const char *s, int min, int max)
