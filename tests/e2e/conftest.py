@@ -58,14 +58,19 @@ def harness(*args: str, output: Path | None = None, timeout: float = 3000) -> Ru
     return Run(proc.returncode, proc.stdout, proc.stderr, output or Path("."))
 
 
-def qemu_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-x", "qemu-system-aar"], capture_output=True, text=True)
+def qemu_pids(pattern: str = "") -> set[int]:
+    """QEMU processes, optionally only those whose command line contains
+    `pattern` (a test's own output directory: other QEMUs on the machine
+    are not this test's business)."""
+    argv = (
+        ["pgrep", "-f", f"qemu-system-aarch64.*{pattern}"] if pattern else ["pgrep", "-x", "qemu-system-aar"]
+    )
+    out = subprocess.run(argv, capture_output=True, text=True)
     return {int(p) for p in out.stdout.split()}
 
 
 @pytest.fixture
-def no_leaked_qemu() -> Any:
-    before = qemu_pids()
+def no_leaked_qemu(tmp_path: Path) -> Any:
     yield
-    leaked = qemu_pids() - before
+    leaked = qemu_pids(str(tmp_path))
     assert not leaked, f"QEMU processes left behind: {leaked}"

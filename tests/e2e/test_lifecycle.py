@@ -46,12 +46,11 @@ def wait_for(predicate: object, timeout: float) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_signal_leaves_no_qemu(tmp_path: Path, sig: signal.Signals) -> None:
-    before = qemu_pids()
     proc = start_boot(tmp_path)
     console = tmp_path / "console.log"
     try:
         wait_for(lambda: console.exists() and "PKVM-HARNESS-READY" in console.read_text(), 600)
-        ours = qemu_pids() - before
+        ours = qemu_pids(str(tmp_path))
         assert len(ours) == 1
         os.kill(proc.pid, sig)
         rc = proc.wait(30)
