@@ -9,6 +9,7 @@ _NAME = {"type": "string", "pattern": "^[a-z0-9][a-z0-9.+_-]*$"}
 _STR_LIST = {"type": "array", "items": {"type": "string"}}
 _TIMEOUT = {"type": "number", "exclusiveMinimum": 0, "maximum": 7200}
 
+
 def _one_of_keys(*keys: str) -> dict[str, Any]:
     """An object with exactly one of `keys`, whose value is a string."""
     return {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -139,7 +140,7 @@ class Guest:
 
     def run(self, transport: Transport, command: str, timeout: float) -> Completed:
         if transport == "ssh":
-            result = self.ssh().run(command, timeout)
+            result = self.ssh().run(command, timeout, abort=lambda: self.watcher.fatal is not None)
         else:
             with self._serial_owned() as serial:
                 result = serial.run(command, timeout)
@@ -227,8 +228,6 @@ def booted_guest(
         with scratch.open("wb") as f:  # sparse: costs no disk until written
             f.truncate(profile.scratch_disk_mb << 20)
     # Sockets in a short path: AF_UNIX paths are limited to 108 bytes.
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="pkvmh-") as sockdir:
         spec = MachineSpec(
             profile=profile,

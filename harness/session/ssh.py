@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import select
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import paramiko
@@ -88,7 +89,15 @@ class SshSession:
             raise SessionError("ssh connection lost")
         return transport
 
-    def run(self, command: str, timeout: float, stdin: bytes | None = None) -> Completed:
+    def run(
+        self,
+        command: str,
+        timeout: float,
+        stdin: bytes | None = None,
+        abort: Callable[[], bool] | None = None,
+    ) -> Completed:
+        """`abort` is polled while waiting: when it says so (e.g. the kernel
+        died, as seen on the console), stop at once instead of timing out."""
         start = time.monotonic()
         chan = self._transport().open_session()
         chan.set_combine_stderr(True)
@@ -103,6 +112,9 @@ class SshSession:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 ended = "timeout"
+                break
+            if abort is not None and abort():
+                ended = "kernel-fatal"
                 break
             ready, _, _ = select.select([chan], [], [], min(remaining, 0.5))
             if ready:

@@ -30,6 +30,9 @@ class ScriptedGuest:
         self.commands.append((transport, command))
         output, status, console = self.respond(command)
         self.watcher.feed(console)
+        if self.watcher.fatal is not None:  # what Guest.run does then
+            self.watcher.finish()
+            return Completed(command, output, None, 0.01, ended_by="kernel-fatal")
         return Completed(command, output, status, 0.01)
 
     def sync_console(self, timeout: float = 15.0) -> None:
@@ -216,3 +219,13 @@ def test_value_matching(actual: str | bool, expected: str | bool, match: bool) -
     from harness.scenario.variables import value_matches
 
     assert value_matches(actual, expected, {}) is match
+
+
+def test_kernel_panic_during_a_step_is_a_fail_naming_it(tmp_path: Path, data_dir: Path) -> None:
+    scenario = load_scenario(write(tmp_path, "name: s\nsteps:\n  - {name: dma, run: x, transport: ssh}\n"))
+    panic = (data_dir / "6.12-no-jump-label-hyp-panic.log").read_text()
+    panic = panic[panic.index("kvm [1]: nVHE hyp panic") :]
+    result = run_scenario(scenario, ScriptedGuest(boot_log(data_dir), lambda c: ("", 0, panic)), ctx())
+    assert result.verdict == Verdict.FAIL
+    assert result.reason.startswith("step dma: hyp-panic: kvm [1]: nVHE hyp panic at:")
+    assert "function=handle_trap" in result.reason

@@ -14,7 +14,6 @@
  * (environment: no device, no driver, bind failed, no debugfs file).
  */
 #define _GNU_SOURCE
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -35,6 +34,7 @@
 #include <linux/types.h>
 
 #include "ktap.h"
+#include "pci.h"
 
 /* ------------------------------------------------------------------ */
 /* kernel ABI                                                          */
@@ -119,145 +119,26 @@ static struct options {
 };
 
 /* ------------------------------------------------------------------ */
-/* small utilities                                                     */
-
-/* Bounded copy that truncates silently (names). */
-static void copy_str(char *dst, size_t len, const char *src)
-{
-	size_t n = strnlen(src, len - 1);
-
-	memcpy(dst, src, n);
-	dst[n] = '\0';
-}
-
-static const char *base_name(const char *path)
-{
-	const char *slash = strrchr(path, '/');
-
-	return slash ? slash + 1 : path;
-}
-
-/* ------------------------------------------------------------------ */
 /* sysfs                                                               */
-
-static int write_file(const char *path, const char *s)
-{
-	int fd = open(path, O_WRONLY | O_CLOEXEC);
-	ssize_t n;
-
-	if (fd < 0)
-		return -errno;
-	n = write(fd, s, strlen(s));
-	if (n < 0) {
-		int err = -errno;
-
-		close(fd);
-		return err;
-	}
-	close(fd);
-	return 0;
-}
-
-/* First line of a file without the newline; false if unreadable. */
-static bool read_line(const char *path, char *buf, size_t len)
-{
-	FILE *f = fopen(path, "re");
-	bool ok;
-
-	if (!f)
-		return false;
-	ok = fgets(buf, (int)len, f) != NULL;
-	fclose(f);
-	if (ok)
-		buf[strcspn(buf, "\n")] = '\0';
-	return ok;
-}
-
-static bool read_hex_file(const char *path, unsigned long *val)
-{
-	char buf[32];
-
-	return read_line(path, buf, sizeof(buf)) && sscanf(buf, "%lx", val) == 1;
-}
-
-/* Basename of a symlink's target into out; false (out = "") if no link. */
-static bool link_basename(const char *path, char *out, size_t len)
-{
-	char target[PATH_MAX];
-	ssize_t n = readlink(path, target, sizeof(target) - 1);
-
-	if (n < 0) {
-		out[0] = '\0';
-		return false;
-	}
-	target[n] = '\0';
-	copy_str(out, len, base_name(target));
-	return true;
-}
-
-static void dev_path(char *buf, size_t len, const char *bdf, const char *attr)
-{
-	snprintf(buf, len, "/sys/bus/pci/devices/%s/%s", bdf, attr);
-}
-
-/* Name of the driver bound to the device, "" when unbound. */
-static void current_driver(const char *bdf, char *drv, size_t len)
-{
-	char path[PATH_MAX];
-
-	dev_path(path, sizeof(path), bdf, "driver");
-	link_basename(path, drv, len);
-}
-
-static bool is_edu(const char *bdf)
-{
-	char path[PATH_MAX];
-	unsigned long vendor, device;
-
-	dev_path(path, sizeof(path), bdf, "vendor");
-	if (!read_hex_file(path, &vendor))
-		return false;
-	dev_path(path, sizeof(path), bdf, "device");
-	if (!read_hex_file(path, &device))
-		return false;
-	return vendor == EDU_VENDOR && device == EDU_DEVICE;
-}
 
 /* Lowest-numbered edu function, so the choice is stable across runs. */
 static void find_edu(char *bdf, size_t len)
 {
-	DIR *d = opendir("/sys/bus/pci/devices");
-	struct dirent *de;
-
-	if (!d)
+	if (pci_find_lowest(EDU_VENDOR, EDU_DEVICE, bdf, len))
+		return;
+	if (errno)
 		ktap_bail("cannot list /sys/bus/pci/devices: %s", strerror(errno));
-	bdf[0] = '\0';
-	while ((de = readdir(d))) {
-		if (de->d_name[0] == '.' || !is_edu(de->d_name))
-			continue;
-		if (!bdf[0] || strcmp(de->d_name, bdf) < 0)
-			copy_str(bdf, len, de->d_name);
-	}
-	closedir(d);
-	if (!bdf[0])
-		ktap_bail("no edu device (%04x:%04x) found in /sys/bus/pci/devices: %s", EDU_VENDOR,
-		     EDU_DEVICE, strerror(ENODEV));
+	ktap_bail("no edu device (%04x:%04x) found in /sys/bus/pci/devices: %s", EDU_VENDOR,
+	     EDU_DEVICE, strerror(ENODEV));
 }
 
 /* Accepts "dddd:bb:dd.f" or "bb:dd.f"; writes the canonical form. */
 static void parse_bdf(const char *in, char *bdf, size_t len)
 {
-	unsigned int dom = 0, bus, dev, fn;
-	char tail;
+	unsigned int dom;
 
-	if (sscanf(in, "%x:%x:%x.%x%c", &dom, &bus, &dev, &fn, &tail) != 4) {
-		dom = 0;
-		if (sscanf(in, "%x:%x.%x%c", &bus, &dev, &fn, &tail) != 3)
-			ktap_bail("bad BDF '%s': %s", in, strerror(EINVAL));
-	}
-	if (dom > 0xffff || bus > 0xff || dev > 0x1f || fn > 7)
+	if (!pci_parse_bdf(in, bdf, len, &dom, NULL) || dom > 0xffff)
 		ktap_bail("bad BDF '%s': %s", in, strerror(EINVAL));
-	snprintf(bdf, len, "%04x:%02x:%02x.%x", dom, bus, dev, fn);
 }
 
 /* ------------------------------------------------------------------ */
@@ -272,9 +153,9 @@ static void save_state(const char *bdf, struct orig_state *st)
 {
 	char path[PATH_MAX];
 
-	current_driver(bdf, st->driver, sizeof(st->driver));
-	dev_path(path, sizeof(path), bdf, "driver_override");
-	if (!read_line(path, st->override, sizeof(st->override)) ||
+	pci_link_name(bdf, "driver", st->driver, sizeof(st->driver));
+	pci_dev_path(path, sizeof(path), bdf, "driver_override");
+	if (!sysfs_read_line(path, st->override, sizeof(st->override)) ||
 	    !strcmp(st->override, "(null)"))
 		st->override[0] = '\0';
 }
@@ -300,27 +181,27 @@ static int bind_benchmark(const char *bdf, const struct orig_state *st, bool *ch
 	*changed = true;
 	if (st->driver[0]) {
 		snprintf(path, sizeof(path), "/sys/bus/pci/drivers/%s/unbind", st->driver);
-		err = write_file(path, bdf);
+		err = sysfs_write(path, bdf);
 		if (err) {
 			snprintf(why, whylen, "unbind %s from %s: %s", bdf, st->driver,
 				 strerror(-err));
 			return -1;
 		}
 	}
-	dev_path(path, sizeof(path), bdf, "driver_override");
-	err = write_file(path, BENCH_DRIVER);
+	pci_dev_path(path, sizeof(path), bdf, "driver_override");
+	err = sysfs_write(path, BENCH_DRIVER);
 	if (err) {
 		snprintf(why, whylen, "write " BENCH_DRIVER " to %s driver_override: %s", bdf,
 			 strerror(-err));
 		return -1;
 	}
 
-	probe_err = write_file("/sys/bus/pci/drivers_probe", bdf);
-	current_driver(bdf, drv, sizeof(drv));
+	probe_err = sysfs_write("/sys/bus/pci/drivers_probe", bdf);
+	pci_link_name(bdf, "driver", drv, sizeof(drv));
 	if (strcmp(drv, BENCH_DRIVER)) {
 		/* drivers_probe can swallow the probe's error; bind reports it. */
-		bind_err = write_file("/sys/bus/pci/drivers/" BENCH_DRIVER "/bind", bdf);
-		current_driver(bdf, drv, sizeof(drv));
+		bind_err = sysfs_write("/sys/bus/pci/drivers/" BENCH_DRIVER "/bind", bdf);
+		pci_link_name(bdf, "driver", drv, sizeof(drv));
 	}
 	if (strcmp(drv, BENCH_DRIVER)) {
 		snprintf(why, whylen,
@@ -339,27 +220,27 @@ static void restore_binding(const char *bdf, const struct orig_state *st)
 	char path[PATH_MAX], drv[64];
 	int err;
 
-	current_driver(bdf, drv, sizeof(drv));
+	pci_link_name(bdf, "driver", drv, sizeof(drv));
 	if (!strcmp(drv, BENCH_DRIVER)) {
-		err = write_file("/sys/bus/pci/drivers/" BENCH_DRIVER "/unbind", bdf);
+		err = sysfs_write("/sys/bus/pci/drivers/" BENCH_DRIVER "/unbind", bdf);
 		if (err)
 			ktap_diag("restore: unbind %s from " BENCH_DRIVER ": %s", bdf,
 				  strerror(-err));
 	}
 	/* An empty write ("\n") clears driver_override. */
-	dev_path(path, sizeof(path), bdf, "driver_override");
-	err = write_file(path, st->override[0] ? st->override : "\n");
+	pci_dev_path(path, sizeof(path), bdf, "driver_override");
+	err = sysfs_write(path, st->override[0] ? st->override : "\n");
 	if (err)
 		ktap_diag("restore: write %s: %s", path, strerror(-err));
 
 	if (st->driver[0]) {
-		err = write_file("/sys/bus/pci/drivers_probe", bdf);
-		current_driver(bdf, drv, sizeof(drv));
+		err = sysfs_write("/sys/bus/pci/drivers_probe", bdf);
+		pci_link_name(bdf, "driver", drv, sizeof(drv));
 		if (strcmp(drv, st->driver))
 			ktap_diag("restore: %s not rebound to %s (driver now '%s'; drivers_probe: %s)",
 				  bdf, st->driver, drv, strerror(-err));
 	} else {
-		current_driver(bdf, drv, sizeof(drv));
+		pci_link_name(bdf, "driver", drv, sizeof(drv));
 		if (drv[0])
 			ktap_diag("restore: %s still bound to %s", bdf, drv);
 	}
@@ -388,16 +269,14 @@ static void print_setup(const char *bdf, const struct orig_state *st)
 	char path[PATH_MAX], name[128], group[32];
 
 	ktap_diag("bdf=%s", bdf);
-	dev_path(path, sizeof(path), bdf, "iommu");
-	if (!link_basename(path, name, sizeof(name)))
+	if (!pci_link_name(bdf, "iommu", name, sizeof(name)))
 		copy_str(name, sizeof(name), "none");
 	ktap_diag("iommu=%s", name);
 
-	dev_path(path, sizeof(path), bdf, "iommu_group");
-	if (link_basename(path, group, sizeof(group))) {
+	if (pci_link_name(bdf, "iommu_group", group, sizeof(group))) {
 		ktap_diag("iommu_group=%s", group);
 		snprintf(path, sizeof(path), "/sys/kernel/iommu_groups/%s/type", group);
-		if (read_line(path, name, sizeof(name)))
+		if (sysfs_read_line(path, name, sizeof(name)))
 			ktap_diag("iommu_domain=%s", name);
 	}
 	ktap_diag("orig_driver=%s", st->driver[0] ? st->driver : "none");
@@ -517,7 +396,7 @@ int main(int argc, char **argv)
 		parse_bdf(opt.bdf, bdf, sizeof(bdf));
 	else
 		find_edu(bdf, sizeof(bdf));
-	dev_path(path, sizeof(path), bdf, "");
+	pci_dev_path(path, sizeof(path), bdf, "");
 	if (access(path, F_OK))
 		ktap_bail("no PCI device %s: %s", bdf, strerror(errno));
 

@@ -33,6 +33,7 @@
 #include <linux/vfio.h>
 
 #include "ktap.h"
+#include "pci.h"
 #include "uapi_compat.h"
 
 /* ------------------------------------------------------------------ */
@@ -189,15 +190,6 @@ static size_t min_sz(size_t a, size_t b)
 	return a < b ? a : b;
 }
 
-/* Bounded copy that truncates silently (messages, names). */
-static void copy_str(char *dst, size_t len, const char *src)
-{
-	size_t n = strnlen(src, len - 1);
-
-	memcpy(dst, src, n);
-	dst[n] = '\0';
-}
-
 /* ------------------------------------------------------------------ */
 /* patterns: every buffer gets data derived from (seed, purpose, iova, size)
  * so that data left behind by another step or another test never matches. */
@@ -277,118 +269,35 @@ static bool all_bytes(const uint8_t *buf, size_t len, uint8_t v)
 /* ------------------------------------------------------------------ */
 /* sysfs                                                               */
 
-static int write_file(const char *path, const char *s)
-{
-	int fd = open(path, O_WRONLY | O_CLOEXEC);
-	ssize_t n;
-
-	if (fd < 0)
-		return -errno;
-	n = write(fd, s, strlen(s));
-	if (n < 0) {
-		int err = -errno;
-
-		close(fd);
-		return err;
-	}
-	close(fd);
-	return 0;
-}
-
-static bool read_hex_file(const char *path, unsigned long *val)
-{
-	char buf[32];
-	FILE *f = fopen(path, "re");
-	bool ok;
-
-	if (!f)
-		return false;
-	ok = fgets(buf, sizeof(buf), f) && sscanf(buf, "%lx", val) == 1;
-	fclose(f);
-	return ok;
-}
-
-/* Basename of the device's driver symlink, "" when unbound. */
-static void current_driver(const char *bdf, char *drv, size_t len)
-{
-	char path[PATH_MAX], target[PATH_MAX];
-	ssize_t n;
-
-	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/driver", bdf);
-	n = readlink(path, target, sizeof(target) - 1);
-	if (n < 0) {
-		drv[0] = '\0';
-		return;
-	}
-	target[n] = '\0';
-	copy_str(drv, len, strrchr(target, '/') ? strrchr(target, '/') + 1 : target);
-}
-
-static bool is_edu(const char *bdf)
-{
-	char path[PATH_MAX];
-	unsigned long vendor, device;
-
-	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/vendor", bdf);
-	if (!read_hex_file(path, &vendor))
-		return false;
-	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/device", bdf);
-	if (!read_hex_file(path, &device))
-		return false;
-	return vendor == EDU_VENDOR && device == EDU_DEVICE;
-}
-
 /* Lowest-numbered edu function, so the choice is stable across runs. */
 static void find_edu(char *bdf, size_t len)
 {
-	DIR *d = opendir("/sys/bus/pci/devices");
-	struct dirent *de;
-
-	if (!d)
+	if (pci_find_lowest(EDU_VENDOR, EDU_DEVICE, bdf, len))
+		return;
+	if (errno)
 		ktap_bail("cannot list /sys/bus/pci/devices: %s", strerror(errno));
-	bdf[0] = '\0';
-	while ((de = readdir(d))) {
-		if (de->d_name[0] == '.' || !is_edu(de->d_name))
-			continue;
-		if (!bdf[0] || strcmp(de->d_name, bdf) < 0)
-			copy_str(bdf, len, de->d_name);
-	}
-	closedir(d);
-	if (!bdf[0])
-		ktap_bail("no edu device (%04x:%04x) found in /sys/bus/pci/devices", EDU_VENDOR,
-		     EDU_DEVICE);
+	ktap_bail("no edu device (%04x:%04x) found in /sys/bus/pci/devices", EDU_VENDOR,
+	     EDU_DEVICE);
 }
 
 /* Accepts "dddd:bb:dd.f" or "bb:dd.f"; fills the canonical form and the SID. */
 static void parse_bdf(struct edu *e, const char *in)
 {
-	unsigned int dom = 0, bus, dev, fn;
-	char tail;
-
-	if (sscanf(in, "%x:%x:%x.%x%c", &dom, &bus, &dev, &fn, &tail) != 4) {
-		dom = 0;
-		if (sscanf(in, "%x:%x.%x%c", &bus, &dev, &fn, &tail) != 3)
-			ktap_bail("bad BDF '%s'", in);
-	}
-	if (bus > 0xff || dev > 0x1f || fn > 7)
+	if (!pci_parse_bdf(in, e->bdf, sizeof(e->bdf), NULL, &e->sid))
 		ktap_bail("bad BDF '%s'", in);
-	snprintf(e->bdf, sizeof(e->bdf), "%04x:%02x:%02x.%x", dom, bus, dev, fn);
-	e->sid = (bus << 8) | (dev << 3) | fn;
 }
 
 static void read_iommu_group(struct edu *e)
 {
-	char path[PATH_MAX], target[PATH_MAX];
-	const char *slash;
-	ssize_t n;
+	char path[PATH_MAX], group[32];
+	int err;
 
-	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/iommu_group", e->bdf);
-	n = readlink(path, target, sizeof(target) - 1);
-	if (n < 0)
-		ktap_bail("no IOMMU group for %s (%s: %s)", e->bdf, path, strerror(errno));
-	target[n] = '\0';
-	slash = strrchr(target, '/');
-	e->group = atoi(slash ? slash + 1 : target);
+	if (!pci_link_name(e->bdf, "iommu_group", group, sizeof(group))) {
+		err = errno;
+		ktap_bail("no IOMMU group for %s (%s: %s)", e->bdf,
+		     pci_dev_path(path, sizeof(path), e->bdf, "iommu_group"), strerror(err));
+	}
+	e->group = atoi(group);
 }
 
 /* Hand the device to vfio-pci via driver_override (idempotent). */
@@ -397,28 +306,28 @@ static void bind_vfio_pci(struct edu *e)
 	char path[PATH_MAX], drv[64];
 	int err;
 
-	current_driver(e->bdf, drv, sizeof(drv));
+	pci_link_name(e->bdf, "driver", drv, sizeof(drv));
 	if (!strcmp(drv, "vfio-pci"))
 		return;
 	if (access("/sys/bus/pci/drivers/vfio-pci", F_OK))
 		ktap_bail("vfio-pci driver not available (/sys/bus/pci/drivers/vfio-pci: %s)",
 		     strerror(errno));
 
-	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/driver_override", e->bdf);
-	err = write_file(path, "vfio-pci");
+	pci_dev_path(path, sizeof(path), e->bdf, "driver_override");
+	err = sysfs_write(path, "vfio-pci");
 	if (err)
 		ktap_bail("write %s: %s", path, strerror(-err));
 	if (drv[0]) {
-		snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/driver/unbind", e->bdf);
-		err = write_file(path, e->bdf);
+		pci_dev_path(path, sizeof(path), e->bdf, "driver/unbind");
+		err = sysfs_write(path, e->bdf);
 		if (err)
 			ktap_bail("unbind %s from %s: %s", e->bdf, drv, strerror(-err));
 	}
-	err = write_file("/sys/bus/pci/drivers_probe", e->bdf);
+	err = sysfs_write("/sys/bus/pci/drivers_probe", e->bdf);
 	if (err)
 		ktap_bail("probe %s with vfio-pci: %s", e->bdf, strerror(-err));
 
-	current_driver(e->bdf, drv, sizeof(drv));
+	pci_link_name(e->bdf, "driver", drv, sizeof(drv));
 	if (strcmp(drv, "vfio-pci"))
 		ktap_bail("vfio-pci did not bind to %s (driver now '%s')", e->bdf, drv);
 }
@@ -588,7 +497,7 @@ static void find_vfio_cdev(const struct edu *e, char *path, size_t len)
 	struct dirent *de;
 	DIR *d;
 
-	snprintf(dir, sizeof(dir), "/sys/bus/pci/devices/%s/vfio-dev", e->bdf);
+	pci_dev_path(dir, sizeof(dir), e->bdf, "vfio-dev");
 	d = opendir(dir);
 	if (!d)
 		ktap_bail("no VFIO cdev for %s (%s: %s; kernel without CONFIG_VFIO_DEVICE_CDEV?)",
@@ -920,7 +829,7 @@ static void edu_setup(struct edu *e)
 
 	if (opt.bdf) {
 		parse_bdf(e, opt.bdf);
-		if (!is_edu(e->bdf))
+		if (!pci_is_device(e->bdf, EDU_VENDOR, EDU_DEVICE))
 			ktap_bail("%s is not an edu device (or does not exist)", e->bdf);
 	} else {
 		char found[64];

@@ -11,7 +11,6 @@
  * device or its DMA timing out, bad usage).
  */
 #define _GNU_SOURCE
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -35,6 +34,7 @@
 #include <unistd.h>
 
 #include "ktap.h"
+#include "pci.h"
 #include "vmm_protocol.h"
 
 #ifndef PAYLOAD_BIN
@@ -1235,99 +1235,21 @@ static inline void io_barrier(void)
 	__asm__ __volatile__("dmb osh" ::: "memory");
 }
 
-/* Bounded copy that truncates silently (names from sysfs). */
-static void copy_str(char *dst, size_t len, const char *src)
-{
-	size_t n = strnlen(src, len - 1);
-
-	memcpy(dst, src, n);
-	dst[n] = '\0';
-}
-
-/* Write a string to a sysfs attribute; 0 or -errno. */
-static int sysfs_write(const char *path, const char *s)
-{
-	int fd = open(path, O_WRONLY | O_CLOEXEC), rc = 0;
-
-	if (fd < 0)
-		return -errno;
-	if (write(fd, s, strlen(s)) < 0)
-		rc = -errno;
-	close(fd);
-	return rc;
-}
-
-/* First line of a sysfs attribute without its newline; false if unreadable. */
-static bool sysfs_read(const char *path, char *buf, size_t len)
-{
-	FILE *f = fopen(path, "re");
-	bool ok;
-
-	if (!f)
-		return false;
-	ok = fgets(buf, len, f) != NULL;
-	fclose(f);
-	if (ok)
-		buf[strcspn(buf, "\n")] = '\0';
-	return ok;
-}
-
-/* /sys/bus/pci/devices/<bdf>/<attr> */
-static const char *dev_path(const char *bdf, const char *attr)
-{
-	static char path[128];
-
-	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/%s", bdf, attr);
-	return path;
-}
-
-/* Last component of a symlink under the device directory, "" if none. */
-static void dev_link(const char *bdf, const char *attr, char *name, size_t len)
-{
-	char target[256];
-	ssize_t n = readlink(dev_path(bdf, attr), target, sizeof(target) - 1);
-	const char *base;
-
-	name[0] = '\0';
-	if (n < 0)
-		return;
-	target[n] = '\0';
-	base = strrchr(target, '/');
-	copy_str(name, len, base ? base + 1 : target);
-}
-
-static bool is_edu(const char *bdf)
-{
-	char vendor[16], device[16];
-
-	return sysfs_read(dev_path(bdf, "vendor"), vendor, sizeof(vendor)) &&
-	       sysfs_read(dev_path(bdf, "device"), device, sizeof(device)) &&
-	       strtoul(vendor, NULL, 16) == EDU_VENDOR && strtoul(device, NULL, 16) == EDU_DEVICE;
-}
-
 /* The requested edu, or the lowest-numbered one so the choice is stable. */
 static void edu_find(struct edu *e, const char *want)
 {
-	DIR *d;
-	struct dirent *de;
-
 	if (want) {
-		if (!is_edu(want))
+		if (!pci_is_device(want, EDU_VENDOR, EDU_DEVICE))
 			ktap_bail("--bdf %s: no edu device (%04x:%04x) there in /sys/bus/pci/devices",
 			     want, EDU_VENDOR, EDU_DEVICE);
 		copy_str(e->bdf, sizeof(e->bdf), want);
 		return;
 	}
-	d = opendir("/sys/bus/pci/devices");
-	if (!d)
+	if (pci_find_lowest(EDU_VENDOR, EDU_DEVICE, e->bdf, sizeof(e->bdf)))
+		return;
+	if (errno)
 		ktap_bail("cannot list /sys/bus/pci/devices: %s", strerror(errno));
-	while ((de = readdir(d)))
-		if (de->d_name[0] != '.' && is_edu(de->d_name) &&
-		    (!e->bdf[0] || strcmp(de->d_name, e->bdf) < 0))
-			copy_str(e->bdf, sizeof(e->bdf), de->d_name);
-	closedir(d);
-	if (!e->bdf[0])
-		ktap_bail("no edu device (%04x:%04x) in /sys/bus/pci/devices", EDU_VENDOR, EDU_DEVICE);
+	ktap_bail("no edu device (%04x:%04x) in /sys/bus/pci/devices", EDU_VENDOR, EDU_DEVICE);
 }
 
 /* A bound driver owns the device's DMA (and blocks a change of the group's
@@ -1335,19 +1257,19 @@ static void edu_find(struct edu *e, const char *want)
  * probe. Leave the device with neither. */
 static void edu_unbind(struct edu *e)
 {
-	char drv[64], ovr[64];
+	char path[PATH_MAX], drv[64], ovr[64];
 	int rc;
 
-	dev_link(e->bdf, "driver", drv, sizeof(drv));
+	pci_link_name(e->bdf, "driver", drv, sizeof(drv));
 	ktap_diag("edu_driver_before=%s", drv[0] ? drv : "none");
 	if (drv[0]) {
-		rc = sysfs_write(dev_path(e->bdf, "driver/unbind"), e->bdf);
+		rc = sysfs_write(pci_dev_path(path, sizeof(path), e->bdf, "driver/unbind"), e->bdf);
 		if (rc)
 			ktap_bail("unbind %s from %s: %s", e->bdf, drv, strerror(-rc));
 	}
-	if (sysfs_read(dev_path(e->bdf, "driver_override"), ovr, sizeof(ovr)) &&
-	    ovr[0] && strcmp(ovr, "(null)")) {
-		rc = sysfs_write(dev_path(e->bdf, "driver_override"), "\n");
+	pci_dev_path(path, sizeof(path), e->bdf, "driver_override");
+	if (sysfs_read_line(path, ovr, sizeof(ovr)) && ovr[0] && strcmp(ovr, "(null)")) {
+		rc = sysfs_write(path, "\n");
 		if (rc)
 			ktap_bail("clear driver_override of %s: %s", e->bdf, strerror(-rc));
 	}
@@ -1363,14 +1285,14 @@ static void edu_identity_domain(struct edu *e)
 	char group[32], before[32] = "", after[32] = "?";
 	int rc;
 
-	dev_link(e->bdf, "iommu_group", group, sizeof(group));
+	pci_link_name(e->bdf, "iommu_group", group, sizeof(group));
 	ktap_diag("iommu_group=%s", group[0] ? group : "none");
 	if (!group[0]) {
 		ktap_diag("iommu_domain=none");
 		return;
 	}
 	snprintf(e->type_path, sizeof(e->type_path), "/sys/kernel/iommu_groups/%s/type", group);
-	sysfs_read(e->type_path, before, sizeof(before));
+	sysfs_read_line(e->type_path, before, sizeof(before));
 	if (strcmp(before, "identity")) {
 		rc = sysfs_write(e->type_path, "identity");
 		if (rc)
@@ -1379,17 +1301,19 @@ static void edu_identity_domain(struct edu *e)
 			copy_str(e->type_before, sizeof(e->type_before),
 				 before[0] ? before : "DMA");
 	}
-	sysfs_read(e->type_path, after, sizeof(after));
+	sysfs_read_line(e->type_path, after, sizeof(after));
 	ktap_diag("iommu_domain=%s", after);
 }
 
 /* Read-modify-write the PCI command register through sysfs config. */
 static int edu_command(struct edu *e, uint16_t set, uint16_t clear)
 {
-	int fd = open(dev_path(e->bdf, "config"), O_RDWR | O_CLOEXEC), rc;
+	char path[PATH_MAX];
+	int fd, rc;
 	uint16_t cmd;
 	ssize_t n;
 
+	fd = open(pci_dev_path(path, sizeof(path), e->bdf, "config"), O_RDWR | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
 	n = pread(fd, &cmd, sizeof(cmd), PCI_COMMAND);
@@ -1406,12 +1330,13 @@ static int edu_command(struct edu *e, uint16_t set, uint16_t clear)
  * mastering, without which QEMU silently drops the device's DMA. */
 static void edu_enable(struct edu *e)
 {
-	char en[16] = "";
+	char path[PATH_MAX], en[16] = "";
 	int rc;
 
 	/* enable counts up: only balance what we add. */
-	if (sysfs_read(dev_path(e->bdf, "enable"), en, sizeof(en)) && !strcmp(en, "0")) {
-		rc = sysfs_write(dev_path(e->bdf, "enable"), "1");
+	pci_dev_path(path, sizeof(path), e->bdf, "enable");
+	if (sysfs_read_line(path, en, sizeof(en)) && !strcmp(en, "0")) {
+		rc = sysfs_write(path, "1");
 		if (rc)
 			ktap_bail("enable %s: %s", e->bdf, strerror(-rc));
 		e->enabled_by_us = true;
@@ -1424,16 +1349,19 @@ static void edu_enable(struct edu *e)
 
 static void edu_map_bar(struct edu *e)
 {
-	int fd = open(dev_path(e->bdf, "resource0"), O_RDWR | O_SYNC | O_CLOEXEC);
+	char path[PATH_MAX];
 	void *p;
 	uint32_t id;
+	int fd;
 
+	fd = open(pci_dev_path(path, sizeof(path), e->bdf, "resource0"),
+		  O_RDWR | O_SYNC | O_CLOEXEC);
 	if (fd < 0)
-		ktap_bail("open %s: %s", dev_path(e->bdf, "resource0"), strerror(errno));
+		ktap_bail("open %s: %s", path, strerror(errno));
 	p = mmap(NULL, EDU_BAR0_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	close(fd);
 	if (p == MAP_FAILED)
-		ktap_bail("mmap %s: %s", dev_path(e->bdf, "resource0"), strerror(errno));
+		ktap_bail("mmap %s: %s", path, strerror(errno));
 	e->bar0 = p;
 	id = *(volatile uint32_t *)(e->bar0 + EDU_REG_ID);
 	if (id != EDU_ID)
@@ -1444,6 +1372,8 @@ static void edu_map_bar(struct edu *e)
  * driver). Idempotent: runs at the end and again at exit. */
 static void edu_restore(struct edu *e)
 {
+	char path[PATH_MAX];
+
 	if (e->bar0)
 		munmap((void *)e->bar0, EDU_BAR0_SIZE);
 	e->bar0 = NULL;
@@ -1451,7 +1381,7 @@ static void edu_restore(struct edu *e)
 		edu_command(e, 0, PCI_COMMAND_MASTER);
 	e->master_set = false;
 	if (e->enabled_by_us)
-		sysfs_write(dev_path(e->bdf, "enable"), "0");
+		sysfs_write(pci_dev_path(path, sizeof(path), e->bdf, "enable"), "0");
 	e->enabled_by_us = false;
 	/* Only possible with no driver bound, which is how we leave it. */
 	if (e->type_before[0])
