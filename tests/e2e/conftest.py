@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 HARNESS = [sys.executable, "-m", "harness.cli"]
+SERIES = Path(__file__).resolve().parent.parent / "data" / "series"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -74,3 +75,25 @@ def no_leaked_qemu(tmp_path: Path) -> Any:
     yield
     leaked = qemu_pids(str(tmp_path))
     assert not leaked, f"QEMU processes left behind: {leaked}"
+
+
+def run_broken(tmp_path: Path, series: str, profile: str, scenario: str) -> dict[str, Any]:
+    """Run one scenario on mainline-7.3 carrying a NEGATIVE TEST series from
+    tests/data/series; it must FAIL (exit 1). Returns its result."""
+    run = harness(
+        "run",
+        "--target",
+        "mainline-7.3",
+        "--series",
+        str(SERIES / series),
+        "--profile",
+        profile,
+        scenario,
+        output=tmp_path,
+    )
+    assert run.rc == 1, (run.rc, run.stderr[-2000:])
+    (result,) = run.results["results"]
+    assert result["verdict"] == "fail"
+    patches = run.results["kernel"]["series"]["patches"]
+    assert patches and all("NEGATIVE TEST" in p["subject"] for p in patches)
+    return result  # type: ignore[no-any-return]

@@ -7,29 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import harness
-
-SERIES = Path(__file__).resolve().parent.parent / "data" / "series"
-
-
-def run_broken(tmp_path: Path, series: str, profile: str, scenario: str) -> dict[str, object]:
-    run = harness(
-        "run",
-        "--target",
-        "mainline-7.3",
-        "--series",
-        str(SERIES / series),
-        "--profile",
-        profile,
-        scenario,
-        output=tmp_path,
-    )
-    assert run.rc == 1, (run.rc, run.stderr[-2000:])
-    (result,) = run.results["results"]
-    assert result["verdict"] == "fail"
-    patches = run.results["kernel"]["series"]["patches"]
-    assert all("NEGATIVE TEST" in p["subject"] for p in patches)
-    return result  # type: ignore[no-any-return]
+from tests.e2e.conftest import run_broken
 
 
 @pytest.mark.usefixtures("no_leaked_qemu")
