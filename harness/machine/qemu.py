@@ -60,6 +60,7 @@ class QemuMachine:
         self.proc: subprocess.Popen[bytes] | None = None
         self.qmp: QEMUMonitorProtocol | None = None
         self.serial: socket.socket | None = None
+        self.launched_at: float | None = None  # time.monotonic() at Popen
 
     def __enter__(self) -> QemuMachine:
         try:
@@ -88,6 +89,7 @@ class QemuMachine:
         ui.info("machine", shlex.join(self.argv))
         for sock in (self.spec.serial_socket, self.spec.qmp_socket):
             sock.unlink(missing_ok=True)
+        self.launched_at = time.monotonic()
         with self.qemu_log.open("wb") as log:
             self.proc = subprocess.Popen(
                 self.argv,

@@ -38,6 +38,7 @@ class BootOutcome:
     reason: str
     seconds: float  # from `cont` to the readiness marker (or to the end)
     fatal: Event | None = None
+    since_launch: float | None = None  # from starting QEMU to the marker
 
 
 class Guest:
@@ -71,10 +72,13 @@ class Guest:
         start = time.monotonic()
         self.machine.resume()
         what, _ = self.serial.expect([_READY], timeout)
-        elapsed = time.monotonic() - start
+        marker_at = time.monotonic()
+        elapsed = marker_at - start
         if what == "match:0":
+            launched = self.machine.launched_at
+            since_launch = marker_at - launched if launched is not None else None
             self.serial.prepare()
-            outcome = BootOutcome(True, "pass", "", elapsed)
+            outcome = BootOutcome(True, "pass", "", elapsed, since_launch=since_launch)
             self._start_pump()
         else:
             outcome = self._boot_failed(what, elapsed, timeout)
