@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from harness import paths
 from harness.config import schemas
@@ -194,21 +194,3 @@ class Registry:
         if scenario.name != path.stem and path.parent == self.scenarios_dir:
             raise ConfigError(f"{path}:1: name '{scenario.name}' differs from file name")
         return scenario
-
-
-def as_dict(obj: object) -> dict[str, Any]:
-    """A JSON-friendly view of a model, for metadata and reports."""
-    from dataclasses import asdict
-
-    def conv(v: Any) -> Any:
-        if isinstance(v, Path):
-            return str(v)
-        if isinstance(v, frozenset | set | tuple):
-            return sorted(map(conv, v)) if isinstance(v, frozenset | set) else [conv(x) for x in v]
-        if isinstance(v, dict):
-            return {k: conv(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [conv(x) for x in v]
-        return v
-
-    return cast(dict[str, Any], conv(asdict(obj)))  # type: ignore[call-overload]

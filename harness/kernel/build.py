@@ -91,9 +91,6 @@ class KernelBuild:
     def version(self) -> str:
         return str(self.metadata.get("kernel_version", "unknown"))
 
-    def config_value(self, option: str) -> str:
-        return kconfig.parse_config(self.config.read_text()).get(option, "n")
-
 
 def _input_key(target: Target, source_id: str, series: PatchSeries | None, tc: str) -> str:
     parts: list[str | bytes] = [RECIPE_VERSION, ARCH, source_id, tc, target.toolchain]

@@ -4,7 +4,6 @@ git tree. Each is unpacked once into the cache, keyed by its content."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +108,3 @@ def prepare_source(spec: SourceSpec, identity: str, store: ContentStore) -> Sour
                 git(tree, "commit", "-q", "--no-verify", "-m", f"base: {identity}")
         tree = store.path(key) / "tree"
     return SourceTree(spec=spec, identity=identity, key=key, path=tree, version=_kernel_version(tree))
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -223,13 +223,6 @@ GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 
-def by_name(name: str) -> Signature:
-    for sig in SIGNATURES:
-        if sig.name == name:
-            return sig
-    raise KeyError(name)
-
-
 def expand(names: tuple[str, ...] | list[str]) -> set[str]:
     """Signature names, with group names (crash, hyp, lockup, any-error) expanded."""
     out: set[str] = set()

@@ -24,7 +24,7 @@ from harness.logwatch.signatures import fatal_stream_patterns
 from harness.machine import MachineSpec, QemuMachine
 from harness.machine.profile import kernel_cmdline
 from harness.machine.qemu import free_port
-from harness.session.base import Completed, Session
+from harness.session.base import Completed
 from harness.session.serial import SerialSession
 from harness.session.ssh import SshKey, SshSession
 
@@ -138,9 +138,6 @@ class Guest:
             self.ssh_connect_s = session.connect()
             self._ssh = session
         return self._ssh
-
-    def session(self, transport: Transport) -> Session:
-        return self.ssh() if transport == "ssh" else self.serial
 
     def run(self, transport: Transport, command: str, timeout: float) -> Completed:
         if transport == "ssh":
