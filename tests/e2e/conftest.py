@@ -77,20 +77,16 @@ def no_leaked_qemu(tmp_path: Path) -> Any:
     assert not leaked, f"QEMU processes left behind: {leaked}"
 
 
+def run_scenarios(output: Path, target: str, profiles: list[str], scenarios: list[str], *extra: str) -> Run:
+    """`pkvm-harness run` of `scenarios` on `target`, once per profile."""
+    profile_args = [arg for p in profiles for arg in ("--profile", p)]
+    return harness("run", "--target", target, *extra, *profile_args, *scenarios, output=output)
+
+
 def run_broken(tmp_path: Path, series: str, profile: str, scenario: str) -> dict[str, Any]:
     """Run one scenario on mainline-7.3 carrying a NEGATIVE TEST series from
     tests/data/series; it must FAIL (exit 1). Returns its result."""
-    run = harness(
-        "run",
-        "--target",
-        "mainline-7.3",
-        "--series",
-        str(SERIES / series),
-        "--profile",
-        profile,
-        scenario,
-        output=tmp_path,
-    )
+    run = run_scenarios(tmp_path, "mainline-7.3", [profile], [scenario], "--series", str(SERIES / series))
     assert run.rc == 1, (run.rc, run.stderr[-2000:])
     (result,) = run.results["results"]
     assert result["verdict"] == "fail"

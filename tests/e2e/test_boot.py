@@ -8,23 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import harness
+from tests.e2e.conftest import harness, run_scenarios
 
 
 @pytest.mark.usefixtures("no_leaked_qemu")
 def test_mainline_boot_health_and_dma_on_smmuv3_and_virtio_iommu(tmp_path: Path) -> None:
-    run = harness(
-        "run",
-        "--target",
+    run = run_scenarios(
+        tmp_path,
         "mainline-7.3",
-        "--profile",
-        "smmuv3-nested",
-        "--profile",
-        "virtio-iommu",
-        "boot-health",
-        "dma-roundtrip",
-        "dma-fault-unmapped",
-        output=tmp_path,
+        ["smmuv3-nested", "virtio-iommu"],
+        ["boot-health", "dma-roundtrip", "dma-fault-unmapped"],
     )
     verdicts = run.verdicts()
     assert run.rc == 0, (run.stderr[-2000:], verdicts)
@@ -53,15 +46,7 @@ def test_mainline_boot_health_and_dma_on_smmuv3_and_virtio_iommu(tmp_path: Path)
 
 @pytest.mark.usefixtures("no_leaked_qemu")
 def test_6_12_without_jump_label_hyp_panics_and_is_a_fail_with_the_symbol(tmp_path: Path) -> None:
-    run = harness(
-        "run",
-        "--target",
-        "stable-6.12-no-jump-label",
-        "--profile",
-        "smmuv3-nested",
-        "boot-health",
-        output=tmp_path,
-    )
+    run = run_scenarios(tmp_path, "stable-6.12-no-jump-label", ["smmuv3-nested"], ["boot-health"])
     assert run.rc == 1, run.stderr[-2000:]
     (result,) = run.results["results"]
     assert result["verdict"] == "fail"
@@ -76,9 +61,7 @@ def test_6_12_without_jump_label_hyp_panics_and_is_a_fail_with_the_symbol(tmp_pa
 
 @pytest.mark.usefixtures("no_leaked_qemu")
 def test_stable_6_12_boots_pkvm_cleanly(tmp_path: Path) -> None:
-    run = harness(
-        "run", "--target", "stable-6.12", "--profile", "smmuv3-nested", "boot-health", output=tmp_path
-    )
+    run = run_scenarios(tmp_path, "stable-6.12", ["smmuv3-nested"], ["boot-health"])
     assert run.rc == 0, (run.stderr[-2000:], run.verdicts())
 
 

@@ -7,24 +7,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import harness
+from tests.e2e.conftest import run_scenarios
 
 
 @pytest.mark.usefixtures("no_leaked_qemu")
 def test_mainline_share_donate_scenarios(tmp_path: Path) -> None:
-    run = harness(
-        "run",
-        "--target",
+    run = run_scenarios(
+        tmp_path,
         "mainline-7.3",
-        "--profile",
-        "smmuv3-nested",
-        "vm-lifecycle",
-        "pvm-donate",
-        "pvm-teardown-reclaim",
-        "pvm-rules",
-        "pkvm-ownership-selftest",
-        "pvm-dma-isolation",
-        output=tmp_path,
+        ["smmuv3-nested"],
+        [
+            "vm-lifecycle",
+            "pvm-donate",
+            "pvm-teardown-reclaim",
+            "pvm-rules",
+            "pkvm-ownership-selftest",
+            "pvm-dma-isolation",
+        ],
     )
     verdicts = run.verdicts()
     for scenario in (
@@ -49,17 +48,11 @@ def test_mainline_share_donate_scenarios(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("no_leaked_qemu")
 def test_stable_6_12_runs_vm_lifecycle_and_skips_protected_vms(tmp_path: Path) -> None:
-    run = harness(
-        "run",
-        "--target",
+    run = run_scenarios(
+        tmp_path,
         "stable-6.12",
-        "--profile",
-        "smmuv3-nested",
-        "vm-lifecycle",
-        "pvm-donate",
-        "pvm-rules",
-        "pkvm-ownership-selftest",
-        output=tmp_path,
+        ["smmuv3-nested"],
+        ["vm-lifecycle", "pvm-donate", "pvm-rules", "pkvm-ownership-selftest"],
     )
     verdicts = run.verdicts()
     assert verdicts[("vm-lifecycle", "smmuv3-nested")] == "pass", run.stderr[-3000:]
