@@ -43,18 +43,25 @@ static inline void ktap_result(int ok, int skip, const char *name, const char *r
 	fflush(stdout);
 }
 
+/* Prints the "Bail out! <prefix><message>" line without exiting, for
+ * callers that add something (e.g. usage) before they exit. */
+static inline void ktap_vbail_line(const char *prefix, const char *fmt, va_list ap)
+{
+	printf("Bail out! %s", prefix);
+	vprintf(fmt, ap);
+	printf("\n");
+	fflush(stdout);
+}
+
 /* The environment is unusable (no device, a setup ioctl failed): the
  * harness reports this as an infrastructure ERROR, not a FAIL. Exit 2. */
 static inline __attribute__((noreturn, format(printf, 1, 2))) void ktap_bail(const char *fmt, ...)
 {
 	va_list ap;
 
-	printf("Bail out! ");
 	va_start(ap, fmt);
-	vprintf(fmt, ap);
+	ktap_vbail_line("", fmt, ap);
 	va_end(ap);
-	printf("\n");
-	fflush(stdout);
 	exit(2);
 }
 

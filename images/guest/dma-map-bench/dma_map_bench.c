@@ -33,6 +33,7 @@
 
 #include <linux/types.h>
 
+#include "args.h"
 #include "ktap.h"
 #include "pci.h"
 
@@ -301,12 +302,9 @@ static __attribute__((noreturn, format(printf, 1, 2))) void usage_error(const ch
 {
 	va_list ap;
 
-	printf("Bail out! bad arguments: ");
 	va_start(ap, fmt);
-	vprintf(fmt, ap);
+	ktap_vbail_line("bad arguments: ", fmt, ap);
 	va_end(ap);
-	printf("\n");
-	fflush(stdout);
 	usage(stderr);
 	exit(2);
 }
@@ -329,7 +327,7 @@ static unsigned int parse_uint(const char *name, const char *s, unsigned int min
 static void parse_args(int argc, char **argv)
 {
 	for (int i = 1; i < argc; i++) {
-		const char *a = argv[i], *val, *eq;
+		const char *a = argv[i], *val;
 		char name[32];
 
 		if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -338,17 +336,9 @@ static void parse_args(int argc, char **argv)
 		}
 		if (strncmp(a, "--", 2))
 			usage_error("unexpected argument '%s'", a);
-		/* --name=value or --name value */
-		eq = strchr(a, '=');
-		if (eq) {
-			snprintf(name, sizeof(name), "%.*s", (int)(eq - a), a);
-			val = eq + 1;
-		} else {
-			copy_str(name, sizeof(name), a);
-			if (i + 1 >= argc)
-				usage_error("%s needs a value", a);
-			val = argv[++i];
-		}
+		val = opt_split(argc, argv, &i, name, sizeof(name));
+		if (!val)
+			usage_error("%s needs a value", a);
 
 		if (!strcmp(name, "--bdf")) {
 			opt.bdf = val;

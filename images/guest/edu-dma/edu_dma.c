@@ -32,6 +32,7 @@
 #include <linux/pci_regs.h>
 #include <linux/vfio.h>
 
+#include "args.h"
 #include "ktap.h"
 #include "pci.h"
 #include "uapi_compat.h"
@@ -1432,12 +1433,9 @@ static __attribute__((noreturn, format(printf, 1, 2))) void usage_error(const ch
 {
 	va_list ap;
 
-	printf("Bail out! bad arguments: ");
 	va_start(ap, fmt);
-	vprintf(fmt, ap);
+	ktap_vbail_line("bad arguments: ", fmt, ap);
 	va_end(ap);
-	printf("\n");
-	fflush(stdout);
 	usage(stderr);
 	exit(2);
 }
@@ -1493,7 +1491,6 @@ static void parse_args(int argc, char **argv)
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *val = NULL;
 		char name[32];
-		const char *eq;
 
 		if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
 			usage(stdout);
@@ -1505,17 +1502,9 @@ static void parse_args(int argc, char **argv)
 			opt.cmd = a;
 			continue;
 		}
-		/* --name=value or --name value */
-		eq = strchr(a, '=');
-		if (eq) {
-			snprintf(name, sizeof(name), "%.*s", (int)(eq - a), a);
-			val = eq + 1;
-		} else {
-			copy_str(name, sizeof(name), a);
-			if (i + 1 >= argc)
-				usage_error("%s needs a value", a);
-			val = argv[++i];
-		}
+		val = opt_split(argc, argv, &i, name, sizeof(name));
+		if (!val)
+			usage_error("%s needs a value", a);
 
 		if (!strcmp(name, "--bdf")) {
 			opt.bdf = val;
