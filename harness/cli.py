@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import traceback
 from dataclasses import replace
@@ -13,7 +14,7 @@ from pathlib import Path
 from harness import __version__, pipeline
 from harness.config import Registry
 from harness.config.models import SeriesSpec, SourceSpec, Target
-from harness.errors import ConfigError, ExitCode, HarnessError
+from harness.errors import ConfigError, ExitCode, HarnessError, Interrupted
 from harness.machine.qemu import install_signal_handlers
 from harness.report import exit_code
 
@@ -191,9 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"pkvm-harness: error: {exc}", file=sys.stderr)
         return int(exc.exit_code)
-    except KeyboardInterrupt:
-        print("pkvm-harness: interrupted", file=sys.stderr)
-        return int(ExitCode.INTERRUPTED)
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        print(f"pkvm-harness: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + int(signum)
     except Exception as exc:  # a harness bug is still an ERROR, never a FAIL
         if os.environ.get("PKVM_HARNESS_DEBUG"):
             traceback.print_exc()

@@ -15,7 +15,17 @@ class ExitCode(enum.IntEnum):
     OK = 0
     FAIL = 1
     ERROR = 2
-    INTERRUPTED = 130
+    INTERRUPTED = 130  # 128 + SIGINT; other signals give 128 + their number
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP: unwinds like Ctrl-C (QEMU torn down,
+    finished results kept), and the exit code is 128 + the signal."""
+
+    def __init__(self, signum: int, name: str) -> None:
+        super().__init__(name)
+        self.signum = signum
+        self.name = name
 
 
 class HarnessError(Exception):
@@ -65,3 +75,34 @@ class MachineError(HarnessError):
 
 class SessionError(HarnessError):
     """The serial or SSH transport broke (not a kernel verdict)."""
+
+
+class GuestFailure(Exception):
+    """The kernel under test stopped doing its job in a way a transport
+    found (it hung, or its network died): a FAIL of the kernel, not an
+    ERROR. `evidence` is plain data for the result (console tail, vCPU PCs,
+    IOMMU faults)."""
+
+    kind = "guest"
+
+    def __init__(self, reason: str, evidence: dict[str, object] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.evidence = evidence or {}
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class GuestHung(GuestFailure):
+    """Positive evidence that the guest stopped: it does not answer an active
+    probe while the host had CPU to give it."""
+
+    kind = "hang"
+
+
+class GuestNetworkUnusable(GuestFailure):
+    """SSH does not come up although the guest answers on serial and its
+    SSH daemon runs: the kernel's network path (e.g. the NIC's DMA) is broken."""
+
+    kind = "network"

@@ -6,23 +6,30 @@ scenarios a fresh boot."""
 
 from __future__ import annotations
 
-import contextlib
+import os
 import shlex
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import __version__, ui
 from harness.config.models import Profile, Scenario, Target
+from harness.errors import GuestFailure, HarnessError, Interrupted, MachineError
 from harness.image import GuestImage, build_image
 from harness.kernel import KernelBuild, build_kernel
+from harness.kernel.symbols import SymbolTable
+from harness.logwatch import Event
 from harness.machine import qemu_version
-from harness.report import RunResult, ScenarioResult, Verdict, write_reports
+from harness.report import BootRecord, RunRecorder, RunResult, TargetRecord, Verdict
+from harness.report.recorder import Cell
 from harness.scenario import ScenarioContext, run_scenario, skip_reason
 from harness.scenario.capabilities import probe
+from harness.scenario.runner import scenario_result
 from harness.session.guest import Guest, booted_guest
+from harness.session.liveness import LivenessPolicy
 
 
 @dataclass(frozen=True)
@@ -52,137 +59,202 @@ class RunRequest:
     scenarios: tuple[Scenario, ...]
     output: Path
     boot_timeout: float = 120.0
+    liveness: LivenessPolicy = field(default_factory=LivenessPolicy)
+    side: str | None = None  # "base" | "tip" when a series is run against its base
+
+    def cells(self) -> list[Cell]:
+        return [(self.target.name, self.side, p.name, s.name) for p in self.profiles for s in self.scenarios]
 
 
-@dataclass
 class _ProfileRun:
-    request: RunRequest
-    artifacts: Artifacts
-    profile: Profile
-    boots: list[dict[str, object]]
-    results: list[ScenarioResult]
+    """All scenarios of one target x profile: boot, probe, run scenarios
+    until done; a guest that died (crash, hang) is replaced by a fresh
+    boot for the scenarios still to run. Every finished cell goes to the
+    recorder at once."""
 
-    def boot_dir(self) -> Path:
-        return self.request.output / "boots" / f"{self.profile.name}-{len(self.boots) + 1}"
+    def __init__(
+        self, request: RunRequest, artifacts: Artifacts, profile: Profile, recorder: RunRecorder
+    ) -> None:
+        self.request = request
+        self.artifacts = artifacts
+        self.profile = profile
+        self.recorder = recorder
+        self.boots = 0
+        self.symbols = SymbolTable.from_system_map(artifacts.kernel.system_map)
+        self.by_name = {s.name: s for s in request.scenarios}
 
-    @contextlib.contextmanager
-    def guest(self) -> Iterator[Guest]:
-        run_dir = self.boot_dir()
-        ui.info("machine", f"booting {self.request.target.name} on {self.profile.name}")
-        with booted_guest(
-            self.profile,
-            self.artifacts.kernel.image,
-            self.artifacts.image,
-            run_dir,
-            self.request.target.cmdline,
-            self.request.boot_timeout,
-        ) as guest:
-            outcome = guest.boot_outcome
-            assert outcome is not None
-            self.boots.append(
-                {
-                    "profile": self.profile.name,
-                    "dir": str(run_dir),
-                    "console_log": str(guest.console_log),
-                    "ready": outcome.ready,
-                    "verdict": outcome.verdict,
-                    "reason": outcome.reason,
-                    "boot_s": round(outcome.seconds, 3),
-                    "events": [e.to_json() for e in guest.watcher.events],
-                }
-            )
-            ui.info(
-                "machine",
-                f"{'ready' if outcome.ready else outcome.verdict.upper()}"
-                f" in {outcome.seconds:.2f}s {outcome.reason}",
-            )
-            yield guest
+    @property
+    def _boot_name(self) -> str:
+        side = f"{self.request.side}-" if self.request.side else ""
+        return f"{side}{self.profile.name}-{self.boots}"
 
-    def run(self) -> None:
-        pending = list(self.request.scenarios)
-        while pending:
-            with self.guest() as guest:
-                outcome = guest.boot_outcome
-                assert outcome is not None
-                if not outcome.ready:
-                    verdict = Verdict.FAIL if outcome.verdict == "fail" else Verdict.ERROR
-                    for s in pending:
-                        self._add(s, verdict, outcome.reason, guest)
-                    return
-                caps = probe(guest, self.artifacts.kernel, self.profile.features)
-                while pending and not guest.dead:
-                    scenario = pending.pop(0)
-                    self._run_one(scenario, guest, caps)
-                self.boots[-1]["events"] = [e.to_json() for e in guest.watcher.events]
-
-    def _ctx(self, guest: Guest, caps: frozenset[str]) -> ScenarioContext:
+    def _ctx(self, guest: Guest | None, caps: frozenset[str], first_on_boot: bool) -> ScenarioContext:
+        run_dir = self.request.output / "boots" / self._boot_name
         return ScenarioContext(
             target=self.request.target,
             profile=self.profile,
             capabilities=caps,
-            console_log=str(guest.console_log),
-            reproducer=str(guest.machine.run_dir / "reproduce-boot.sh"),
+            console_log=str(guest.console_log) if guest else None,
+            reproducer=str(run_dir / "reproduce-boot.sh"),
+            faults_since=0 if first_on_boot else None,
+            boot=f"{self.request.target.name}/{self._boot_name}",
+            side=self.request.side,
         )
 
-    def _run_one(self, scenario: Scenario, guest: Guest, caps: frozenset[str]) -> None:
-        ctx = self._ctx(guest, caps)
-        why = skip_reason(scenario, ctx)
-        if why is not None:
-            self._add(scenario, Verdict.SKIP, why, guest)
-            return
-        ui.info("scenario", f"{scenario.name} on {self.profile.name} ...")
-        result = run_scenario(scenario, guest, ctx)
-        ui.info(
-            "scenario", f"{scenario.name} on {self.profile.name}: {result.verdict.upper()} {result.reason}"
-        )
-        self.results.append(result)
-
-    def _add(self, scenario: Scenario, verdict: Verdict, reason: str, guest: Guest) -> None:
-        self.results.append(
-            ScenarioResult(
-                scenario=scenario.name,
-                profile=self.profile.name,
+    def _record_boot(self, guest: Guest, run_dir: Path) -> None:
+        outcome = guest.boot_outcome
+        assert outcome is not None
+        self.recorder.add_boot(
+            BootRecord(
+                id=f"{self.request.target.name}/{self._boot_name}",
                 target=self.request.target.name,
-                verdict=verdict,
-                reason=reason,
-                duration_s=0.0,
-                events=tuple(e.to_json() for e in guest.watcher.events if e.severity != "info"),
+                side=self.request.side,
+                profile=self.profile.name,
+                dir=str(run_dir),
                 console_log=str(guest.console_log),
-                reproducer=str(guest.machine.run_dir / "reproduce-boot.sh"),
+                ready=outcome.ready,
+                verdict=Verdict(outcome.verdict),
+                reason=outcome.reason,
+                boot_s=outcome.seconds,
+                events=tuple(e.to_json() for e in guest.watcher.events),
             )
+        )
+
+    def run(self) -> None:
+        t = self.request.target.name
+        while pending := self.recorder.pending(t, self.request.side, self.profile.name):
+            self.boots += 1
+            run_dir = self.request.output / "boots" / self._boot_name
+            ui.info("machine", f"booting {t} on {self.profile.name} ({self._boot_name})")
+            try:
+                with booted_guest(
+                    self.profile,
+                    self.artifacts.kernel.image,
+                    self.artifacts.image,
+                    run_dir,
+                    self.request.target.cmdline,
+                    self.request.boot_timeout,
+                    self.request.liveness,
+                    self.symbols.lookup,
+                ) as guest:
+                    try:
+                        self._on_guest(guest, [self.by_name[n] for n in pending])
+                    finally:
+                        self._record_boot(guest, run_dir)
+            except MachineError as exc:  # QEMU would not start: no cell of this profile can run
+                for name in pending:
+                    self._record(self.by_name[name], Verdict.ERROR, f"machine: {exc}")
+                return
+
+    def _on_guest(self, guest: Guest, pending: list[Scenario]) -> None:
+        outcome = guest.boot_outcome
+        assert outcome is not None
+        state = "ready" if outcome.ready else outcome.verdict.upper()
+        ui.info("machine", f"{state} in {outcome.seconds:.2f}s {outcome.reason}")
+        if not outcome.ready:
+            verdict = Verdict.FAIL if outcome.verdict == "fail" else Verdict.ERROR
+            events = [e for e in guest.watcher.events if e.severity != "info"]
+            for s in pending:
+                self._record(s, verdict, outcome.reason, guest, events, dict(outcome.evidence or {}))
+            return
+        try:
+            caps = probe(guest, self.artifacts.kernel, self.profile.features)
+        except GuestFailure as exc:  # hung (or network dead) before the first scenario
+            self._record(pending[0], Verdict.FAIL, f"capability probe: {exc.reason}", guest, (), exc.evidence)
+            return
+        except HarnessError as exc:
+            for s in pending:
+                self._record(s, Verdict.ERROR, f"capability probe: {exc}", guest)
+            return
+        first_on_boot = True
+        for scenario in pending:
+            if guest.dead:
+                return  # the rest get a fresh boot
+            ctx = self._ctx(guest, caps, first_on_boot)
+            why = skip_reason(scenario, ctx)
+            if why is not None:
+                self._record(scenario, Verdict.SKIP, why, guest)
+                continue
+            first_on_boot = False
+            ui.info("scenario", f"{scenario.name} on {self.profile.name} ...")
+            try:
+                result = run_scenario(scenario, guest, ctx)
+            except Exception as exc:  # a harness bug: this cell is an ERROR, the rest still run
+                if os.environ.get("PKVM_HARNESS_DEBUG"):
+                    traceback.print_exc()
+                self._record(scenario, Verdict.ERROR, f"internal error: {type(exc).__name__}: {exc}", guest)
+                return  # the guest's state is unknown: fresh boot for the rest
+            ui.info(
+                "scenario",
+                f"{scenario.name} on {self.profile.name}: {result.verdict.upper()} {result.reason}",
+            )
+            self.recorder.record(result)
+
+    def _record(
+        self,
+        scenario: Scenario,
+        verdict: Verdict,
+        reason: str,
+        guest: Guest | None = None,
+        events: Sequence[Event] = (),
+        evidence: Mapping[str, object] | None = None,
+    ) -> None:
+        ctx = self._ctx(guest, frozenset(), first_on_boot=False)
+        self.recorder.record(
+            scenario_result(scenario, ctx, verdict, reason, events=list(events), evidence=evidence)
         )
         ui.info("scenario", f"{scenario.name} on {self.profile.name}: {verdict.upper()} {reason}")
 
 
-def run(request: RunRequest) -> RunResult:
-    qemu = qemu_version()
-    artifacts = build_all(request.target)
-    results: list[ScenarioResult] = []
-    boots: list[dict[str, object]] = []
-    start = time.monotonic()
-    for profile in request.profiles:
-        _ProfileRun(request, artifacts, profile, boots, results).run()
-    run_result = RunResult(
-        harness_version=__version__,
-        qemu_version=qemu,
-        target=request.target.name,
+def _target_record(artifacts: Artifacts, side: str | None) -> TargetRecord:
+    return TargetRecord(
+        name=artifacts.kernel.target,
+        side=side,
         kernel={
             **artifacts.kernel.metadata,
             "image": str(artifacts.kernel.image),
             "cached": artifacts.kernel.cached,
         },
         image={**artifacts.image.metadata, "key": artifacts.image.key, "cached": artifacts.image.cached},
-        results=tuple(results),
-        timings={
-            "build_s": round(artifacts.seconds, 3),
-            "boot_and_test_s": round(time.monotonic() - start, 3),
-        },
-        command=shlex.join(["pkvm-harness", *sys.argv[1:]]),
-        boots=tuple(boots),
     )
-    write_reports(run_result, request.output)
-    _write_reproducer(request, run_result)
-    return run_result
+
+
+def run(request: RunRequest) -> RunResult:
+    """Build, then run every cell; results.json is valid from the start
+    (planned cells are `not-run`) and rewritten after every cell."""
+    recorder = RunRecorder(
+        request.output, __version__, qemu_version(), shlex.join(["pkvm-harness", *sys.argv[1:]])
+    )
+    recorder.plan(request.cells())
+    timings: dict[str, float] = {}
+    start = time.monotonic()
+    try:
+        try:
+            artifacts = build_all(request.target)
+        except HarnessError as exc:
+            recorder.fill_pending(Verdict.ERROR, f"build: {exc}")
+            raise
+        recorder.add_target(_target_record(artifacts, request.side))
+        timings["build_s"] = round(artifacts.seconds, 3)
+        for profile in request.profiles:
+            _ProfileRun(request, artifacts, profile, recorder).run()
+    except KeyboardInterrupt as exc:
+        why = f"interrupted by {exc.name}" if isinstance(exc, Interrupted) else "interrupted"
+        recorder.fill_pending(Verdict.NOT_RUN, why)
+        recorder.finish(timings, why)
+        raise
+    except HarnessError as exc:
+        recorder.finish(timings, str(exc))
+        raise
+    except Exception as exc:
+        why = f"internal error: {type(exc).__name__}: {exc}"
+        recorder.fill_pending(Verdict.ERROR, why)
+        recorder.finish(timings, why)
+        raise
+    timings["boot_and_test_s"] = round(time.monotonic() - start, 3)
+    result = recorder.finish(timings)
+    _write_reproducer(request, result)
+    return result
 
 
 def _target_args(target: Target) -> list[str]:

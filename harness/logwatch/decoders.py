@@ -34,7 +34,32 @@ def smmu_event(fields: Fields, trace: list[str]) -> None:
                 ssid=m["ssid"],
                 address=hex(int(m["iova"], 16)),
             )
+        if m := _SMMU_ACCESS.search(line):
+            fields["access"] = m["access"]
     fields["id"] = hex(int(str(fields["id"]), 16))
+    fields.setdefault("name", _SMMU_EVENT_NAMES.get(int(str(fields["id"]), 16), str(fields["id"])))
+    client = fields.get("client")
+    if isinstance(client, str) and client.count(":") == 2:
+        fields["bdf"] = client
+    elif "sid" in fields:
+        fields["bdf"] = requester_bdf(int(str(fields["sid"]), 16))
+
+
+def requester_bdf(rid: int, segment: int = 0) -> str:
+    """A PCI requester ID as a BDF. On QEMU's virt machine the SMMU StreamID
+    and the virtio-iommu endpoint ID of a PCI device are both its RID."""
+    return f"{segment:04x}:{rid >> 8:02x}:{(rid >> 3) & 0x1F:02x}.{rid & 7}"
+
+
+_SMMU_ACCESS = re.compile(r"\b(?:un)?priv (?:data|inst) (?P<access>read|write)\b")
+_SMMU_EVENT_NAMES = {0x10: "F_TRANSLATION", 0x11: "F_ADDR_SIZE", 0x12: "F_ACCESS", 0x13: "F_PERMISSION"}
+
+
+def virtio_iommu_fault(fields: Fields, trace: list[str]) -> None:
+    fields["bdf"] = requester_bdf(int(str(fields["endpoint"])))
+    flags = str(fields.get("flags", ""))
+    # virtio-iommu reports the access that faulted: R, W, X flags.
+    fields["access"] = {"R": "read", "W": "write"}.get(flags, flags or "unknown")
 
 
 def smmu_features(fields: Fields, trace: list[str]) -> None:
@@ -55,4 +80,5 @@ DECODERS: dict[str, Callable[[Fields, list[str]], None]] = {
     "smmu_event": smmu_event,
     "smmu_features": smmu_features,
     "hyp_symbol": hyp_symbol,
+    "virtio_iommu_fault": virtio_iommu_fault,
 }

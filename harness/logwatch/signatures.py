@@ -177,8 +177,9 @@ SIGNATURES: tuple[Signature, ...] = (
         "info",
         _re(
             r"^virtio_iommu (?P<device>\S+): page fault from EP (?P<endpoint>\d+)"
-            r" at (?P<address>0x[0-9a-f]+)"
+            r" at (?P<address>0x[0-9a-f]+)(?: \[(?P<flags>[^\]]*)\])?"
         ),
+        decoder="virtio_iommu_fault",
     ),
     Signature(
         "virtio-iommu-probe",
@@ -219,6 +220,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "crash": ("hyp-panic", "hyp-bug", "kernel-panic", "oops", "kernel-bug", "bug", "kasan"),
     "hyp": ("hyp-panic", "hyp-bug"),
     "lockup": ("soft-lockup", "hard-lockup", "rcu-stall"),
+    "iommu-fault": tuple(s.name for s in SIGNATURES if s.kind == "iommu-fault"),
     "any-error": tuple(s.name for s in SIGNATURES if s.severity != "info"),
 }
 

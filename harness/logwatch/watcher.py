@@ -61,6 +61,7 @@ class LogWatcher:
         self.signatures = tuple(signatures)
         self.events: list[Event] = []
         self.lines_seen = 0
+        self.chars_seen = 0  # any output at all is a sign of life
         self._partial = ""
         self._open: list[_Open] = []
 
@@ -72,6 +73,7 @@ class LogWatcher:
         pass
 
     def feed(self, chunk: str) -> None:
+        self.chars_seen += len(chunk)
         data = self._partial + chunk.replace("\r", "")
         *complete, self._partial = data.split("\n")
         for line in complete:
@@ -112,6 +114,7 @@ class LogWatcher:
                 self._close(o)
                 continue
             o.event.trace.append(raw)
+            self._decode(sig, o.event)  # decoders are idempotent: fields are current while open
             if (sig.end is not None and sig.end.search(text)) or len(o.event.trace) >= sig.max_lines:
                 self._close(o)
             else:
@@ -133,10 +136,9 @@ class LogWatcher:
                 trace=[raw],
             )
             self.events.append(event)
+            self._decode(sig, event)
             if sig.more is not None and sig.max_lines > 1:
                 self._open.append(_Open(sig, event))
-            else:
-                self._decode(sig, event)
             break
 
     def _close(self, o: _Open) -> None:

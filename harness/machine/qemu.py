@@ -19,7 +19,7 @@ from typing import Any
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from harness import ui
-from harness.errors import MachineError, ToolMissingError
+from harness.errors import Interrupted, MachineError, ToolMissingError
 from harness.machine.profile import MachineSpec, qemu_argv, reproducer_script
 
 _PR_SET_PDEATHSIG = 1
@@ -199,11 +199,12 @@ class QemuMachine:
 
 
 def install_signal_handlers() -> None:
-    """SIGTERM (CI cancelling a job) unwinds like Ctrl-C, so context
-    managers tear QEMU down."""
+    """SIGINT, SIGTERM (CI cancelling a job) and SIGHUP unwind like Ctrl-C,
+    so context managers tear QEMU down and finished results are kept; the
+    exit code then says which signal it was (128 + N)."""
 
     def _raise(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+        raise Interrupted(signum, signal.Signals(signum).name)
 
-    signal.signal(signal.SIGTERM, _raise)
-    signal.signal(signal.SIGHUP, _raise)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise)

@@ -6,7 +6,7 @@ running guest say. Tokens are plain strings, matched against `requires:`."""
 from __future__ import annotations
 
 from harness.kernel import KernelBuild
-from harness.session.guest import Guest
+from harness.scenario.runner import Guest
 
 # Config options worth a capability token.
 _CONFIG_CAPS = {

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from harness.config.models import EventExpectation, Profile, Scenario, Step, Target, Transport
-from harness.errors import HarnessError
+from harness.errors import GuestFailure, HarnessError
 from harness.logwatch import Event, LogWatcher
-from harness.logwatch.signatures import expand
+from harness.logwatch.signatures import GROUPS, expand
 from harness.report.results import ScenarioResult, StepResult, Verdict
 from harness.scenario import ktap
 from harness.scenario import variables as V
@@ -29,6 +29,9 @@ class Guest(Protocol):
     is the real one; tests and future front-ends may bring their own)."""
 
     watcher: LogWatcher
+
+    @property
+    def dead(self) -> bool: ...
 
     def run(self, transport: Transport, command: str, timeout: float) -> Completed: ...
 
@@ -50,6 +53,12 @@ class ScenarioContext:
     capabilities: frozenset[str]
     console_log: str | None = None
     reproducer: str | None = None
+    # Console line from which an IOMMU fault that no step claims fails the
+    # scenario: 0 for the first scenario on a boot (faults during boot are
+    # its business), None for "since this scenario began".
+    faults_since: int | None = None
+    boot: str | None = None  # the boot's id, for the result
+    side: str | None = None
 
     def base_variables(self) -> dict[str, str]:
         out = {
@@ -73,11 +82,19 @@ class _StepFailed(Exception):
         self.reason = reason
 
 
+_FAULT_SIGNATURES = frozenset(GROUPS["iommu-fault"])
+
+
 @dataclass
 class _State:
     variables: dict[str, str]
     start_line: int  # console line where the scenario began
     metrics: dict[str, float] = field(default_factory=dict)
+    # IOMMU-fault expectations of the steps that ran, with the variables of
+    # that moment: a fault they match is expected ("claimed"); any other
+    # fails the scenario.
+    claims: list[tuple[EventExpectation, dict[str, str]]] = field(default_factory=list)
+    evidence: dict[str, object] = field(default_factory=dict)
 
 
 def _event_matches(e: Event, exp: EventExpectation, variables: Mapping[str, str]) -> bool:
@@ -177,7 +194,13 @@ def _run_step(step: Step, guest: Guest, state: _State, scenario_forbid: set[str]
         if step.expect_events and step.run is None:
             guest.settle()  # a report may trail the action that caused it
         window_start = {"boot": 0, "scenario": state.start_line, "step": mark}[step.events_since]
+        state.claims += [
+            (e, dict(state.variables)) for e in step.expect_events if e.signature in _FAULT_SIGNATURES
+        ]
         _check_events(step, guest.events_since(window_start), scenario_forbid, state.variables)
+    except GuestFailure as failed:  # hung, or its network died: the kernel's FAIL
+        state.evidence.update(failed.evidence)
+        return _step_result(step, Verdict.FAIL, f"step {step.name}: {failed.reason}", start, command, result)
     except _StepFailed as failed:
         reason = f"{step.fail_reason}: {failed.reason}" if step.fail_reason else failed.reason
         return _step_result(step, Verdict.FAIL, f"step {step.name}: {reason}", start, command, result)
@@ -201,9 +224,92 @@ def _step_result(
     )
 
 
+def unclaimed_faults(
+    events: list[Event], claims: list[tuple[EventExpectation, dict[str, str]]]
+) -> list[Event]:
+    """IOMMU faults that no step expected: a step claims only the faults
+    from the device and address range its expectation declares."""
+    return [
+        e
+        for e in events
+        if e.signature in _FAULT_SIGNATURES and not any(_event_matches(e, exp, v) for exp, v in claims)
+    ]
+
+
+def _drivers(guest: Guest, bdfs: set[str]) -> dict[str, str]:
+    """The guest's driver for each PCI device, asked now (a device may have
+    been rebound to vfio-pci since boot); empty if the guest cannot answer."""
+    if not bdfs or guest.dead:
+        return {}
+    script = "; ".join(
+        f'd=$(readlink /sys/bus/pci/devices/{b}/driver); echo "{b}=${{d##*/}}"' for b in sorted(bdfs)
+    )
+    try:
+        result = guest.run("serial", script, 15)
+    except (HarnessError, GuestFailure):
+        return {}
+    return dict(ln.split("=", 1) for ln in result.output.splitlines() if "=" in ln)
+
+
+def describe_fault(e: Event, drivers: Mapping[str, str]) -> str:
+    """`smmuv3 F_PERMISSION (write) from 0000:00:01.0 (virtio-pci) at 0xfff78b88`."""
+    f = e.fields
+    bdf = str(f.get("bdf", "an unknown device"))
+    driver = drivers.get(bdf) or "no driver"
+    if e.signature == "smmuv3-event":
+        kind = f"SMMUv3 event {f.get('id')} {f.get('name', '')}".rstrip()
+    else:
+        kind = "virtio-iommu page fault"
+    access = f" ({f['access']})" if f.get("access") not in (None, "unknown") else ""
+    return f"{kind}{access} from {bdf} ({driver}) at {f.get('address', '?')}"
+
+
+def _fault_reason(faults: list[Event], guest: Guest) -> str:
+    drivers = _drivers(guest, {str(e.fields["bdf"]) for e in faults if "bdf" in e.fields})
+    first = describe_fault(faults[0], drivers)
+    devices = sorted({str(e.fields.get("bdf", "?")) for e in faults})
+    more = f" ({len(faults)} faults from {', '.join(devices)})" if len(faults) > 1 else ""
+    return f"unexpected IOMMU fault: {first}{more}"
+
+
+def scenario_result(
+    scenario: Scenario,
+    ctx: ScenarioContext,
+    verdict: Verdict,
+    reason: str,
+    duration_s: float = 0.0,
+    events: list[Event] | tuple[dict[str, object], ...] = (),
+    steps: tuple[StepResult, ...] = (),
+    metrics: Mapping[str, float] | None = None,
+    evidence: Mapping[str, object] | None = None,
+) -> ScenarioResult:
+    """The one place a ScenarioResult is made: a target's declared known gap
+    turns its FAIL into an xfail here, whoever produced the verdict."""
+    if verdict == Verdict.FAIL and scenario.name in ctx.target.known_gaps:
+        verdict = Verdict.XFAIL
+        reason = f"known gap of {ctx.target.name}: {ctx.target.known_gaps[scenario.name]} ({reason})"
+    return ScenarioResult(
+        scenario=scenario.name,
+        profile=ctx.profile.name,
+        target=ctx.target.name,
+        side=ctx.side,
+        verdict=verdict,
+        reason=reason,
+        duration_s=duration_s,
+        events=tuple(e.to_json() if isinstance(e, Event) else e for e in events[:MAX_EVENTS_PER_RESULT]),
+        steps=steps,
+        metrics=dict(metrics or {}),
+        evidence=dict(evidence or {}),
+        console_log=ctx.console_log,
+        reproducer=ctx.reproducer,
+        boot=ctx.boot,
+    )
+
+
 def run_scenario(scenario: Scenario, guest: Guest, ctx: ScenarioContext) -> ScenarioResult:
     start = time.monotonic()
     start_line = 0 if scenario.check_boot_log else guest.watcher.lines_seen
+    faults_since = start_line if ctx.faults_since is None else min(ctx.faults_since, start_line)
     state = _State(variables=ctx.base_variables(), start_line=start_line)
     forbid = expand(scenario.forbid_events)
     steps: list[StepResult] = []
@@ -222,30 +328,32 @@ def run_scenario(scenario: Scenario, guest: Guest, ctx: ScenarioContext) -> Scen
             if res.verdict == Verdict.FAIL:
                 verdict, reason = Verdict.FAIL, res.reason
                 break
-        guest.settle()  # late messages belong to this scenario, not the next
+        if not guest.dead:
+            guest.settle()  # late messages belong to this scenario, not the next
         if verdict == Verdict.PASS:
             # Scenario-wide: also catches what came between or after steps.
             bad = next((e for e in guest.events_since(start_line) if e.signature in forbid), None)
             if bad is not None:
                 verdict, reason = Verdict.FAIL, f"forbidden event {bad.summary()}"
+        if verdict == Verdict.PASS:
+            faults = unclaimed_faults(guest.events_since(faults_since), state.claims)
+            if faults:
+                verdict, reason = Verdict.FAIL, _fault_reason(faults, guest)
         if verdict == Verdict.PASS and steps and all(s.verdict == Verdict.SKIP for s in steps):
             verdict, reason = Verdict.SKIP, "no step applies: " + steps[0].reason
+    except GuestFailure as exc:  # from settle/sync between steps
+        state.evidence.update(exc.evidence)
+        verdict, reason = Verdict.FAIL, exc.reason
     except HarnessError as exc:
         verdict, reason = Verdict.ERROR, str(exc)
-    if verdict == Verdict.FAIL and scenario.name in ctx.target.known_gaps:
-        verdict = Verdict.XFAIL
-        reason = f"known gap of {ctx.target.name}: {ctx.target.known_gaps[scenario.name]} ({reason})"
-    events = guest.events_since(start_line)
-    return ScenarioResult(
-        scenario=scenario.name,
-        profile=ctx.profile.name,
-        target=ctx.target.name,
-        verdict=verdict,
-        reason=reason,
+    return scenario_result(
+        scenario,
+        ctx,
+        verdict,
+        reason,
         duration_s=time.monotonic() - start,
-        events=tuple(e.to_json() for e in events[:MAX_EVENTS_PER_RESULT]),
+        events=guest.events_since(min(start_line, faults_since)),
         steps=tuple(steps),
         metrics=state.metrics,
-        console_log=ctx.console_log,
-        reproducer=ctx.reproducer,
+        evidence=state.evidence,
     )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.config.models import Profile, Transport
-from harness.errors import SessionError
+from harness.errors import GuestHung, GuestNetworkUnusable, SessionError
 from harness.image import GuestImage
 from harness.image.initramfs import READY_MARKER
 from harness.logwatch import Event, LogWatcher
@@ -25,6 +25,14 @@ from harness.machine import MachineSpec, QemuMachine
 from harness.machine.profile import kernel_cmdline
 from harness.machine.qemu import free_port
 from harness.session.base import Completed
+from harness.session.liveness import (
+    CpuSample,
+    CpuWindow,
+    Evidence,
+    LivenessPolicy,
+    Symbolize,
+    describe_vcpus,
+)
 from harness.session.serial import SerialSession
 from harness.session.ssh import SshKey, SshSession
 
@@ -39,13 +47,60 @@ class BootOutcome:
     seconds: float  # from `cont` to the readiness marker (or to the end)
     fatal: Event | None = None
     since_launch: float | None = None  # from starting QEMU to the marker
+    evidence: Mapping[str, object] | None = None  # a stalled boot's console tail, vCPUs
+
+
+# In the guest, over serial: why would SSH not come up? Each line is key=value.
+_NET_DIAGNOSIS = r"""
+d=$(readlink /sys/class/net/eth0/device 2>/dev/null); echo "nic=${d##*/}"
+echo "operstate=$(cat /sys/class/net/eth0/operstate 2>/dev/null || echo missing)"
+echo "rx_packets=$(cat /sys/class/net/eth0/statistics/rx_packets 2>/dev/null)"
+pidof dropbear >/dev/null && echo dropbear=running || echo dropbear=missing
+test -s /root/.ssh/authorized_keys && echo key=present || echo key=missing
+"""
+
+
+class _Life:
+    """Tracks the guest's last sign of life (console or command output) and
+    the host CPU sample taken then, for the starvation guard."""
+
+    def __init__(self, pid: int | None, activity: int) -> None:
+        self.pid = pid
+        self.activity = activity
+        self.at = time.monotonic()
+        self.sample = CpuSample.take(pid)
+        self.starved = 0
+
+    def saw(self, activity: int) -> bool:
+        if activity != self.activity:
+            self.activity, self.at, self.sample = activity, time.monotonic(), CpuSample.take(self.pid)
+            return True
+        return False
+
+    def reset(self) -> None:
+        self.at, self.sample = time.monotonic(), CpuSample.take(self.pid)
+
+    @property
+    def silent_s(self) -> float:
+        return time.monotonic() - self.at
 
 
 class Guest:
-    def __init__(self, machine: QemuMachine, key: SshKey, console_log: Path) -> None:
+    def __init__(
+        self,
+        machine: QemuMachine,
+        key: SshKey,
+        console_log: Path,
+        policy: LivenessPolicy | None = None,
+        symbolize: Symbolize | None = None,
+    ) -> None:
         self.machine = machine
         self.key = key
         self.console_log = console_log
+        self.policy = policy or LivenessPolicy()
+        self.evidence = Evidence(machine, console_log, symbolize)
+        self.hang: GuestHung | None = None  # set once the guest is shown to be hung
+        self._stall: CpuWindow | None = None
         self.watcher = LogWatcher()
         assert machine.serial is not None
         self.serial = SerialSession(
@@ -66,12 +121,28 @@ class Guest:
 
     @property
     def dead(self) -> bool:
-        return self.watcher.fatal is not None or not self.machine.alive()
+        return self.hang is not None or self.watcher.fatal is not None or not self.machine.alive()
 
     def wait_ready(self, timeout: float) -> BootOutcome:
         start = time.monotonic()
         self.machine.resume()
-        what, _ = self.serial.expect([_READY], timeout)
+        life = _Life(self.machine.pid, self.watcher.chars_seen)
+
+        def stalled() -> str | None:
+            """A boot that stops making progress is a FAIL long before the
+            boot timeout: console silent for `boot_stall_s` while QEMU had
+            CPU (a starved host only extends the wait)."""
+            if life.saw(self.watcher.chars_seen) or life.silent_s < self.policy.boot_stall_s:
+                return None
+            window = CpuWindow.between(life.sample, CpuSample.take(self.machine.pid))
+            if window.starved and life.starved < self.policy.starved_retries:
+                life.starved += 1
+                life.reset()
+                return None
+            self._stall = window
+            return "stall"
+
+        what, _ = self.serial.expect([_READY], timeout, poll=stalled)
         marker_at = time.monotonic()
         elapsed = marker_at - start
         if what == "match:0":
@@ -86,6 +157,17 @@ class Guest:
         return outcome
 
     def _boot_failed(self, what: str, elapsed: float, timeout: float) -> BootOutcome:
+        if what == "stall" and self._stall is not None:
+            last = _last_console_line(self.console_log)
+            evidence = self.evidence.collect(self._stall)
+            return BootOutcome(
+                False,
+                "fail",
+                f"boot: stalled: no console output for {self.policy.boot_stall_s:.0f}s after"
+                f" {last!r}; {describe_vcpus(evidence)}; {self._stall.describe()}",
+                elapsed,
+                evidence=evidence,
+            )
         if what == "abort":
             self.serial.drain(quiet_s=1.5, limit_s=10)
         self.watcher.finish()
@@ -135,21 +217,133 @@ class Guest:
     def ssh(self) -> SshSession:
         if self._ssh is None:
             session = SshSession(self.machine.spec.ssh_port, self.key)
-            self.ssh_connect_s = session.connect()
+
+            def give_up(elapsed: float) -> bool:
+                # IOMMU faults are a reason SSH cannot work: do not wait the
+                # full minute once they are there; the diagnosis says more.
+                return elapsed >= 10 and any(e.kind == "iommu-fault" for e in self.watcher.events)
+
+            try:
+                self.ssh_connect_s = session.connect(give_up=give_up)
+            except SessionError as exc:
+                self._diagnose_ssh(str(exc))
             self._ssh = session
         return self._ssh
 
+    def _diagnose_ssh(self, failure: str) -> None:
+        """SSH did not come up. Ask the guest over serial why, and raise:
+        GuestHung if it does not answer either; SessionError (ERROR) if its
+        SSH daemon or key is missing (a broken initramfs is the harness's
+        fault); GuestNetworkUnusable (FAIL) if the daemon runs but the
+        kernel's network path is dead."""
+        before = self._diagnosis()
+        # One more attempt, watched from inside: did the NIC receive anything?
+        with contextlib.suppress(SessionError):
+            SshSession(self.machine.spec.ssh_port, self.key).connect(timeout=3)
+            return
+        after = self._diagnosis()
+        if after.get("dropbear") != "running" or after.get("key") != "present":
+            raise SessionError(
+                f"{failure}; in the guest: dropbear {after.get('dropbear')}, key {after.get('key')}"
+                " (broken initramfs?)"
+            )
+        nic = after.get("nic") or ""
+        faults = [e for e in self.watcher.events if e.kind == "iommu-fault"]
+        nic_faults = [e for e in faults if e.fields.get("bdf") == nic]
+        findings = [f"ssh: {failure.split(': ', 1)[-1][:120]}", f"eth0 {after.get('operstate')}"]
+        if nic:
+            findings.append(f"NIC {nic}")
+        rx0, rx1 = before.get("rx_packets", ""), after.get("rx_packets", "")
+        if rx0 and rx0 == rx1:
+            findings.append(f"it received nothing during a connection attempt (rx_packets={rx1})")
+        if nic_faults:
+            findings.append(f"{len(nic_faults)} IOMMU fault(s) from the NIC: {nic_faults[0].summary()}")
+        elif faults:
+            findings.append(f"{len(faults)} IOMMU fault(s): {faults[0].summary()}")
+        dead_net = not nic or after.get("operstate") != "up" or bool(nic_faults) or (rx0 and rx0 == rx1)
+        if dead_net:
+            raise GuestNetworkUnusable(
+                "guest network unusable (the guest answers on serial and dropbear runs): "
+                + "; ".join(findings),
+                {"diagnosis": after, "console_tail": self.evidence.collect(None, samples=0)["console_tail"]},
+            )
+        raise SessionError(f"{failure}; in the guest: {'; '.join(findings)}")
+
+    def _diagnosis(self) -> dict[str, str]:
+        with self._serial_owned() as serial:
+            result = serial.run(_NET_DIAGNOSIS, self.policy.probe_timeout_s)
+        if result.status is None:
+            self._raise_if_unanswered(result, "serial", self.policy.probe_timeout_s, None)
+        return dict(
+            line.split("=", 1) for line in result.output.splitlines() if "=" in line and " " not in line
+        )
+
     def run(self, transport: Transport, command: str, timeout: float) -> Completed:
+        if self.hang is not None:
+            raise self.hang
+        watch = _StepWatch(self, transport)
         if transport == "ssh":
-            result = self.ssh().run(command, timeout, abort=lambda: self.watcher.fatal is not None)
+            result = self.ssh().run(command, timeout, abort=watch.check)
+            if result.ended_by == "connection-lost":
+                # Cut on the host side, or the guest died under it: ask.
+                self._confirm_alive("ssh connection lost", via="serial")
+                raise SessionError(f"ssh connection lost during {command[:60]!r} (the guest still answers)")
         else:
             with self._serial_owned() as serial:
-                result = serial.run(command, timeout)
+                result = serial.run(command, timeout, poll=lambda: watch.check(0))
         if result.ended_by in ("kernel-fatal", "eof"):
             with self._serial_owned() as serial:
                 serial.drain(quiet_s=1.5, limit_s=10)
             self.watcher.finish()
+        if result.ended_by == "hang" and self.hang is not None:
+            raise self.hang
         return result
+
+    def probe_alive(self, via: Transport) -> tuple[bool | None, CpuWindow | None, str]:
+        """An active liveness probe: a serial round trip, or an SSH exec.
+        Returns (answered, the CPU window it took, how it ended); answered is
+        None when this transport cannot probe now (no SSH session yet)."""
+        before = CpuSample.take(self.machine.pid)
+        timeout = self.policy.probe_timeout_s
+        if via == "serial":
+            with self._serial_owned() as serial:
+                result = serial.run(":", timeout)
+        else:
+            if self._ssh is None:
+                return None, None, "no ssh session"
+            result = self._ssh.run(":", timeout)
+        window = CpuWindow.between(before, CpuSample.take(self.machine.pid))
+        return result.status is not None, window, result.ended_by
+
+    def _confirm_alive(self, why: str, via: Transport) -> None:
+        """Probe until the guest answers (return) or is shown hung (raise
+        GuestHung); a starved host only makes it probe again."""
+        for _ in range(self.policy.starved_retries + 1):
+            answered, window, ended = self.probe_alive(via)
+            if answered or answered is None:
+                return
+            if ended in ("kernel-fatal", "eof"):
+                return  # the caller sees the crash through the watcher
+            assert window is not None
+            if not window.starved:
+                self._declare_hang(
+                    f"{why}, then no answer to a {via} round trip within {self.policy.probe_timeout_s:.0f}s",
+                    window,
+                )
+                assert self.hang is not None
+                raise self.hang
+
+    def _raise_if_unanswered(
+        self, result: Completed, via: Transport, timeout: float, window: CpuWindow | None
+    ) -> None:
+        if result.status is not None or result.ended_by in ("kernel-fatal", "eof"):
+            return
+        self._confirm_alive(f"no answer on {via} within {timeout:.0f}s", via)
+
+    def _declare_hang(self, what: str, window: CpuWindow) -> None:
+        evidence = self.evidence.collect(window)
+        reason = f"hang: {what}; {describe_vcpus(evidence)}; {window.describe()}"
+        self.hang = GuestHung(reason, evidence)
 
     def sync_console(self, timeout: float = 15.0) -> None:
         """A serial round trip: everything the kernel printed before it has
@@ -159,7 +353,8 @@ class Guest:
             return
         result = self.run("serial", ":", timeout)
         if result.status is None and result.ended_by == "timeout":
-            raise SessionError(f"serial console did not answer within {timeout}s")
+            self._confirm_alive(f"serial console did not answer within {timeout:.0f}s", via="serial")
+            raise SessionError(f"serial console did not answer within {timeout}s (guest alive)")
 
     def settle(self, quiet_s: float = 0.5, limit_s: float = 5.0) -> None:
         """Wait until the console has been quiet for `quiet_s`: messages a
@@ -197,6 +392,36 @@ class Guest:
         self.serial.close()
 
 
+class _StepWatch:
+    """Polled while a command runs: ends the wait at once when the kernel
+    died, QEMU went away, or the guest fails a liveness probe after
+    `interval_s` without any sign of life. The probe uses the transport the
+    step is not using: serial during SSH steps, SSH during serial steps."""
+
+    def __init__(self, guest: Guest, transport: Transport) -> None:
+        self.guest = guest
+        self.probe_via: Transport = "serial" if transport == "ssh" else "ssh"
+        self.life = _Life(guest.machine.pid, guest.watcher.chars_seen)
+
+    def check(self, received: int) -> str | None:
+        g = self.guest
+        if g.watcher.fatal is not None:
+            return "kernel-fatal"
+        if not g.machine.alive():
+            return "eof"
+        if self.life.saw(g.watcher.chars_seen + received):
+            return None
+        if self.life.silent_s < g.policy.interval_s:
+            return None
+        silent = self.life.silent_s
+        try:
+            g._confirm_alive(f"no sign of life for {silent:.0f}s", via=self.probe_via)
+        except GuestHung:
+            return "hang"
+        self.life.reset()
+        return "kernel-fatal" if g.watcher.fatal is not None else None
+
+
 def _last_console_line(path: Path) -> str:
     try:
         lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
@@ -213,6 +438,8 @@ def booted_guest(
     run_dir: Path,
     extra_cmdline: tuple[str, ...] = (),
     boot_timeout: float = 120.0,
+    policy: LivenessPolicy | None = None,
+    symbolize: Symbolize | None = None,
 ) -> Iterator[Guest]:
     """Start QEMU for `profile` and wait for the guest (the outcome is in
     guest.boot_outcome: a failed boot is a result, not an exception)."""
@@ -242,7 +469,7 @@ def booted_guest(
             scratch_disk=scratch,
         )
         with QemuMachine(spec, run_dir) as machine:
-            guest = Guest(machine, key, console_log)
+            guest = Guest(machine, key, console_log, policy, symbolize)
             try:
                 guest.wait_ready(boot_timeout)
                 yield guest

@@ -10,7 +10,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pexpect
 import pexpect.fdpexpect
@@ -49,18 +49,35 @@ class SerialSession:
         if observer is not None:
             self.child.logfile_read = observer
 
-    def expect(self, patterns: Sequence[str | re.Pattern[str]], timeout: float) -> tuple[str, str]:
+    def expect(
+        self,
+        patterns: Sequence[str | re.Pattern[str]],
+        timeout: float,
+        poll: Callable[[], str | None] | None = None,
+        poll_every: float = 0.5,
+    ) -> tuple[str, str]:
         """Wait for the first of `patterns`; returns (what, text_before).
-        `what` is "match:<i>", "abort", "eof" or "timeout"."""
+        `what` is "match:<i>", "abort", "eof", "timeout", or whatever `poll`
+        (called every `poll_every` seconds while waiting) returned to stop
+        the wait early, e.g. "hang"."""
         compiled: list[object] = [*patterns, *self.abort_patterns, pexpect.EOF, pexpect.TIMEOUT]
-        idx = self.child.expect(compiled, timeout=timeout)
-        before = self.child.before if isinstance(self.child.before, str) else ""
+        deadline = time.monotonic() + timeout
         n = len(patterns)
-        if idx < n:
-            return f"match:{idx}", before
-        if idx < n + len(self.abort_patterns):
-            return "abort", before
-        return ("eof" if idx == len(compiled) - 2 else "timeout"), before
+        while True:
+            left = deadline - time.monotonic()
+            step = min(left, poll_every) if poll is not None else left
+            idx = self.child.expect(compiled, timeout=max(step, 0))
+            before = self.child.before if isinstance(self.child.before, str) else ""
+            if idx < n:
+                return f"match:{idx}", before
+            if idx < n + len(self.abort_patterns):
+                return "abort", before
+            if idx == len(compiled) - 2:
+                return "eof", before
+            if deadline - time.monotonic() <= 0:
+                return "timeout", before
+            if poll is not None and (stop := poll()) is not None:
+                return stop, before
 
     def drain(self, quiet_s: float = 1.0, limit_s: float = 10.0) -> None:
         """Read until the stream goes quiet, ends, or `limit_s` passes: used
@@ -92,7 +109,13 @@ class SerialSession:
         if result.status is None:
             raise SessionError(f"serial shell did not answer: {result.ended_by}")
 
-    def run(self, command: str, timeout: float, isolated: bool = True) -> Completed:
+    def run(
+        self,
+        command: str,
+        timeout: float,
+        isolated: bool = True,
+        poll: Callable[[], str | None] | None = None,
+    ) -> Completed:
         tag = uuid.uuid4().hex[:12]
         m1, m2 = "@@PKVMH", tag
         start = time.monotonic()
@@ -101,7 +124,7 @@ class SerialSession:
             self.child.send(wrap.format(command=command, m1=m1, m2=m2))
         except OSError as exc:
             raise SessionError(f"serial write failed: {exc}") from exc
-        what, before = self.expect([re.compile(re.escape(m1 + m2) + r":(\d+)\r?\n")], timeout)
+        what, before = self.expect([re.compile(re.escape(m1 + m2) + r":(\d+)\r?\n")], timeout, poll)
         duration = time.monotonic() - start
         output = before.replace("\r\n", "\n")
         # An interactive busybox ash echoes input through its line editor
@@ -113,7 +136,7 @@ class SerialSession:
         output = output.strip("\n")
         if what == "match:0":
             return Completed(command, output, int(self.child.match.group(1)), duration)
-        ended = {"abort": "kernel-fatal", "eof": "eof", "timeout": "timeout"}[what]
+        ended = {"abort": "kernel-fatal"}.get(what, what)
         return Completed(command, output, None, duration, ended_by=ended)
 
     def interact(self) -> None:

@@ -49,13 +49,16 @@ class SshSession:
         self.host, self.port, self.key = host, port, key
         self.client: paramiko.SSHClient | None = None
 
-    def connect(self, timeout: float = 60.0) -> float:
+    def connect(self, timeout: float = 60.0, give_up: Callable[[float], bool] | None = None) -> float:
         """Connect, retrying while the guest's dropbear comes up; returns the
-        seconds it took."""
+        seconds it took. `give_up(elapsed)` may end the retries early when
+        the caller has seen why they cannot succeed."""
         start = time.monotonic()
         deadline = start + timeout
         last: Exception | None = None
         while time.monotonic() < deadline:
+            if last is not None and give_up is not None and give_up(time.monotonic() - start):
+                break
             client = paramiko.SSHClient()
             # The guest is created for this run with a fresh host key; there
             # is nothing to pin it against.
@@ -68,7 +71,7 @@ class SshSession:
                     pkey=self.key.paramiko_key(),
                     look_for_keys=False,
                     allow_agent=False,
-                    timeout=10,
+                    timeout=min(10, max(deadline - time.monotonic(), 1)),
                     banner_timeout=15,  # dropbear makes its host key on first use, under TCG
                     auth_timeout=15,
                 )
@@ -78,7 +81,8 @@ class SshSession:
                 last = exc
                 client.close()
                 time.sleep(0.05)
-        raise SessionError(f"ssh to {self.host}:{self.port} failed within {timeout}s: {last}")
+        spent = time.monotonic() - start
+        raise SessionError(f"ssh to {self.host}:{self.port} failed within {spent:.0f}s: {last}")
 
     def _transport(self) -> paramiko.Transport:
         if self.client is None:
@@ -94,17 +98,23 @@ class SshSession:
         command: str,
         timeout: float,
         stdin: bytes | None = None,
-        abort: Callable[[], bool] | None = None,
+        abort: Callable[[int], str | None] | None = None,
     ) -> Completed:
-        """`abort` is polled while waiting: when it says so (e.g. the kernel
-        died, as seen on the console), stop at once instead of timing out."""
+        """`abort(bytes_received)` is polled while waiting: when it returns a
+        reason (e.g. "kernel-fatal": the kernel died, as seen on the console;
+        "hang": the guest failed a liveness probe), stop at once with that
+        as `ended_by` instead of waiting out the timeout."""
         start = time.monotonic()
-        chan = self._transport().open_session()
-        chan.set_combine_stderr(True)
-        chan.exec_command(command)
-        if stdin is not None:
-            chan.sendall(stdin)
-        chan.shutdown_write()
+        transport = self._transport()
+        try:
+            chan = transport.open_session()
+            chan.set_combine_stderr(True)
+            chan.exec_command(command)
+            if stdin is not None:
+                chan.sendall(stdin)
+            chan.shutdown_write()
+        except (paramiko.SSHException, OSError, EOFError):
+            return Completed(command, "", None, time.monotonic() - start, ended_by="connection-lost")
         chunks: list[bytes] = []
         deadline = start + timeout
         ended = "exit"
@@ -113,8 +123,11 @@ class SshSession:
             if remaining <= 0:
                 ended = "timeout"
                 break
-            if abort is not None and abort():
-                ended = "kernel-fatal"
+            if abort is not None and (why := abort(sum(map(len, chunks)))) is not None:
+                ended = why
+                break
+            if not transport.is_active():
+                ended = "connection-lost"
                 break
             ready, _, _ = select.select([chan], [], [], min(remaining, 0.5))
             if ready:
@@ -122,9 +135,12 @@ class SshSession:
                 if data:
                     chunks.append(data)
                     continue
+                time.sleep(0.01)  # EOF seen, exit status not yet: do not spin
             if chan.exit_status_ready() and not chan.recv_ready():
                 break
         status = chan.recv_exit_status() if ended == "exit" else None
+        if ended == "exit" and status == -1:  # the channel closed without an exit status
+            ended, status = "connection-lost", None
         chan.close()
         output = b"".join(chunks).decode(errors="replace").strip("\n")
         return Completed(command, output, status, time.monotonic() - start, ended_by=ended)

@@ -5,7 +5,6 @@ sources). Builds are cached by content, so only the first run is slow."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from harness.report import RunResult, load_results
 
 HARNESS = [sys.executable, "-m", "harness.cli"]
 SERIES = Path(__file__).resolve().parent.parent / "data" / "series"
@@ -41,8 +42,13 @@ class Run:
     output: Path
 
     @property
+    def run_result(self) -> RunResult:
+        """Through the loader, as every reader: it validates the schema."""
+        return load_results(self.output)
+
+    @property
     def results(self) -> dict[str, Any]:
-        return json.loads((self.output / "results.json").read_text())  # type: ignore[no-any-return]
+        return self.run_result.to_json()
 
     def verdicts(self) -> dict[tuple[str, str], str]:
         return {(r["scenario"], r["profile"]): r["verdict"] for r in self.results["results"]}
@@ -90,6 +96,6 @@ def run_broken(tmp_path: Path, series: str, profile: str, scenario: str) -> dict
     assert run.rc == 1, (run.rc, run.stderr[-2000:])
     (result,) = run.results["results"]
     assert result["verdict"] == "fail"
-    patches = run.results["kernel"]["series"]["patches"]
+    patches = run.results["targets"][0]["kernel"]["series"]["patches"]
     assert patches and all("NEGATIVE TEST" in p["subject"] for p in patches)
     return result  # type: ignore[no-any-return]

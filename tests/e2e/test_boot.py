@@ -25,10 +25,11 @@ def test_mainline_boot_health_and_dma_on_smmuv3_and_virtio_iommu(tmp_path: Path)
         for scenario in ("boot-health", "dma-roundtrip", "dma-fault-unmapped"):
             assert verdicts[(scenario, profile)] == "pass"
     results = run.results
-    for key in ("harness_version", "qemu_version", "kernel", "results", "boots"):
+    for key in ("schema_version", "harness_version", "qemu_version", "targets", "results", "boots"):
         assert key in results
     assert results["qemu_version"].startswith("QEMU emulator version 10.")
-    assert results["kernel"]["kernel_version"].startswith("7.3")
+    assert results["complete"] is True
+    assert results["targets"][0]["kernel"]["kernel_version"].startswith("7.3")
     for r in results["results"]:
         assert {"scenario", "profile", "target", "verdict", "reason", "duration_s", "events"} <= set(r)
     fault = next(

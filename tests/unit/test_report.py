@@ -4,8 +4,20 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+
 from harness.errors import ExitCode
-from harness.report import RunResult, ScenarioResult, Verdict, exit_code, write_reports
+from harness.report import (
+    RunRecorder,
+    RunResult,
+    ScenarioResult,
+    TargetRecord,
+    Verdict,
+    exit_code,
+    load_results,
+    write_reports,
+)
+from harness.report.results import ResultsError
 
 
 def result(scenario: str, verdict: Verdict, reason: str = "") -> ScenarioResult:
@@ -17,7 +29,17 @@ def result(scenario: str, verdict: Verdict, reason: str = "") -> ScenarioResult:
         reason=reason,
         duration_s=1.5,
         events=(
-            {"signature": "warning", "severity": "warning", "trace": ["WARNING: x", "---[ end trace ]---"]},
+            {
+                "signature": "warning",
+                "kind": "warning",
+                "severity": "warning",
+                "fatal": False,
+                "line": 3,
+                "timestamp": 1.0,
+                "message": "WARNING: x",
+                "fields": {},
+                "trace": ["WARNING: x", "---[ end trace ]---"],
+            },
         ),
     )
 
@@ -43,19 +65,25 @@ def test_reports(tmp_path: Path) -> None:
     run = RunResult(
         harness_version="0.1.0",
         qemu_version="QEMU emulator version 10.0.2",
-        target="t",
-        kernel={"kernel_version": "7.3.4"},
-        image={},
+        command="pkvm-harness run",
+        targets=(TargetRecord("t", {"kernel_version": "7.3.4"}, {}),),
         results=results,
         timings={"build_s": 0.01},
-        command="pkvm-harness run",
     )
     write_reports(run, tmp_path)
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["exit_code"] == 2
-    assert data["summary"] == {"pass": 1, "fail": 1, "error": 1, "skip": 1, "xfail": 1}
-    for key in ("harness_version", "qemu_version", "kernel"):
-        assert key in data
+    assert data["schema_version"] == 1
+    assert data["summary"] == {
+        "pass": 1,
+        "fail": 1,
+        "error": 1,
+        "skip": 1,
+        "xfail": 1,
+        "xpass": 0,
+        "not-run": 0,
+    }
+    assert load_results(tmp_path) == run  # the loader gives back exactly what was written
     first = data["results"][0]
     assert {"scenario", "profile", "target", "verdict", "reason", "duration_s", "events"} <= set(first)
     suite = ET.parse(tmp_path / "junit.xml").getroot().find("testsuite")
@@ -69,3 +97,43 @@ def test_reports(tmp_path: Path) -> None:
     failure = suite.find("testcase[@name='bad[smmuv3-nested]']/failure")
     assert failure is not None and failure.get("message") == "step x: WARN"
     assert "WARNING: x" in (failure.text or "")
+
+
+def test_recorder_keeps_finished_cells_and_marks_the_rest_not_run(tmp_path: Path) -> None:
+    rec = RunRecorder(tmp_path, "0.1.0", "QEMU 10", "pkvm-harness run")
+    cells = [("t", None, "smmuv3-nested", name) for name in ("a", "b", "c")]
+    rec.plan(cells)
+    # Valid from the start: every planned cell is there, not-run.
+    first = load_results(tmp_path)
+    assert [r.verdict for r in first.results] == [Verdict.NOT_RUN] * 3 and not first.complete
+    rec.record(result("a", Verdict.PASS))
+    assert load_results(tmp_path).results[0].verdict == Verdict.PASS  # written after the cell
+    rec.fill_pending(Verdict.NOT_RUN, "interrupted by SIGINT")
+    final = rec.finish({}, "interrupted by SIGINT")
+    assert final.interrupted == "interrupted by SIGINT" and not final.complete
+    loaded = load_results(tmp_path)
+    assert [(r.scenario, r.verdict, r.reason) for r in loaded.results] == [
+        ("a", Verdict.PASS, ""),
+        ("b", Verdict.NOT_RUN, "interrupted by SIGINT"),
+        ("c", Verdict.NOT_RUN, "interrupted by SIGINT"),
+    ]
+    assert exit_code(loaded.results) == ExitCode.ERROR  # an unfinished run proves nothing
+    assert not list(tmp_path.glob(".results.json.*"))  # no temporary file left behind
+
+
+def test_loader_rejects_other_schema_versions_and_invalid_files(tmp_path: Path) -> None:
+    rec = RunRecorder(tmp_path, "0.1.0", "QEMU 10", "pkvm-harness run")
+    rec.plan([("t", None, "p", "a")])
+    data = json.loads((tmp_path / "results.json").read_text())
+    (tmp_path / "results.json").write_text(json.dumps({**data, "schema_version": 2}))
+    with pytest.raises(ResultsError, match="schema_version 2 is not supported"):
+        load_results(tmp_path)
+    data["results"][0]["verdict"] = "passed"
+    (tmp_path / "results.json").write_text(json.dumps(data))
+    with pytest.raises(ResultsError, match="results/0/verdict"):
+        load_results(tmp_path)
+
+
+def test_unwritable_output_is_a_one_line_error() -> None:
+    with pytest.raises(Exception, match=r"--output /proc/nope/out: cannot write there"):
+        RunRecorder(Path("/proc/nope/out"), "0.1.0", "QEMU 10", "x")

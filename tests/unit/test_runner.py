@@ -25,6 +25,7 @@ class ScriptedGuest:
         self.watcher.feed(boot_log)
         self.respond = respond
         self.commands: list[tuple[str, str]] = []
+        self.dead = False
 
     def run(self, transport: str, command: str, timeout: float) -> Completed:
         self.commands.append((transport, command))
@@ -229,3 +230,105 @@ def test_kernel_panic_during_a_step_is_a_fail_naming_it(tmp_path: Path, data_dir
     assert result.verdict == Verdict.FAIL
     assert result.reason.startswith("step dma: hyp-panic: kvm [1]: nVHE hyp panic at:")
     assert "function=handle_trap" in result.reason
+
+
+def _edu_faults(data_dir: Path) -> str:
+    text = (data_dir / "7.3-smmuv3-nested-vfio-edu-faults.log").read_text()
+    return text[text.index("arm-smmu-v3 9050000.smmuv3: event 0x10") :]
+
+
+def _drivers_then(output: str) -> Responder:
+    """Answers the runner's driver lookup (readlink .../driver), and
+    `output` with the edu faults on the console for every other command."""
+
+    def respond(cmd: str) -> tuple[str, int, str]:
+        if "/driver)" in cmd:
+            return ("0000:00:02.0=vfio-pci\n0000:00:01.0=virtio-pci\n", 0, "")
+        return (output, 0, "")
+
+    return respond
+
+
+def test_an_iommu_fault_no_step_expects_fails_naming_device_driver_address_and_kind(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    scenario = load_scenario(write(tmp_path, "name: s\nsteps:\n  - {name: dma, run: x, transport: ssh}\n"))
+    faults = _edu_faults(data_dir)
+
+    def respond(cmd: str) -> tuple[str, int, str]:
+        if "/driver)" in cmd:
+            return ("0000:00:02.0=vfio-pci\n", 0, "")
+        return ("", 0, faults)
+
+    result = run_scenario(scenario, ScriptedGuest(boot_log(data_dir), respond), ctx())
+    assert result.verdict == Verdict.FAIL
+    assert result.reason.startswith(
+        "unexpected IOMMU fault: SMMUv3 event 0x10 F_TRANSLATION (write) from 0000:00:02.0 (vfio-pci)"
+        " at 0x101000"
+    ), result.reason
+
+
+def test_a_step_claims_only_faults_from_its_device_and_range(tmp_path: Path, data_dir: Path) -> None:
+    scenario = load_scenario(
+        write(
+            tmp_path,
+            """
+name: s
+steps:
+  - name: dma
+    run: edu-dma fault-unmapped
+  - name: reported
+    events_since: scenario
+    expect_events:
+      - signature: smmuv3-event
+        fields: {sid: "${capture.sid}", address: "${capture.lo}..${capture.hi}"}
+""",
+        )
+    )
+    faults = _edu_faults(data_dir)
+    captures = "# sid=0x10\n# lo=0x101000\n# hi=0x102000\n"
+    # Claimed: the edu's faults in the declared range.
+    result = run_scenario(scenario, ScriptedGuest(boot_log(data_dir), _drivers_then(captures + "")), ctx())
+    assert result.verdict == Verdict.FAIL  # nothing on the console yet: the expectation is unmet
+    guest = ScriptedGuest(boot_log(data_dir), lambda c: (captures, 0, faults))
+    assert run_scenario(scenario, guest, ctx()).verdict == Verdict.PASS
+    # The same faults, but the NIC (StreamID 0x8 = 0000:00:01.0) faults too.
+    nic = faults.replace("0x0000001000000010", "0x0000000800000010").replace(
+        "client: 0000:00:02.0 sid: 0x10", "client: 0000:00:01.0 sid: 0x8"
+    )
+    nic = nic[: nic.index("arm-smmu-v3 9050000.smmuv3: event 0x10", 10)]  # one NIC fault
+
+    def with_nic(cmd: str) -> tuple[str, int, str]:
+        if "/driver)" in cmd:
+            return ("0000:00:01.0=virtio-pci\n", 0, "")
+        return (captures, 0, faults + nic)
+
+    result = run_scenario(scenario, ScriptedGuest(boot_log(data_dir), with_nic), ctx())
+    assert result.verdict == Verdict.FAIL
+    assert "from 0000:00:01.0 (virtio-pci) at 0x101000" in result.reason, result.reason
+
+
+def test_faults_during_boot_fail_the_first_scenario_on_that_boot(tmp_path: Path, data_dir: Path) -> None:
+    scenario = load_scenario(write(tmp_path, "name: s\nsteps:\n  - {name: t, run: 'true'}\n"))
+    booted_with_faults = boot_log(data_dir) + _edu_faults(data_dir)
+    first = replace(ctx(), faults_since=0)
+    guest = ScriptedGuest(booted_with_faults, _drivers_then(""))
+    result = run_scenario(scenario, guest, first)
+    assert result.verdict == Verdict.FAIL and result.reason.startswith("unexpected IOMMU fault:")
+    # A later scenario on the same boot looks only at its own window.
+    assert run_scenario(scenario, guest, ctx()).verdict == Verdict.PASS
+
+
+def test_a_guest_failure_in_a_step_is_a_fail_with_its_evidence(tmp_path: Path, data_dir: Path) -> None:
+    from harness.errors import GuestHung
+
+    scenario = load_scenario(write(tmp_path, "name: s\nsteps:\n  - {name: pvm, run: x, transport: ssh}\n"))
+
+    class HangingGuest(ScriptedGuest):
+        def run(self, transport: str, command: str, timeout: float) -> Completed:
+            self.dead = True
+            raise GuestHung("hang: no answer", {"vcpus": [[{"cpu": 0, "pc": "0x1"}]]})
+
+    result = run_scenario(scenario, HangingGuest(boot_log(data_dir), ok), ctx())
+    assert result.verdict == Verdict.FAIL and result.reason == "step pvm: hang: no answer"
+    assert result.evidence["vcpus"] == [[{"cpu": 0, "pc": "0x1"}]]
