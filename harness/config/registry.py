@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from harness.config.models import (
 )
 from harness.config.yamlfile import LoadedYaml, load_yaml, validate
 from harness.errors import ConfigError
+from harness.logwatch.signatures import known_names
 
 T = TypeVar("T")
 
@@ -116,7 +118,33 @@ def _step(raw: dict[str, Any]) -> Step:
     )
 
 
+def _check_event_names(doc: LoadedYaml) -> None:
+    """A typo in an event name would switch a check off (forbid) or turn it
+    into a false FAIL (expect): reject it here, with file:line."""
+    known = known_names()
+
+    def check(name: str, where: tuple[str | int, ...]) -> None:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            field = ".".join(map(str, where))
+            raise ConfigError(f"{doc.path}:{doc.line_of(where)}: {field}: unknown event '{name}'{hint}")
+
+    d = doc.data
+    for i, name in enumerate(d.get("forbid_events", ())):
+        check(name, ("forbid_events", i))
+    for s, step in enumerate(d["steps"]):
+        for i, name in enumerate(step.get("forbid_events", ())):
+            check(name, ("steps", s, "forbid_events", i))
+        for i, exp in enumerate(step.get("expect_events", ())):
+            if isinstance(exp, str):
+                check(exp, ("steps", s, "expect_events", i))
+            else:
+                check(exp["signature"], ("steps", s, "expect_events", i, "signature"))
+
+
 def _scenario(doc: LoadedYaml) -> Scenario:
+    _check_event_names(doc)
     d = doc.data
     return Scenario(
         name=d["name"],

@@ -92,7 +92,37 @@ def resolve_config(
         more = f" (and {len(dropped) - 1} more)" if len(dropped) > 1 else ""
         raise KconfigError(
             f"config option dropped: {first.describe()} but .config has"
-            f" {first.option}={got.get(first.option, 'n')}"
-            f" (unmet dependency?){more}"
+            f" {first.option}={got.get(first.option, 'n')}: {why_dropped(tree, first.option)}{more}"
         )
     return text
+
+
+_ENTRY = re.compile(r"^\s*(?:menu)?config\s+(\S+)\s*$")
+_DEPENDS = re.compile(r"^\s*depends\s+on\s+(.+?)\s*$")
+
+
+def why_dropped(tree: Path, option: str) -> str:
+    """Why Kconfig refused an option: the symbol does not exist in this
+    source at all (it may come with a patch series), or its entry's
+    `depends on` lines, named with the Kconfig file and line."""
+    symbol = option.removeprefix("CONFIG_")
+    for kconfig in sorted(tree.rglob("Kconfig*")):
+        if not kconfig.is_file():
+            continue
+        lines = kconfig.read_text(errors="replace").splitlines()
+        for n, line in enumerate(lines):
+            m = _ENTRY.match(line)
+            if m is None or m[1] != symbol:
+                continue
+            depends = []
+            for follow in lines[n + 1 :]:
+                if _ENTRY.match(follow) or re.match(r"^\s*(?:endmenu|endif|menu|if|choice|source)\b", follow):
+                    break
+                if d := _DEPENDS.match(follow):
+                    depends.append(d[1])
+            where = f"{kconfig.relative_to(tree)}:{n + 1}"
+            if depends:
+                expr = " && ".join(f"({d})" if "||" in d else d for d in depends)
+                return f"unmet dependency: {symbol} ({where}) depends on {expr}"
+            return f"{symbol} ({where}) has no 'depends on': look at its 'select'/'if' context"
+    return f"this kernel source has no symbol {symbol} (no Kconfig entry: does it come with a patch series?)"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 Fields = dict[str, str | int | bool]
 
@@ -82,3 +82,18 @@ DECODERS: dict[str, Callable[[Fields, list[str]], None]] = {
     "hyp_symbol": hyp_symbol,
     "virtio_iommu_fault": virtio_iommu_fault,
 }
+
+
+def describe_fault(fields: Mapping[str, object], signature: str, drivers: Mapping[str, str]) -> str:
+    """`SMMUv3 event 0x13 F_PERMISSION (write) from 0000:00:01.0 (virtio-pci)
+    at 0xfff78b88`: the device (with its driver, when known), the kind of
+    fault and the address, from an IOMMU-fault event's decoded fields."""
+    bdf = str(fields.get("bdf", "an unknown device"))
+    driver = drivers.get(bdf) or "driver unknown"
+    if signature == "smmuv3-event":
+        kind = f"SMMUv3 event {fields.get('id')} {fields.get('name', '')}".rstrip()
+    else:
+        kind = "virtio-iommu page fault"
+    access = fields.get("access")
+    detail = f" ({access})" if access not in (None, "unknown") else ""
+    return f"{kind}{detail} from {bdf} ({driver}) at {fields.get('address', '?')}"

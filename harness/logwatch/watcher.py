@@ -5,7 +5,7 @@ includes the kernel panic that follows it, which is an event of its own."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,9 @@ class Event:
     message: str
     fields: dict[str, str | int | bool] = field(default_factory=dict)
     trace: list[str] = field(default_factory=list)
+    # The trace with kernel addresses named from the build's System.map,
+    # when the log itself lacks the names (no kallsyms, hyp addresses).
+    symbolised: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         detail = ", ".join(f"{k}={v}" for k, v in self.fields.items() if k != "features")
@@ -47,6 +50,7 @@ class Event:
             "message": self.message,
             "fields": self.fields,
             "trace": self.trace,
+            **({"symbolised": self.symbolised} if self.symbolised else {}),
         }
 
 
@@ -56,9 +60,40 @@ class _Open:
     event: Event
 
 
+Symbolize = Callable[[int], str | None]
+
+# A kernel virtual address as printed in traces and BUG lines.
+_KADDR = re.compile(r"(?<![0-9a-fx])(?:0x)?(ffff[0-9a-f]{12})(?![0-9a-f])")
+_HYP_OFFSET = re.compile(r"Hyp Offset: (0x[0-9a-f]+)")
+_HYP_PC = re.compile(r"\bPC:([0-9a-f]{16})\b")
+_SYMBOLISED_KINDS = {"hyp", "panic", "oops", "bug", "warning", "lockup", "rcu", "kasan"}
+
+
+def symbolise_trace(trace: list[str], symbolize: Symbolize) -> list[str]:
+    """Each kernel address gets its `function+off/size`. A hyp panic's
+    `PC:` is a hyp VA: adding the `Hyp Offset` it prints gives the vmlinux
+    address (see nvhe_hyp_panic_handler)."""
+    offset = next((int(m[1], 16) for line in trace if (m := _HYP_OFFSET.search(line))), None)
+
+    def name(addr: int, text: str) -> str:
+        sym = symbolize(addr)
+        return f"{text} ({sym})" if sym else text
+
+    out = []
+    for line in trace:
+        new = _KADDR.sub(lambda m: name(int(m[1], 16), m[0]), line)
+        if offset is not None:
+            new = _HYP_PC.sub(lambda m: name((int(m[1], 16) + offset) % (1 << 64), m[0]), new)
+        out.append(new)
+    return out
+
+
 class LogWatcher:
-    def __init__(self, signatures: Iterable[Signature] = SIGNATURES) -> None:
+    def __init__(
+        self, signatures: Iterable[Signature] = SIGNATURES, symbolize: Symbolize | None = None
+    ) -> None:
         self.signatures = tuple(signatures)
+        self.symbolize = symbolize
         self.events: list[Event] = []
         self.lines_seen = 0
         self.chars_seen = 0  # any output at all is a sign of life
@@ -144,10 +179,21 @@ class LogWatcher:
     def _close(self, o: _Open) -> None:
         self._decode(o.sig, o.event)
 
-    @staticmethod
-    def _decode(sig: Signature, event: Event) -> None:
+    def _decode(self, sig: Signature, event: Event) -> None:
         if sig.decoder:
             DECODERS[sig.decoder](event.fields, event.trace)
+        if self.symbolize is None or sig.kind not in _SYMBOLISED_KINDS:
+            return
+        # `nVHE hyp BUG at: ffff8000804f5b40!` carries only an address: name it.
+        for key in ("location", "address"):
+            value = event.fields.get(key)
+            if isinstance(value, str) and "symbol" not in event.fields and (m := _KADDR.fullmatch(value)):
+                sym = self.symbolize(int(m[1], 16))
+                if sym:
+                    event.fields["symbol"] = sym
+                    event.fields["function"] = sym.split("+")[0].removeprefix("__kvm_nvhe_")
+        symbolised = symbolise_trace(event.trace, self.symbolize)
+        event.symbolised = symbolised if symbolised != event.trace else []
 
 
 def parse_log(text: str) -> list[Event]:

@@ -15,6 +15,7 @@ from typing import Protocol
 from harness.config.models import EventExpectation, Profile, Scenario, Step, Target, Transport
 from harness.errors import GuestFailure, HarnessError
 from harness.logwatch import Event, LogWatcher
+from harness.logwatch.decoders import describe_fault
 from harness.logwatch.signatures import GROUPS, expand
 from harness.report.results import ScenarioResult, StepResult, Verdict
 from harness.scenario import ktap
@@ -251,22 +252,9 @@ def _drivers(guest: Guest, bdfs: set[str]) -> dict[str, str]:
     return dict(ln.split("=", 1) for ln in result.output.splitlines() if "=" in ln)
 
 
-def describe_fault(e: Event, drivers: Mapping[str, str]) -> str:
-    """`smmuv3 F_PERMISSION (write) from 0000:00:01.0 (virtio-pci) at 0xfff78b88`."""
-    f = e.fields
-    bdf = str(f.get("bdf", "an unknown device"))
-    driver = drivers.get(bdf) or "no driver"
-    if e.signature == "smmuv3-event":
-        kind = f"SMMUv3 event {f.get('id')} {f.get('name', '')}".rstrip()
-    else:
-        kind = "virtio-iommu page fault"
-    access = f" ({f['access']})" if f.get("access") not in (None, "unknown") else ""
-    return f"{kind}{access} from {bdf} ({driver}) at {f.get('address', '?')}"
-
-
 def _fault_reason(faults: list[Event], guest: Guest) -> str:
     drivers = _drivers(guest, {str(e.fields["bdf"]) for e in faults if "bdf" in e.fields})
-    first = describe_fault(faults[0], drivers)
+    first = describe_fault(faults[0].fields, faults[0].signature, drivers)
     devices = sorted({str(e.fields.get("bdf", "?")) for e in faults})
     more = f" ({len(faults)} faults from {', '.join(devices)})" if len(faults) > 1 else ""
     return f"unexpected IOMMU fault: {first}{more}"

@@ -20,6 +20,7 @@ from harness.errors import GuestHung, GuestNetworkUnusable, SessionError
 from harness.image import GuestImage
 from harness.image.initramfs import READY_MARKER
 from harness.logwatch import Event, LogWatcher
+from harness.logwatch.decoders import describe_fault
 from harness.logwatch.signatures import fatal_stream_patterns
 from harness.machine import MachineSpec, QemuMachine
 from harness.machine.profile import kernel_cmdline
@@ -31,6 +32,7 @@ from harness.session.liveness import (
     Evidence,
     LivenessPolicy,
     Symbolize,
+    console_tail,
     describe_vcpus,
 )
 from harness.session.serial import SerialSession
@@ -53,6 +55,7 @@ class BootOutcome:
 # In the guest, over serial: why would SSH not come up? Each line is key=value.
 _NET_DIAGNOSIS = r"""
 d=$(readlink /sys/class/net/eth0/device 2>/dev/null); echo "nic=${d##*/}"
+d=$(readlink /sys/class/net/eth0/device/driver 2>/dev/null); echo "driver=${d##*/}"
 echo "operstate=$(cat /sys/class/net/eth0/operstate 2>/dev/null || echo missing)"
 echo "rx_packets=$(cat /sys/class/net/eth0/statistics/rx_packets 2>/dev/null)"
 pidof dropbear >/dev/null && echo dropbear=running || echo dropbear=missing
@@ -101,7 +104,7 @@ class Guest:
         self.evidence = Evidence(machine, console_log, symbolize)
         self.hang: GuestHung | None = None  # set once the guest is shown to be hung
         self._stall: CpuWindow | None = None
-        self.watcher = LogWatcher()
+        self.watcher = LogWatcher(symbolize=symbolize)
         assert machine.serial is not None
         self.serial = SerialSession(
             machine.serial, observer=self.watcher, abort_patterns=fatal_stream_patterns()
@@ -250,22 +253,33 @@ class Guest:
         nic = after.get("nic") or ""
         faults = [e for e in self.watcher.events if e.kind == "iommu-fault"]
         nic_faults = [e for e in faults if e.fields.get("bdf") == nic]
-        findings = [f"ssh: {failure.split(': ', 1)[-1][:120]}", f"eth0 {after.get('operstate')}"]
-        if nic:
-            findings.append(f"NIC {nic}")
         rx0, rx1 = before.get("rx_packets", ""), after.get("rx_packets", "")
-        if rx0 and rx0 == rx1:
-            findings.append(f"it received nothing during a connection attempt (rx_packets={rx1})")
+        deaf = bool(rx0) and rx0 == rx1
+        # Only what is the same on every run goes into the reason (no
+        # counts, no timings): the same broken kernel gets the same words.
+        findings = [f"eth0 {after.get('operstate')}" + (f" on {nic}" if nic else "")]
+        if deaf:
+            findings.append("the NIC received nothing while the host connected")
         if nic_faults:
-            findings.append(f"{len(nic_faults)} IOMMU fault(s) from the NIC: {nic_faults[0].summary()}")
+            first = nic_faults[0]
+            findings.append(
+                "IOMMU faults from the NIC, first: "
+                + describe_fault(first.fields, first.signature, {nic: after.get("driver", "")})
+            )
         elif faults:
-            findings.append(f"{len(faults)} IOMMU fault(s): {faults[0].summary()}")
-        dead_net = not nic or after.get("operstate") != "up" or bool(nic_faults) or (rx0 and rx0 == rx1)
-        if dead_net:
+            first = faults[0]
+            findings.append("IOMMU faults, first: " + describe_fault(first.fields, first.signature, {}))
+        evidence: dict[str, object] = {
+            "ssh_error": failure,
+            "diagnosis_before": before,
+            "diagnosis_after": after,
+            "console_tail": console_tail(self.console_log),
+        }
+        if not nic or after.get("operstate") != "up" or nic_faults or deaf:
             raise GuestNetworkUnusable(
                 "guest network unusable (the guest answers on serial and dropbear runs): "
                 + "; ".join(findings),
-                {"diagnosis": after, "console_tail": self.evidence.collect(None, samples=0)["console_tail"]},
+                evidence,
             )
         raise SessionError(f"{failure}; in the guest: {'; '.join(findings)}")
 

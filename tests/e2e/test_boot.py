@@ -90,5 +90,6 @@ def test_dropped_fragment_option_is_a_one_line_error(tmp_path: Path) -> None:
     assert last == (
         "pkvm-harness: error: config option dropped:"
         " pkvm-smmu.config:1: CONFIG_ARM_SMMU_V3_PKVM=y but .config has"
-        " CONFIG_ARM_SMMU_V3_PKVM=n (unmet dependency?)"
+        " CONFIG_ARM_SMMU_V3_PKVM=n: this kernel source has no symbol ARM_SMMU_V3_PKVM"
+        " (no Kconfig entry: does it come with a patch series?)"
     )

@@ -88,3 +88,33 @@ def test_cli_list_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list", "--json"]) == 0
     listing = json.loads(capsys.readouterr().out)
     assert "boot-health" in [s["name"] for s in listing["scenarios"]]
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "line", "message"),
+    [
+        (
+            "name: s\nforbid_events: [any-eror]\nsteps:\n  - {name: a, run: x}\n",
+            2,
+            "forbid_events.0: unknown event 'any-eror' (did you mean 'any-error'?)",
+        ),
+        (
+            "name: s\nsteps:\n  - name: a\n    expect_events:\n      - signature: smmuv3-evnt\n",
+            5,
+            "steps.0.expect_events.0.signature: unknown event 'smmuv3-evnt' (did you mean 'smmuv3-event'?)",
+        ),
+        (
+            "name: s\nsteps:\n  - name: a\n    run: x\n    forbid_events: [oopz]\n",
+            5,
+            "steps.0.forbid_events.0: unknown event 'oopz' (did you mean 'oops'?)",
+        ),
+    ],
+)
+def test_a_typo_in_an_event_name_is_a_load_error_with_file_and_line(
+    tmp_path: Path, yaml_text: str, line: int, message: str
+) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError) as err:
+        load_scenario(path)
+    assert str(err.value) == f"{path}:{line}: {message}"

@@ -195,3 +195,20 @@ def test_content_store_alias_and_atomic_stage(tmp_path: Path) -> None:
     store.set_alias("input", "k1")
     hit = store.alias("input")
     assert hit is not None and (hit / "f").read_text() == "whole"
+
+
+def test_a_dropped_option_says_whether_the_symbol_exists_and_names_its_dependency(tmp_path: Path) -> None:
+    from harness.kernel.kconfig import why_dropped
+
+    (tmp_path / "drivers").mkdir()
+    (tmp_path / "drivers" / "Kconfig").write_text(
+        'config IOMMUFD_TEST\n\tbool "test"\n\tdepends on IOMMUFD\n\tdepends on A || B\n\thelp\n'
+        "\t  x\n\nconfig OTHER\n\tdepends on NOPE\n"
+    )
+    assert why_dropped(tmp_path, "CONFIG_IOMMUFD_TEST") == (
+        "unmet dependency: IOMMUFD_TEST (drivers/Kconfig:1) depends on IOMMUFD && (A || B)"
+    )
+    assert why_dropped(tmp_path, "CONFIG_ARM_SMMU_V3_PKVM") == (
+        "this kernel source has no symbol ARM_SMMU_V3_PKVM"
+        " (no Kconfig entry: does it come with a patch series?)"
+    )

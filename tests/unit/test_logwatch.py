@@ -176,3 +176,42 @@ def test_kernel_record_interleaved_mid_line_on_a_shared_console() -> None:
     assert e.fields["address"] == "0x7000004" and e.fields["sid"] == "0x10"
     assert e.fields["name"] == "F_TRANSLATION" and len(e.trace) == 6
     assert e.line == 1
+
+
+def test_hyp_panic_is_symbolised_from_system_map_and_hyp_offset(data_dir: Path, tmp_path: Path) -> None:
+    """The real 6.12 hyp panic: the log names the function only because that
+    build had kallsyms. A System.map that agrees with it (handle_trap at
+    0xffff8000804bff28, 0x124 long) must name the same function for the hyp
+    `PC:` (a hyp VA, translated with the printed Hyp Offset)."""
+    from harness.kernel.symbols import SymbolTable
+    from harness.logwatch.watcher import LogWatcher
+
+    (tmp_path / "System.map").write_text(
+        "ffff8000804bff28 T __kvm_nvhe_handle_trap\nffff8000804c004c T __kvm_nvhe_next\n"
+    )
+    table = SymbolTable.from_system_map(tmp_path / "System.map")
+    watcher = LogWatcher(symbolize=table.lookup)
+    watcher.feed((data_dir / "6.12-no-jump-label-hyp-panic.log").read_text())
+    watcher.finish()
+    hyp = next(e for e in watcher.events if e.signature == "hyp-panic")
+    assert hyp.fields["function"] == "handle_trap"
+    pc_line = next(line for line in hyp.symbolised if line.startswith("PS:"))
+    assert "PC:00080000006bff7c (__kvm_nvhe_handle_trap+0x54/0x124)" in pc_line
+    first = hyp.symbolised[0]
+    assert "[<ffff8000804bff7c (__kvm_nvhe_handle_trap+0x54/0x124)>]" in first
+
+
+def test_bare_hyp_bug_address_gets_its_function(tmp_path: Path) -> None:
+    from harness.kernel.symbols import SymbolTable
+    from harness.logwatch.watcher import LogWatcher
+
+    (tmp_path / "System.map").write_text(
+        "ffff8000804f5b00 T __kvm_nvhe___pkvm_host_share_hyp\nffff8000804f5c00 T __kvm_nvhe_x\n"
+    )
+    watcher = LogWatcher(symbolize=SymbolTable.from_system_map(tmp_path / "System.map").lookup)
+    watcher.feed("[    1.0] kvm [1]: nVHE hyp BUG at: ffff8000804f5b40!\n[    1.1] done\n")
+    watcher.finish()
+    (bug,) = [e for e in watcher.events if e.signature == "hyp-bug"]
+    assert bug.fields["symbol"] == "__kvm_nvhe___pkvm_host_share_hyp+0x40/0x100"
+    assert bug.fields["function"] == "__pkvm_host_share_hyp"
+    assert "(__kvm_nvhe___pkvm_host_share_hyp+0x40/0x100)" in bug.to_json()["symbolised"][0]

@@ -3,7 +3,7 @@ interface as with QEMU, and events come from a real LogWatcher."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -44,6 +44,11 @@ class ScriptedGuest:
 
     def events_since(self, line: int) -> list[Event]:
         return self.watcher.since(line)
+
+    def qmp(
+        self, command: str, arguments: Mapping[str, object], wait_event: str | None, timeout: float
+    ) -> dict[str, object] | None:
+        raise AssertionError("no QMP in these scenarios")
 
 
 def ctx(

@@ -17,7 +17,8 @@ from harness.session.serial import SerialSession
 @pytest.fixture
 def shell() -> Iterator[tuple[SerialSession, LogWatcher]]:
     ours, theirs = socket.socketpair()
-    proc = subprocess.Popen(["/bin/sh", "-i"], stdin=theirs, stdout=theirs, stderr=theirs)
+    fd = theirs.fileno()
+    proc = subprocess.Popen(["/bin/sh", "-i"], stdin=fd, stdout=fd, stderr=fd)
     theirs.close()
     watcher = LogWatcher()
     session = SerialSession(

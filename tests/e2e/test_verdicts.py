@@ -1,0 +1,140 @@
+"""Stable, right verdicts under faults (#11 §1-2) and results that survive
+them (#8 §1), on real kernels broken on purpose by tests/data/series."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.report import Verdict, load_results
+from tests.e2e.conftest import HARNESS, SERIES, qemu_pids, run_scenarios
+
+_ADDRESS = re.compile(r"0x[0-9a-f]+")
+
+
+def masked(reason: str) -> str:
+    return _ADDRESS.sub("0x…", reason)
+
+
+@pytest.mark.usefixtures("no_leaked_qemu")
+def test_broken_nic_dma_gives_the_same_fail_with_the_same_reason_every_time(tmp_path: Path) -> None:
+    """The NIC's receive buffers are mapped read-only: every packet it
+    receives is an IOMMU fault. Serial answers, SSH cannot work. That is the
+    kernel's FAIL ("guest network unusable", naming the NIC and its faults),
+    never a pass or an ERROR, whatever the timing."""
+    outcomes = []
+    for i in range(3):
+        run = run_scenarios(
+            tmp_path / f"r{i}",
+            "mainline-7.3",
+            ["smmuv3-nested", "virtio-iommu"],
+            ["boot-health"],
+            "--series",
+            str(SERIES / "nic-dma-readonly.patch"),
+        )
+        assert run.rc == 1, run.stderr[-2000:]
+        outcomes.append({(r.profile, r.verdict, masked(r.reason)) for r in run.run_result.results})
+    assert outcomes[0] == outcomes[1] == outcomes[2], outcomes
+    reasons = {profile: reason for profile, _, reason in outcomes[0]}
+    for profile in ("smmuv3-nested", "virtio-iommu"):
+        assert reasons[profile].startswith(
+            "step ssh-usable: guest network unusable (the guest answers on serial and dropbear runs):"
+            " eth0 up on 0000:00:01.0;"
+        ), reasons[profile]
+        assert "IOMMU faults from the NIC, first:" in reasons[profile]
+        assert "from 0000:00:01.0 (virtio-pci)" in reasons[profile]
+    assert "SMMUv3 event 0x13 F_PERMISSION (write)" in reasons["smmuv3-nested"]
+    assert "virtio-iommu page fault" in reasons["virtio-iommu"]
+
+
+@pytest.mark.usefixtures("no_leaked_qemu")
+def test_a_guest_that_hangs_silently_is_a_fail_with_evidence_and_the_next_scenario_gets_a_fresh_boot(
+    tmp_path: Path,
+) -> None:
+    """Creating a protected VM stops every CPU with interrupts off: nothing
+    is printed, serial and SSH stop answering. The harness must call it a
+    hang (FAIL) within seconds, with the vCPUs' symbolised PCs, and run the
+    next scenario on a new boot; results.json keeps everything."""
+    run = run_scenarios(
+        tmp_path,
+        "mainline-7.3",
+        ["smmuv3-nested"],
+        ["pvm-donate", "dma-roundtrip"],
+        "--series",
+        str(SERIES / "pvm-hang.patch"),
+    )
+    assert run.rc == 1, run.stderr[-2000:]
+    result = run.run_result
+    by_name = {r.scenario: r for r in result.results}
+    hang = by_name["pvm-donate"]
+    assert hang.verdict == Verdict.FAIL
+    assert re.match(r"step [\w-]+: hang: ", hang.reason), hang.reason
+    symbols = {v.get("symbol") or "" for sample in hang.evidence["vcpus"] for v in sample}
+    assert any("pkvm_negative_test_hang" in s or "multi_cpu_stop" in s for s in symbols), symbols
+    assert hang.evidence["console_tail"]
+    assert hang.evidence["status"] == "running"
+    # Reported long before the step's own 300 s timeout.
+    assert hang.duration_s < 60, hang.duration_s
+    assert by_name["dma-roundtrip"].verdict == Verdict.PASS
+    assert by_name["dma-roundtrip"].boot != hang.boot
+    assert len(result.boots) == 2
+
+
+@pytest.mark.usefixtures("no_leaked_qemu")
+def test_a_qemu_that_will_not_start_is_an_error_result_not_a_missing_file(tmp_path: Path) -> None:
+    profile = tmp_path / "bad-qemu.yaml"
+    profile.write_text(
+        "name: bad-qemu\nmachine: virt\niommu: smmuv3\nsmmu_stage: nested\n"
+        "features: [pkvm, iommu, smmuv3]\nextra_args: ['-device', 'no-such-device']\n"
+    )
+    run = run_scenarios(tmp_path / "out", "mainline-7.3", [str(profile)], ["boot-health", "dma-roundtrip"])
+    assert run.rc == 2
+    results = run.run_result.results
+    assert [r.verdict for r in results] == [Verdict.ERROR, Verdict.ERROR]
+    assert all(r.reason.startswith("machine: QEMU exited at start") for r in results), results[0].reason
+    assert "no-such-device" in results[0].reason
+
+
+@pytest.mark.usefixtures("no_leaked_qemu")
+def test_sigint_in_the_middle_keeps_finished_cells_and_marks_the_rest_not_run(tmp_path: Path) -> None:
+    argv = [*HARNESS, "run", "--target", "mainline-7.3", "--profile", "smmuv3-nested"]
+    argv += ["--output", str(tmp_path), "boot-health", "vm-lifecycle", "dma-roundtrip"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            path = tmp_path / "results.json"
+            if path.exists() and load_results(path).results[0].verdict != Verdict.NOT_RUN:
+                break
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGINT)
+        rc = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == 130
+    result = load_results(tmp_path)  # valid against the schema
+    assert not result.complete and result.interrupted == "interrupted by SIGINT"
+    first, *rest = result.results
+    assert first.scenario == "boot-health" and first.verdict == Verdict.PASS
+    assert rest and all(r.verdict == Verdict.NOT_RUN for r in rest)
+    assert rest[-1].reason == "interrupted by SIGINT"
+    assert not qemu_pids(str(tmp_path))
+
+
+def test_the_results_schema_ships_with_the_package() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", "from harness.report.results import results_schema as s; print(s()['title'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/",
+    )
+    assert out.stdout.strip() == "pkvm-harness results.json"
