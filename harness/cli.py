@@ -17,6 +17,9 @@ from harness.config.models import SeriesSpec, SourceSpec, Target
 from harness.errors import ConfigError, ExitCode, HarnessError, Interrupted
 from harness.machine.qemu import install_signal_handlers
 from harness.report import exit_code
+from harness.report.compare import compare, render_text
+from harness.report.writers import atomic_write
+from harness.session.liveness import LivenessPolicy
 
 DEFAULT_TARGET = "mainline-7.3"
 DEFAULT_PROFILES = ("smmuv3-nested", "virtio-iommu")
@@ -44,15 +47,28 @@ def _target(args: argparse.Namespace, reg: Registry) -> Target:
 
 
 def _series(value: str | None) -> SeriesSpec | None:
+    """--series names a directory of patches, a file (an mbox, one mail, a
+    bare diff: the loader tells them apart by content, whatever the file is
+    called), or a message-id for b4, possibly as a lore link or <id>."""
     if value is None:
         return None
-    path = Path(value)
+    path = Path(value).expanduser()
     if path.is_dir():
         return SeriesSpec("dir", str(path.resolve()))
     if path.is_file():
         return SeriesSpec("mbox", str(path.resolve()))
+    if value.startswith(("https://", "http://")):
+        # A link as reviewers paste it (.../r/<id>, .../all/<id>/T/#u):
+        # b4 is given the message-id, which also names its cache entry.
+        from urllib.parse import unquote, urlsplit
+
+        parts = [unquote(part) for part in urlsplit(value).path.split("/")]
+        msgid = next((part for part in parts if "@" in part), None)
+        if msgid is None:
+            raise ConfigError(f"--series {value}: a link without a message-id in it")
+        return SeriesSpec("b4", msgid.strip("<>"))
     if "@" in value and "/" not in value:
-        return SeriesSpec("b4", value.strip("<>"))
+        return SeriesSpec("b4", value.strip().strip("<>"))
     raise ConfigError(f"--series {value}: no such file or directory, and not a message-id")
 
 
@@ -81,7 +97,7 @@ def cmd_list(args: argparse.Namespace, reg: Registry) -> int:
 
 
 def cmd_build(args: argparse.Namespace, reg: Registry) -> int:
-    artifacts = pipeline.build_all(_target(args, reg), args.jobs)
+    artifacts = pipeline.build_all(_target(args, reg), args.jobs, args.upto)
     print(
         json.dumps(
             {
@@ -102,7 +118,7 @@ def cmd_boot(args: argparse.Namespace, reg: Registry) -> int:
     from harness.session.guest import booted_guest
 
     target, profile = _target(args, reg), reg.profile(args.profile)
-    artifacts = pipeline.build_all(target)
+    artifacts = pipeline.build_all(target, upto=args.upto)
     output = Path(args.output)
     with booted_guest(
         profile, artifacts.kernel.image, artifacts.image, output, target.cmdline, args.boot_timeout
@@ -133,11 +149,59 @@ def cmd_run(args: argparse.Namespace, reg: Registry) -> int:
     profiles = tuple(reg.profile(p) for p in (args.profile or DEFAULT_PROFILES))
     names = args.scenarios or reg.scenario_names()
     scenarios = tuple(reg.scenario(n) for n in names)
-    request = pipeline.RunRequest(target, profiles, scenarios, Path(args.output), args.boot_timeout)
+    liveness = LivenessPolicy(
+        interval_s=args.hang_probe, probe_timeout_s=args.hang_timeout, boot_stall_s=args.boot_stall
+    )
+    output = Path(args.output)
+    request = pipeline.RunRequest(
+        target, profiles, scenarios, output, args.boot_timeout, liveness, retries=args.retries, upto=args.upto
+    )
+    if args.against_base:
+        if target.series is None:
+            raise ConfigError("--against-base needs a series (--series or the target's series:)")
+        sides = [replace(request, side="base", upto=0), replace(request, side="tip")]
+        result = pipeline.run_sides(sides, output)
+        comparison = compare(
+            [r for r in result.results if r.side == "base"], [r for r in result.results if r.side == "tip"]
+        )
+        atomic_write(output / "comparison.json", json.dumps(comparison.to_json(), indent=2) + "\n")
+        for line in render_text(comparison):
+            print(line)
+        print(f"({args.output}/results.json, {args.output}/comparison.json)")
+        # Only what the series changed counts: regressions (or an ERROR, which proves nothing).
+        if exit_code(result.results) == ExitCode.ERROR and comparison.inconclusive:
+            return ExitCode.ERROR
+        return ExitCode.FAIL if comparison.regressions else ExitCode.OK
     result = pipeline.run(request)
     counts = result.counts()
     print(" ".join(f"{k}={v}" for k, v in counts.items() if v) + f"  ({args.output}/results.json)")
     return exit_code(result.results)
+
+
+def cmd_series_check(args: argparse.Namespace, reg: Registry) -> int:
+    from harness.series.check import CheckOptions, check_series
+
+    target = _target(args, reg)
+    profiles = tuple(reg.profile(p) for p in (args.profile or ())) if args.boot else ()
+    scenarios = tuple(reg.scenario(n) for n in (args.scenario or ["boot-health"]))
+    options = CheckOptions(profiles, scenarios, args.allow_warnings, args.warnings_level, args.jobs)
+    if args.boot and not profiles:
+        options = replace(options, profiles=(reg.profile(DEFAULT_PROFILES[0]),))
+    report = check_series(target, Path(args.output), options)
+    print(f"({args.output}/series.json, {args.output}/junit.xml)")
+    return int(report.exit_code)
+
+
+def cmd_series_bisect(args: argparse.Namespace, reg: Registry) -> int:
+    from harness.series.bisect import Bisector
+
+    target = _target(args, reg)
+    scenarios = tuple(reg.scenario(n) for n in args.scenarios)
+    bisector = Bisector(target, reg.profile(args.profile), scenarios, Path(args.output), args.confirm)
+    report = bisector.run()
+    print(report.reason)
+    print(f"({args.output}/bisect.json)")
+    return int(report.exit_code)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -155,6 +219,9 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--series", help="patch series: mbox file, patch dir, or message-id (b4)")
         sp.add_argument("--source", help="kernel source instead of the target's: git tree or tarball")
         sp.add_argument("--toolchain", choices=["gcc", "llvm"], help="gcc (cross) or llvm (LLVM=1)")
+        sp.add_argument(
+            "--upto", type=int, metavar="K", help="only the first K patches of the series (0: the base)"
+        )
 
     b = sub.add_parser("build", help="build (or fetch from cache) the kernel and image")
     common(b)
@@ -179,8 +246,52 @@ def parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--output", required=True, help="results directory")
     r.add_argument("--boot-timeout", type=float, default=120.0)
+    r.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        help="re-run a cell that ended in ERROR (infrastructure) this many times on a fresh boot;"
+        " a FAIL is never retried (default 1)",
+    )
+    r.add_argument(
+        "--hang-probe",
+        type=float,
+        default=LivenessPolicy.interval_s,
+        metavar="SECONDS",
+        help="probe a silent guest after this long; it is hung when it then does not answer"
+        f" within --hang-timeout (default {LivenessPolicy.interval_s:.0f})",
+    )
+    r.add_argument("--hang-timeout", type=float, default=LivenessPolicy.probe_timeout_s, metavar="SECONDS")
+    r.add_argument(
+        "--boot-stall",
+        type=float,
+        default=LivenessPolicy.boot_stall_s,
+        metavar="SECONDS",
+        help="a boot whose console stays silent this long (with CPU to run) has stalled: FAIL",
+    )
     r.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="default: all")
     r.set_defaults(func=cmd_run)
+    r.add_argument("--against-base", action="store_true", help="run the base too; report regressions")
+
+    se = sub.add_parser("series", help="a reviewer's checks of a patch series")
+    ssub = se.add_subparsers(dest="series_cmd", required=True)
+    ck = ssub.add_parser("check", help="per patch: applies, builds, no new warning, options kept, boots")
+    common(ck)
+    ck.add_argument("--output", required=True)
+    ck.add_argument("--boot", action="store_true", help="boot each patch and run the smoke set")
+    ck.add_argument("--profile", action="append", help="profiles to boot on (repeatable)")
+    ck.add_argument("--scenario", action="append", help="smoke set (repeatable; default boot-health)")
+    ck.add_argument("--allow-warnings", action="store_true", help="new warnings are informational")
+    ck.add_argument("--warnings-level", metavar="N", help="make W=N (e.g. 1)")
+    ck.add_argument("--jobs", "-j", type=int, default=None)
+    ck.set_defaults(func=cmd_series_check)
+    bi = ssub.add_parser("bisect", help="the first patch that breaks the given scenarios")
+    common(bi)
+    bi.add_argument("--output", required=True)
+    bi.add_argument("--profile", default=DEFAULT_PROFILES[0])
+    bi.add_argument("--confirm", type=int, default=1, help="re-runs of the answer and its parent")
+    bi.add_argument("scenarios", nargs="+", metavar="SCENARIO")
+    bi.set_defaults(func=cmd_series_bisect)
     return p
 
 
@@ -190,8 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args, Registry()))
     except HarnessError as exc:
-        print(f"pkvm-harness: error: {exc}", file=sys.stderr)
-        return int(exc.exit_code)
+        kind = "FAIL" if exc.series_defect else "error"
+        print(f"pkvm-harness: {kind}: {exc}", file=sys.stderr)
+        return int(exc.verdict_exit_code)
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
         print(f"pkvm-harness: interrupted by {signal.Signals(signum).name}", file=sys.stderr)

@@ -29,13 +29,22 @@ class Interrupted(KeyboardInterrupt):
 
 
 class HarnessError(Exception):
-    """An ERROR: reported as one line naming what is at fault, exit code 2."""
+    """An ERROR: reported as one line naming what is at fault, exit code 2.
+
+    `series_defect` marks a problem of the patch series under test (it does
+    not apply, does not build, drops a requested option): in a command given
+    a series that is the series' FAIL (exit 1), not bad input."""
 
     exit_code = ExitCode.ERROR
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, series_defect: bool = False) -> None:
         super().__init__(message)
         self.message = message
+        self.series_defect = series_defect
+
+    @property
+    def verdict_exit_code(self) -> ExitCode:
+        return ExitCode.FAIL if self.series_defect else self.exit_code
 
     def __str__(self) -> str:
         return self.message

@@ -12,7 +12,7 @@ import sys
 import time
 import traceback
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from harness import __version__, ui
@@ -23,7 +23,7 @@ from harness.kernel import KernelBuild, build_kernel
 from harness.kernel.symbols import SymbolTable
 from harness.logwatch import Event
 from harness.machine import qemu_version
-from harness.report import BootRecord, RunRecorder, RunResult, TargetRecord, Verdict
+from harness.report import BootRecord, RunRecorder, RunResult, ScenarioResult, TargetRecord, Verdict
 from harness.report.recorder import Cell
 from harness.scenario import ScenarioContext, run_scenario, skip_reason
 from harness.scenario.capabilities import probe
@@ -39,9 +39,11 @@ class Artifacts:
     seconds: float
 
 
-def build_all(target: Target, jobs: int | None = None) -> Artifacts:
+def build_all(target: Target, jobs: int | None = None, upto: int | None = None) -> Artifacts:
+    """The kernel (at patch `upto` of the target's series, all when None)
+    and the initramfs."""
     start = time.monotonic()
-    kernel = build_kernel(target, jobs=jobs)
+    kernel = build_kernel(target, jobs=jobs, upto=upto)
     ui.info("kernel", f"{target.name}: {kernel.version} {'(cached)' if kernel.cached else ''} {kernel.image}")
     image = build_image()
     ui.info(
@@ -61,6 +63,10 @@ class RunRequest:
     boot_timeout: float = 120.0
     liveness: LivenessPolicy = field(default_factory=LivenessPolicy)
     side: str | None = None  # "base" | "tip" when a series is run against its base
+    # An ERROR (the harness or infrastructure failed) is retried this many
+    # times on a fresh boot; a FAIL never is.
+    retries: int = 1
+    upto: int | None = None  # the kernel at patch `upto` of the series (0: the base)
 
     def cells(self) -> list[Cell]:
         return [(self.target.name, self.side, p.name, s.name) for p in self.profiles for s in self.scenarios]
@@ -82,6 +88,7 @@ class _ProfileRun:
         self.boots = 0
         self.symbols = SymbolTable.from_system_map(artifacts.kernel.system_map)
         self.by_name = {s.name: s for s in request.scenarios}
+        self.attempts: dict[str, list[str]] = {}  # scenario -> reasons of its ERROR attempts
 
     @property
     def _boot_name(self) -> str:
@@ -142,9 +149,9 @@ class _ProfileRun:
                     finally:
                         self._record_boot(guest, run_dir)
             except MachineError as exc:  # QEMU would not start: no cell of this profile can run
-                for name in pending:
-                    self._record(self.by_name[name], Verdict.ERROR, f"machine: {exc}")
-                return
+                recorded = [self._record(self.by_name[n], Verdict.ERROR, f"machine: {exc}") for n in pending]
+                if all(recorded):
+                    return  # no retries left
 
     def _on_guest(self, guest: Guest, pending: list[Scenario]) -> None:
         outcome = guest.boot_outcome
@@ -184,11 +191,8 @@ class _ProfileRun:
                     traceback.print_exc()
                 self._record(scenario, Verdict.ERROR, f"internal error: {type(exc).__name__}: {exc}", guest)
                 return  # the guest's state is unknown: fresh boot for the rest
-            ui.info(
-                "scenario",
-                f"{scenario.name} on {self.profile.name}: {result.verdict.upper()} {result.reason}",
-            )
-            self.recorder.record(result)
+            if not self._finish(result):
+                return  # an ERROR to retry: on a fresh boot
 
     def _record(
         self,
@@ -198,12 +202,28 @@ class _ProfileRun:
         guest: Guest | None = None,
         events: Sequence[Event] = (),
         evidence: Mapping[str, object] | None = None,
-    ) -> None:
+    ) -> bool:
         ctx = self._ctx(guest, frozenset(), first_on_boot=False)
-        self.recorder.record(
+        return self._finish(
             scenario_result(scenario, ctx, verdict, reason, events=list(events), evidence=evidence)
         )
-        ui.info("scenario", f"{scenario.name} on {self.profile.name}: {verdict.upper()} {reason}")
+
+    def _finish(self, result: ScenarioResult) -> bool:
+        """Record a finished cell, unless it is an ERROR with retries left:
+        then it stays pending (False) and runs again on a fresh boot. The
+        attempts and the earlier ERRORs' reasons go into the result."""
+        earlier = self.attempts.setdefault(result.scenario, [])
+        where = f"{result.scenario} on {self.profile.name}"
+        if result.verdict == Verdict.ERROR and len(earlier) < self.request.retries:
+            earlier.append(result.reason)
+            ui.info("scenario", f"{where}: ERROR {result.reason}; retrying on a fresh boot")
+            return False
+        if earlier:
+            evidence = {**result.evidence, "earlier_attempts": list(earlier)}
+            result = replace(result, attempts=len(earlier) + 1, evidence=evidence)
+        ui.info("scenario", f"{where}: {result.verdict.upper()} {result.reason}")
+        self.recorder.record(result)
+        return True
 
 
 def _target_record(artifacts: Artifacts, side: str | None) -> TargetRecord:
@@ -222,22 +242,31 @@ def _target_record(artifacts: Artifacts, side: str | None) -> TargetRecord:
 def run(request: RunRequest) -> RunResult:
     """Build, then run every cell; results.json is valid from the start
     (planned cells are `not-run`) and rewritten after every cell."""
-    recorder = RunRecorder(
-        request.output, __version__, qemu_version(), shlex.join(["pkvm-harness", *sys.argv[1:]])
-    )
-    recorder.plan(request.cells())
+    result = run_sides([request], request.output)
+    _write_reproducer(request, result)
+    return result
+
+
+def run_with(request: RunRequest, artifacts: Artifacts) -> RunResult:
+    """`run` on a kernel and image already built (series check, bisect)."""
+    result = run_sides([request], request.output, {id(request): artifacts})
+    _write_reproducer(request, result)
+    return result
+
+
+def run_sides(
+    requests: Sequence[RunRequest], output: Path, built: Mapping[int, Artifacts] | None = None
+) -> RunResult:
+    """Several runs into one results.json: e.g. a series' base and tip
+    (`side`), each built and run in turn."""
+    recorder = RunRecorder(output, __version__, qemu_version(), shlex.join(["pkvm-harness", *sys.argv[1:]]))
+    for request in requests:
+        recorder.plan(request.cells())
     timings: dict[str, float] = {}
     start = time.monotonic()
     try:
-        try:
-            artifacts = build_all(request.target)
-        except HarnessError as exc:
-            recorder.fill_pending(Verdict.ERROR, f"build: {exc}")
-            raise
-        recorder.add_target(_target_record(artifacts, request.side))
-        timings["build_s"] = round(artifacts.seconds, 3)
-        for profile in request.profiles:
-            _ProfileRun(request, artifacts, profile, recorder).run()
+        for request in requests:
+            _build_and_run(request, recorder, timings, (built or {}).get(id(request)))
     except KeyboardInterrupt as exc:
         why = f"interrupted by {exc.name}" if isinstance(exc, Interrupted) else "interrupted"
         recorder.fill_pending(Verdict.NOT_RUN, why)
@@ -251,22 +280,34 @@ def run(request: RunRequest) -> RunResult:
         recorder.fill_pending(Verdict.ERROR, why)
         recorder.finish(timings, why)
         raise
-    timings["boot_and_test_s"] = round(time.monotonic() - start, 3)
-    result = recorder.finish(timings)
-    _write_reproducer(request, result)
-    return result
+    timings["boot_and_test_s"] = round(time.monotonic() - start - timings.get("build_s", 0.0), 3)
+    return recorder.finish(timings)
 
 
-def _target_args(target: Target) -> list[str]:
-    """Command-line arguments that rebuild exactly this target (overrides
-    given on the command line included)."""
-    args = ["--target", str(target.path) if target.path else target.name]
-    if target.source.kind != "debian":
-        args += ["--source", target.source.location]
-    if target.series is not None:
-        args += ["--series", target.series.location]
-    args += ["--toolchain", target.toolchain]
-    return args
+def _build_and_run(
+    request: RunRequest, recorder: RunRecorder, timings: dict[str, float], prebuilt: Artifacts | None
+) -> None:
+    side = f" ({request.side})" if request.side else ""
+    try:
+        artifacts = prebuilt or build_all(request.target, upto=request.upto)
+    except HarnessError as exc:
+        cells = request.cells()
+        if not exc.series_defect:
+            recorder.fill_pending(Verdict.ERROR, f"build{side}: {exc}")
+            raise
+        # The series does not apply, build or configure: its FAIL, in every cell.
+        for cell in cells:
+            name, cell_side, profile_name, scenario = cell
+            recorder.record(
+                ScenarioResult(
+                    scenario, profile_name, name, Verdict.FAIL, f"series: {exc}", 0.0, side=cell_side
+                )
+            )
+        return
+    recorder.add_target(_target_record(artifacts, request.side))
+    timings["build_s"] = round(timings.get("build_s", 0.0) + artifacts.seconds, 3)
+    for profile in request.profiles:
+        _ProfileRun(request, artifacts, profile, recorder).run()
 
 
 def _write_reproducer(request: RunRequest, run_result: RunResult) -> None:
@@ -277,7 +318,7 @@ def _write_reproducer(request: RunRequest, run_result: RunResult) -> None:
         argv = [
             "pkvm-harness",
             "run",
-            *_target_args(request.target),
+            *request.target.cli_args(request.upto),
             "--profile",
             r.profile,
             "--output",

@@ -47,6 +47,19 @@ class Target:
     known_gaps: Mapping[str, str] = field(default_factory=dict)
     path: Path | None = None
 
+    def cli_args(self, upto: int | None = None) -> list[str]:
+        """The command-line arguments that select exactly this kernel
+        (overrides given on the command line included): every reproducer
+        (reproduce.sh, a build's metadata, bisect's answer) uses them."""
+        args = ["--target", str(self.path) if self.path else self.name]
+        if self.source.kind != "debian":
+            args += ["--source", self.source.location]
+        if self.series is not None:
+            args += ["--series", self.series.location]
+            if upto is not None:
+                args += ["--upto", str(upto)]
+        return [*args, "--toolchain", self.toolchain]
+
 
 @dataclass(frozen=True)
 class Profile:

@@ -24,8 +24,8 @@ from typing import Any
 from harness import __version__, paths, ui
 from harness.cache import ContentStore, DigestMemo, digest, write_json
 from harness.config.models import Target
-from harness.errors import BuildError, ToolMissingError
-from harness.kernel import kconfig
+from harness.errors import BuildError, KconfigError, PatchError, ToolMissingError
+from harness.kernel import diagnostics, kconfig
 from harness.kernel.series import PatchSeries, checkout, load_series
 from harness.kernel.source import prepare_source, source_identity
 
@@ -86,6 +86,12 @@ class KernelBuild:
     modules: Path | None
     metadata: dict[str, Any] = field(hash=False, compare=False)
     cached: bool = False
+
+    @property
+    def warnings(self) -> diagnostics.WarningMap | None:
+        """Compiler warnings per unit, as of this build (None for builds
+        cached before they were recorded)."""
+        return diagnostics.load_map(self.directory / "warnings.json")
 
     @property
     def version(self) -> str:
@@ -149,20 +155,36 @@ def _run_make(argv: list[str], cwd: Path, log: Path, expected: int | None) -> in
             rc = proc.wait()
             ticker.done()
     if rc != 0:
-        errors = [ln for ln in log.read_text().splitlines() if "error:" in ln or "Error " in ln]
-        first = errors[0].strip() if errors else f"make exited {rc}"
+        text = log.read_text(errors="replace")
+        error = diagnostics.first_error(text, cwd)
+        if error is not None:
+            first = error.describe()
+        else:
+            errors = [ln for ln in text.splitlines() if "error:" in ln or "Error " in ln]
+            first = errors[0].strip() if errors else f"make exited {rc}"
         raise BuildError(f"kernel build failed: {first} (log: {log})")
     return steps
 
 
-def build_kernel(target: Target, *, jobs: int | None = None) -> KernelBuild:
+def build_kernel(
+    target: Target, *, jobs: int | None = None, upto: int | None = None, warnings_level: str | None = None
+) -> KernelBuild:
+    """Build `target`: its source with the first `upto` patches of its
+    series (all of them when None; 0 is the base), configured with its
+    fragments. "The kernel at patch k of series S" is a build input like any
+    other: it has its own cache key, so series check, bisect and run share
+    builds. A series' own defects (a patch that does not apply, a build that
+    fails, a requested option that disappears) carry `series_defect`."""
     cache = paths.cache_root()
     toolchain = Toolchain(target.toolchain)
     tc_version = toolchain.check()
     memo = DigestMemo(cache / "digests.json")
     source_id = source_identity(target.source, memo)
     series = load_series(target.series) if target.series else None
-    input_key = _input_key(target, source_id, series, tc_version)
+    if series is not None and upto is not None:
+        series = series.prefix(upto) if upto > 0 else None
+    extra = [f"W={warnings_level}"] if warnings_level else []
+    input_key = _input_key(target, source_id, series, tc_version) + (f"+W={warnings_level}" if extra else "")
 
     store = ContentStore(cache / "kernels")
     hit = store.alias(input_key)
@@ -177,18 +199,29 @@ def build_kernel(target: Target, *, jobs: int | None = None) -> KernelBuild:
     outdir = cache / "work" / work_key[:24]
     outdir.mkdir(parents=True, exist_ok=True)
     log = outdir / "build.log"
-    make = ["make", f"O={outdir}", *toolchain.make_vars(), "LOCALVERSION="]
-    with sources.lock(f"{base.key}.worktree"):
-        commit = checkout(base.path, series)
-        log.write_text("")
-        ui.info("kernel", f"configuring {target.name} ({base.version}, {len(target.fragments)} fragments)")
-        config_text = kconfig.resolve_config(make, base.path, outdir, target.fragments, log)
-        build_key = digest(["build", input_key, config_text])
-        with store.lock(build_key):
-            if store.get(build_key) is None:
-                meta = _metadata(target, base.version, source_id, series, tc_version, config_text, make)
-                meta["commit"] = commit
-                _build_into_store(store, build_key, make, base.path, outdir, log, config_text, jobs, meta)
+    make = ["make", f"O={outdir}", *toolchain.make_vars(), "LOCALVERSION=", *extra]
+    try:
+        with sources.lock(f"{base.key}.worktree"):
+            commit = checkout(base.path, series)
+            log.write_text("")
+            ui.info(
+                "kernel", f"configuring {target.name} ({base.version}, {len(target.fragments)} fragments)"
+            )
+            config_text = kconfig.resolve_config(make, base.path, outdir, target.fragments, log)
+            build_key = digest(["build", input_key, config_text])
+            with store.lock(build_key):
+                if store.get(build_key) is None:
+                    meta = _metadata(
+                        target, base.version, source_id, series, tc_version, config_text, make, upto
+                    )
+                    meta["commit"] = commit
+                    _build_into_store(store, build_key, make, base.path, outdir, log, config_text, jobs, meta)
+    except (PatchError, BuildError, KconfigError) as exc:
+        # Loading the series happened above: what fails here is the series
+        # applying, building or configuring on this base.
+        if series is not None and (not isinstance(exc, KconfigError) or "dropped" in str(exc)):
+            exc.series_defect = True
+        raise
     store.set_alias(input_key, build_key)
     return _load(store.path(build_key), target.name, cached=False)
 
@@ -209,10 +242,26 @@ def _build_into_store(
     goals = ["Image", "modules"] if modules else ["Image"]
     count_file = outdir / ".harness-steps"
     expected = int(count_file.read_text()) if count_file.exists() else None
+    warnings_file = outdir / "warnings.json"
+    previous = diagnostics.load_map(warnings_file)
+    if previous is None and (outdir / "vmlinux").exists():
+        # This work tree was built before warnings were kept per unit: start
+        # from clean once (ccache makes it cheap), so the map is complete.
+        ui.info("kernel", "recompiling once to record every unit's warnings")
+        _run_make([*make, "clean"], tree, log, None)
     ui.info("kernel", f"make -j{jobs} {' '.join(goals)} (log: {log})")
     start = time.monotonic()
     env_make = [*make, f"-j{jobs}", *goals]
-    steps = _run_make(env_make, tree, log, expected)
+    offset = log.stat().st_size if log.exists() else 0
+    try:
+        steps = _run_make(env_make, tree, log, expected)
+    finally:
+        # Whatever make compiled (even in a failed build) has its warnings now.
+        with log.open("rb") as f:
+            f.seek(offset)
+            output = f.read().decode(errors="replace")
+        current = diagnostics.update(previous or {}, output, tree)
+        diagnostics.save_map(warnings_file, current)
     if expected is None or steps > expected:
         count_file.write_text(str(steps))
     metadata["build_seconds"] = round(time.monotonic() - start, 1)
@@ -224,6 +273,8 @@ def _build_into_store(
         if modules:
             _run_make([*make, f"INSTALL_MOD_PATH={stage / 'modules'}", "modules_install"], tree, log, None)
         shutil.copy2(log, stage / "build.log")
+        diagnostics.save_map(stage / "warnings.json", current)
+        metadata["warnings"] = sum(len(w) for w in current.values())
         write_json(stage / "metadata.json", metadata)
     ui.info("kernel", f"built in {metadata['build_seconds']}s, cached as {key[:16]}")
 
@@ -236,6 +287,7 @@ def _metadata(
     tc: str,
     config_text: str,
     make: list[str],
+    upto: int | None,
 ) -> dict[str, Any]:
     return {
         "target": target.name,
@@ -253,7 +305,7 @@ def _metadata(
         "config_sha256": digest([config_text]),
         "harness_version": __version__,
         "reproducer": {
-            "harness": f"pkvm-harness build --target {target.name}",
+            "harness": shlex.join(["pkvm-harness", "build", *target.cli_args(upto)]),
             "make": shlex.join([*make, "Image"]),
         },
     }

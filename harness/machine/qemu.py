@@ -158,6 +158,10 @@ class QemuMachine:
                 return dict(event)
         return None
 
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll() if self.proc else None
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.config.models import Profile, Transport
-from harness.errors import GuestHung, GuestNetworkUnusable, SessionError
+from harness.errors import GuestHung, GuestNetworkUnusable, MachineError, SessionError
 from harness.image import GuestImage
 from harness.image.initramfs import READY_MARKER
 from harness.logwatch import Event, LogWatcher
@@ -299,6 +299,7 @@ class Guest:
         if transport == "ssh":
             result = self.ssh().run(command, timeout, abort=watch.check)
             if result.ended_by == "connection-lost":
+                self._raise_if_qemu_gone(command)
                 # Cut on the host side, or the guest died under it: ask.
                 self._confirm_alive("ssh connection lost", via="serial")
                 raise SessionError(f"ssh connection lost during {command[:60]!r} (the guest still answers)")
@@ -309,9 +310,18 @@ class Guest:
             with self._serial_owned() as serial:
                 serial.drain(quiet_s=1.5, limit_s=10)
             self.watcher.finish()
+            if self.watcher.fatal is None:
+                self._raise_if_qemu_gone(command)
         if result.ended_by == "hang" and self.hang is not None:
             raise self.hang
         return result
+
+    def _raise_if_qemu_gone(self, command: str) -> None:
+        """QEMU exiting without a kernel message (killed, crashed) is the
+        infrastructure's fault: an ERROR, never the kernel's FAIL."""
+        if not self.machine.alive():
+            tail = "; ".join(self.machine.stderr_tail(2)) or "no QEMU output"
+            raise MachineError(f"QEMU exited (rc {self.machine.returncode}) during {command[:60]!r}: {tail}")
 
     def probe_alive(self, via: Transport) -> tuple[bool | None, CpuWindow | None, str]:
         """An active liveness probe: a serial round trip, or an SSH exec.

@@ -82,6 +82,7 @@ def test_a_guest_that_hangs_silently_is_a_fail_with_evidence_and_the_next_scenar
     assert hang.evidence["status"] == "running"
     # Reported long before the step's own 300 s timeout.
     assert hang.duration_s < 60, hang.duration_s
+    assert hang.attempts == 1  # a FAIL is never retried
     assert by_name["dma-roundtrip"].verdict == Verdict.PASS
     assert by_name["dma-roundtrip"].boot != hang.boot
     assert len(result.boots) == 2
@@ -100,6 +101,8 @@ def test_a_qemu_that_will_not_start_is_an_error_result_not_a_missing_file(tmp_pa
     assert [r.verdict for r in results] == [Verdict.ERROR, Verdict.ERROR]
     assert all(r.reason.startswith("machine: QEMU exited at start") for r in results), results[0].reason
     assert "no-such-device" in results[0].reason
+    # Retried once (an infrastructure error), and the result says so.
+    assert all(r.attempts == 2 for r in results)
 
 
 @pytest.mark.usefixtures("no_leaked_qemu")
@@ -138,3 +141,38 @@ def test_the_results_schema_ships_with_the_package() -> None:
         cwd="/",
     )
     assert out.stdout.strip() == "pkvm-harness results.json"
+
+
+def _run_and_kill_qemu_once(output: Path, *extra: str) -> int:
+    """`run vm-lifecycle`, SIGKILL its QEMU once the scenario is under way."""
+    argv = [*HARNESS, "run", "--target", "mainline-7.3", "--profile", "smmuv3-nested"]
+    argv += ["--output", str(output), *extra, "vm-lifecycle"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    try:
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            if line.startswith("[scenario] vm-lifecycle on smmuv3-nested ..."):
+                time.sleep(3)
+                (victim,) = qemu_pids(str(output))
+                os.kill(victim, signal.SIGKILL)
+                break
+        proc.stderr.read()
+        return proc.wait(600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.usefixtures("no_leaked_qemu")
+def test_qemu_killed_mid_scenario_is_an_error_and_is_retried_on_a_fresh_boot(tmp_path: Path) -> None:
+    rc = _run_and_kill_qemu_once(tmp_path / "no-retry", "--retries", "0")
+    assert rc == 2
+    (result,) = load_results(tmp_path / "no-retry").results
+    assert result.verdict == Verdict.ERROR and result.reason.startswith("QEMU exited"), result.reason
+    # With a retry, the infrastructure error is repeated on a fresh boot.
+    rc = _run_and_kill_qemu_once(tmp_path / "retry")
+    assert rc == 0
+    (result,) = load_results(tmp_path / "retry").results
+    assert result.verdict == Verdict.PASS and result.attempts == 2
+    assert str(result.evidence["earlier_attempts"][0]).startswith("QEMU exited")

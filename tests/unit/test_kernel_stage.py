@@ -127,7 +127,7 @@ def test_patch_that_does_not_apply_names_position_subject_and_file(tmp_path: Pat
     assert git(base.path, "status", "--porcelain").stdout == ""
 
 
-def test_cli_bad_patch_is_one_line_error_exit_2(
+def test_cli_patch_that_does_not_apply_is_the_series_fail_exit_1(
     tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     tarball = make_tarball(tmp_path)
@@ -137,9 +137,10 @@ def test_cli_bad_patch_is_one_line_error_exit_2(
     bad.write_text(PATCH.format(n=1, subject="stale", old="int zzz;", new="int y;"))
     rc = main(["build", "--target", str(target), "--series", str(bad)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2
+    # The series' own defect: a FAIL of the series, not bad input.
+    assert rc == 1
     assert err[-1] == (
-        "pkvm-harness: error: patch 1/1 'iommu: stale' (0001-stale.patch message 1)"
+        "pkvm-harness: FAIL: patch 1/1 'iommu: stale' (0001-stale.patch message 1)"
         " does not apply: conflicts in drivers/iommu/foo.c"
     )
 
