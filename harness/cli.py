@@ -178,6 +178,15 @@ def cmd_run(args: argparse.Namespace, reg: Registry) -> int:
     return exit_code(result.results)
 
 
+def cmd_merge(args: argparse.Namespace, reg: Registry) -> int:
+    from harness.report.merge import merge_into
+
+    merged = merge_into([Path(d) for d in args.inputs], Path(args.output))
+    counts = merged.counts()
+    print(" ".join(f"{k}={v}" for k, v in counts.items() if v) + f"  ({args.output}/results.json)")
+    return exit_code(merged.results)
+
+
 def cmd_series_check(args: argparse.Namespace, reg: Registry) -> int:
     from harness.series.check import CheckOptions, check_series
 
@@ -272,6 +281,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="default: all")
     r.set_defaults(func=cmd_run)
     r.add_argument("--against-base", action="store_true", help="run the base too; report regressions")
+
+    mg = sub.add_parser("merge", help="combine results directories (shards) into one")
+    mg.add_argument("inputs", nargs="+", metavar="DIR")
+    mg.add_argument("--output", required=True)
+    mg.set_defaults(func=cmd_merge)
 
     se = sub.add_parser("series", help="a reviewer's checks of a patch series")
     ssub = se.add_subparsers(dest="series_cmd", required=True)

@@ -70,6 +70,7 @@ class PatchSeries:
     cover_body: str | None = None
     base_commit: str | None = None  # a "base-commit:" trailer (git format-patch --base)
     version: int | None = None  # N of "[PATCH vN ...]" when the subjects give one
+    total: int | None = None  # the whole series' length, for a prefix of it
 
     @property
     def identity(self) -> str:
@@ -78,12 +79,13 @@ class PatchSeries:
         return digest(["series-v1", *(p.data for p in self.patches)])
 
     def describe(self, patch: Patch) -> str:
-        return f"patch {patch.index}/{len(self.patches)} '{patch.subject}' ({patch.origin})"
+        total = self.total or len(self.patches)
+        return f"patch {patch.index}/{total} '{patch.subject}' ({patch.origin})"
 
     def prefix(self, count: int) -> PatchSeries:
         """The series up to and including patch `count` (per-patch checks
         and bisect build each prefix)."""
-        return replace(self, patches=self.patches[:count])
+        return replace(self, patches=self.patches[:count], total=self.total or len(self.patches))
 
 
 @dataclass(frozen=True)
@@ -518,12 +520,21 @@ def checkout(tree: Path, series: PatchSeries | None) -> str:
     if git(tree, "rev-parse", "-q", "--verify", f"refs/heads/{branch}", check=False).returncode == 0:
         git(tree, "checkout", "-q", "-f", branch)
         return git(tree, "rev-parse", "HEAD").stdout.strip()
-    ui.info("kernel", f"applying {len(series.patches)} patches ({series.spec.describe()})")
+    # A shorter prefix of this series may be applied already (series check
+    # walks k = 1..N, bisect jumps around): continue from the longest one.
+    done, start = 0, BASE_TAG
+    for k in range(len(series.patches) - 1, 0, -1):
+        shorter = _branch(series.prefix(k))
+        if git(tree, "rev-parse", "-q", "--verify", f"refs/heads/{shorter}", check=False).returncode == 0:
+            done, start = k, shorter
+            break
+    todo = series.patches[done:]
+    ui.info("kernel", f"applying {len(todo)} patches ({series.spec.describe()}, from patch {done + 1})")
     work = f"{branch}-applying"
-    git(tree, "checkout", "-q", "-f", "-B", work, BASE_TAG)
+    git(tree, "checkout", "-q", "-f", "-B", work, start)
     try:
         with tempfile.TemporaryDirectory() as scratch:
-            for patch in series.patches:
+            for patch in todo:
                 _apply_one(tree, series, patch, Path(scratch))
     except BaseException:
         git(tree, "am", "--abort", check=False)

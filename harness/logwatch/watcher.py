@@ -34,6 +34,9 @@ class Event:
     # The trace with kernel addresses named from the build's System.map,
     # when the log itself lacks the names (no kallsyms, hyp addresses).
     symbolised: list[str] = field(default_factory=list)
+    # False while more lines of this message may still come (its fields can
+    # still change): reasons built from an event prefer complete ones.
+    complete: bool = True
 
     def summary(self) -> str:
         detail = ", ".join(f"{k}={v}" for k, v in self.fields.items() if k != "features")
@@ -173,10 +176,12 @@ class LogWatcher:
             self.events.append(event)
             self._decode(sig, event)
             if sig.more is not None and sig.max_lines > 1:
+                event.complete = False
                 self._open.append(_Open(sig, event))
             break
 
     def _close(self, o: _Open) -> None:
+        o.event.complete = True
         self._decode(o.sig, o.event)
 
     def _decode(self, sig: Signature, event: Event) -> None:

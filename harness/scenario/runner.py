@@ -254,7 +254,8 @@ def _drivers(guest: Guest, bdfs: set[str]) -> dict[str, str]:
 
 def _fault_reason(faults: list[Event], guest: Guest) -> str:
     drivers = _drivers(guest, {str(e.fields["bdf"]) for e in faults if "bdf" in e.fields})
-    first = describe_fault(faults[0].fields, faults[0].signature, drivers)
+    shown = next((e for e in faults if e.complete), faults[0])  # all its lines are in
+    first = describe_fault(shown.fields, shown.signature, drivers)
     devices = sorted({str(e.fields.get("bdf", "?")) for e in faults})
     more = f" ({len(faults)} faults from {', '.join(devices)})" if len(faults) > 1 else ""
     return f"unexpected IOMMU fault: {first}{more}"

@@ -54,8 +54,10 @@ class BootOutcome:
 
 # In the guest, over serial: why would SSH not come up? Each line is key=value.
 _NET_DIAGNOSIS = r"""
-d=$(readlink /sys/class/net/eth0/device 2>/dev/null); echo "nic=${d##*/}"
-d=$(readlink /sys/class/net/eth0/device/driver 2>/dev/null); echo "driver=${d##*/}"
+# eth0's device is a virtio device; the NIC the IOMMU sees is its PCI parent.
+d=$(readlink -f /sys/class/net/eth0/device 2>/dev/null)
+bdf=$(echo "$d" | grep -o '[0-9a-f]\{4\}:[0-9a-f]\{2\}:[0-9a-f]\{2\}\.[0-9]' | tail -1); echo "nic=$bdf"
+d=$(readlink /sys/bus/pci/devices/$bdf/driver 2>/dev/null); echo "driver=${d##*/}"
 echo "operstate=$(cat /sys/class/net/eth0/operstate 2>/dev/null || echo missing)"
 echo "rx_packets=$(cat /sys/class/net/eth0/statistics/rx_packets 2>/dev/null)"
 pidof dropbear >/dev/null && echo dropbear=running || echo dropbear=missing
@@ -261,13 +263,13 @@ class Guest:
         if deaf:
             findings.append("the NIC received nothing while the host connected")
         if nic_faults:
-            first = nic_faults[0]
+            first = next((e for e in nic_faults if e.complete), nic_faults[0])
             findings.append(
                 "IOMMU faults from the NIC, first: "
                 + describe_fault(first.fields, first.signature, {nic: after.get("driver", "")})
             )
         elif faults:
-            first = faults[0]
+            first = next((e for e in faults if e.complete), faults[0])
             findings.append("IOMMU faults, first: " + describe_fault(first.fields, first.signature, {}))
         evidence: dict[str, object] = {
             "ssh_error": failure,

@@ -213,3 +213,25 @@ def test_a_dropped_option_says_whether_the_symbol_exists_and_names_its_dependenc
         "this kernel source has no symbol ARM_SMMU_V3_PKVM"
         " (no Kconfig entry: does it come with a patch series?)"
     )
+
+
+def test_a_prefix_is_applied_once_and_the_next_prefix_continues_from_it(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = SourceSpec("tarball", str(make_tarball(tmp_path)))
+    base = prepare_source(
+        spec, source_identity(spec, DigestMemo(cache / "d.json")), ContentStore(cache / "s")
+    )
+    mbox = tmp_path / "s.mbox"
+    mbox.write_text(
+        PATCH.format(n=1, subject="first", old="int b;", new="int B;")
+        + PATCH.format(n=2, subject="second", old="int B;", new="int BB;")
+    )
+    series = load_series(SeriesSpec("mbox", str(mbox)))
+    one = checkout(base.path, series.prefix(1))
+    assert (base.path / "drivers/iommu/foo.c").read_text() == "int a;\nint B;\nint c;\n"
+    capsys.readouterr()
+    two = checkout(base.path, series)
+    assert "applying 1 patches (" in capsys.readouterr().err  # only patch 2: patch 1 was there
+    assert git(base.path, "rev-parse", "HEAD~1").stdout.strip() == one != two
+    assert series.prefix(1).describe(series.patches[0]).startswith("patch 1/2 ")

@@ -137,3 +137,38 @@ def test_loader_rejects_other_schema_versions_and_invalid_files(tmp_path: Path) 
 def test_unwritable_output_is_a_one_line_error() -> None:
     with pytest.raises(Exception, match=r"--output /proc/nope/out: cannot write there"):
         RunRecorder(Path("/proc/nope/out"), "0.1.0", "QEMU 10", "x")
+
+
+def _shard(path: Path, scenarios: list[str], verdict: Verdict = Verdict.PASS) -> None:
+    rec = RunRecorder(path, "0.1.0", "QEMU 10", "pkvm-harness run")
+    rec.add_target(TargetRecord("t", {"config_sha256": "abc"}, {}))
+    rec.plan([("t", None, "smmuv3-nested", s) for s in scenarios])
+    for s in scenarios:
+        rec.record(result(s, verdict, "" if verdict == Verdict.PASS else "step x: broke"))
+    rec.finish({"boot_and_test_s": 10.0})
+
+
+def test_merge_combines_shards_and_refuses_overlaps_and_other_versions(tmp_path: Path) -> None:
+    from harness.cli import main
+
+    _shard(tmp_path / "s1", ["a", "b"])
+    _shard(tmp_path / "s2", ["c"], Verdict.FAIL)
+    rc = main(["merge", str(tmp_path / "s1"), str(tmp_path / "s2"), "--output", str(tmp_path / "all")])
+    assert rc == 1  # shard 2 has a FAIL
+    merged = load_results(tmp_path / "all")
+    assert [(r.scenario, r.verdict) for r in merged.results] == [
+        ("a", Verdict.PASS),
+        ("b", Verdict.PASS),
+        ("c", Verdict.FAIL),
+    ]
+    assert merged.complete and merged.timings["boot_and_test_s"] == 20.0 and len(merged.targets) == 1
+    assert (tmp_path / "all" / "junit.xml").read_text().count("<testcase") == 3
+    with pytest.raises(ResultsError, match=r"a on smmuv3-nested \(t\) is in both .*s1 and .*s1b"):
+        _shard(tmp_path / "s1b", ["a"])
+        from harness.report.merge import merge
+
+        merge([tmp_path / "s1", tmp_path / "s1b"])
+    data = json.loads((tmp_path / "s2" / "results.json").read_text())
+    (tmp_path / "s2" / "results.json").write_text(json.dumps({**data, "schema_version": 2}))
+    rc = main(["merge", str(tmp_path / "s1"), str(tmp_path / "s2"), "--output", str(tmp_path / "x")])
+    assert rc == 2
