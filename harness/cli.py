@@ -11,7 +11,7 @@ import traceback
 from dataclasses import replace
 from pathlib import Path
 
-from harness import __version__, pipeline
+from harness import __version__, paths, pipeline, ui
 from harness.config import Registry
 from harness.config.models import SeriesSpec, SourceSpec, Target
 from harness.errors import ConfigError, ExitCode, HarnessError, Interrupted
@@ -144,7 +144,40 @@ def cmd_boot(args: argparse.Namespace, reg: Registry) -> int:
     return ExitCode.OK
 
 
+def cmd_run_matrix(args: argparse.Namespace, reg: Registry) -> int:
+    from harness.matrix.model import default_jobs, load_matrix, parse_shard
+
+    if args.series or args.source or args.scenarios or args.profile or args.against_base:
+        raise ConfigError("--matrix takes targets, profiles and scenarios from its file: drop the others")
+    path = Path(args.matrix)
+    if not path.is_file():
+        path = paths.data_dir("matrices") / f"{args.matrix}.yaml"
+    matrix = load_matrix(path, reg)
+    if args.shard:
+        matrix = matrix.shard(*parse_shard(args.shard))
+    jobs = args.jobs or default_jobs()
+    liveness = LivenessPolicy(
+        interval_s=args.hang_probe, probe_timeout_s=args.hang_timeout, boot_stall_s=args.boot_stall
+    )
+    output = Path(args.output)
+    requests = [
+        pipeline.RunRequest(t, (p,), s, output, args.boot_timeout, liveness, retries=args.retries)
+        for t, p, s in matrix.units()
+    ]
+    cells = sum(len(r.scenarios) for r in requests)
+    shard = f", shard {args.shard}" if args.shard else ""
+    ui.info(
+        "matrix", f"{matrix.name}: {cells} cells in {len(requests)} target x profile units, -j {jobs}{shard}"
+    )
+    result = pipeline.run_units(requests, output, jobs)
+    counts = result.counts()
+    print(" ".join(f"{k}={v}" for k, v in counts.items() if v) + f"  ({args.output}/results.json)")
+    return exit_code(result.results)
+
+
 def cmd_run(args: argparse.Namespace, reg: Registry) -> int:
+    if args.matrix:
+        return cmd_run_matrix(args, reg)
     target = _target(args, reg)
     profiles = tuple(reg.profile(p) for p in (args.profile or DEFAULT_PROFILES))
     names = args.scenarios or reg.scenario_names()
@@ -160,7 +193,7 @@ def cmd_run(args: argparse.Namespace, reg: Registry) -> int:
         if target.series is None:
             raise ConfigError("--against-base needs a series (--series or the target's series:)")
         sides = [replace(request, side="base", upto=0), replace(request, side="tip")]
-        result = pipeline.run_sides(sides, output)
+        result = pipeline.run_units(sides, output)
         comparison = compare(
             [r for r in result.results if r.side == "base"], [r for r in result.results if r.side == "tip"]
         )
@@ -281,6 +314,13 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="default: all")
     r.set_defaults(func=cmd_run)
     r.add_argument("--against-base", action="store_true", help="run the base too; report regressions")
+    r.add_argument(
+        "--matrix", metavar="FILE", help="a matrix file (or a name from matrices/, e.g. regression)"
+    )
+    r.add_argument(
+        "--jobs", "-j", type=int, help="parallel workers for --matrix (default: fits cores and memory)"
+    )
+    r.add_argument("--shard", metavar="I/N", help="with --matrix: run only shard I of N (for CI)")
 
     mg = sub.add_parser("merge", help="combine results directories (shards) into one")
     mg.add_argument("inputs", nargs="+", metavar="DIR")

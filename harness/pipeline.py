@@ -6,6 +6,7 @@ scenarios a fresh boot."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import shlex
 import sys
@@ -23,6 +24,7 @@ from harness.kernel import KernelBuild, build_kernel
 from harness.kernel.symbols import SymbolTable
 from harness.logwatch import Event
 from harness.machine import qemu_version
+from harness.machine.qemu import kill_all_machines
 from harness.report import BootRecord, RunRecorder, RunResult, ScenarioResult, TargetRecord, Verdict
 from harness.report.recorder import Cell
 from harness.scenario import ScenarioContext, run_scenario, skip_reason
@@ -95,8 +97,13 @@ class _ProfileRun:
         side = f"{self.request.side}-" if self.request.side else ""
         return f"{side}{self.profile.name}-{self.boots}"
 
+    @property
+    def _boot_dir(self) -> Path:
+        # Per target: a matrix runs several targets on the same profiles.
+        return self.request.output / "boots" / self.request.target.name / self._boot_name
+
     def _ctx(self, guest: Guest | None, caps: frozenset[str], first_on_boot: bool) -> ScenarioContext:
-        run_dir = self.request.output / "boots" / self._boot_name
+        run_dir = self._boot_dir
         return ScenarioContext(
             target=self.request.target,
             profile=self.profile,
@@ -131,7 +138,7 @@ class _ProfileRun:
         t = self.request.target.name
         while pending := self.recorder.pending(t, self.request.side, self.profile.name):
             self.boots += 1
-            run_dir = self.request.output / "boots" / self._boot_name
+            run_dir = self._boot_dir
             ui.info("machine", f"booting {t} on {self.profile.name} ({self._boot_name})")
             try:
                 with booted_guest(
@@ -242,33 +249,56 @@ def _target_record(artifacts: Artifacts, side: str | None) -> TargetRecord:
 def run(request: RunRequest) -> RunResult:
     """Build, then run every cell; results.json is valid from the start
     (planned cells are `not-run`) and rewritten after every cell."""
-    result = run_sides([request], request.output)
+    result = run_units([request], request.output)
     _write_reproducer(request, result)
     return result
 
 
 def run_with(request: RunRequest, artifacts: Artifacts) -> RunResult:
     """`run` on a kernel and image already built (series check, bisect)."""
-    result = run_sides([request], request.output, {id(request): artifacts})
+    result = run_units([request], request.output, built={_build_id(request): artifacts})
     _write_reproducer(request, result)
     return result
 
 
-def run_sides(
-    requests: Sequence[RunRequest], output: Path, built: Mapping[int, Artifacts] | None = None
+BuildId = tuple[str, str | None, int | None, str]
+
+
+def _build_id(request: RunRequest) -> BuildId:
+    series = request.target.series.describe() if request.target.series else ""
+    return (request.target.name, request.side, request.upto, series)
+
+
+def run_units(
+    requests: Sequence[RunRequest],
+    output: Path,
+    jobs: int = 1,
+    built: Mapping[BuildId, Artifacts] | None = None,
 ) -> RunResult:
-    """Several runs into one results.json: e.g. a series' base and tip
-    (`side`), each built and run in turn."""
+    """Several requests into one results.json: a series' base and tip
+    (`side`), or a matrix's target x profile groups. Each distinct kernel is
+    built once, first; then the target x profile units run, `jobs` at a time
+    (each with its own boot directory, ports, QEMU and log prefix)."""
     recorder = RunRecorder(output, __version__, qemu_version(), shlex.join(["pkvm-harness", *sys.argv[1:]]))
     for request in requests:
         recorder.plan(request.cells())
+    progress = ui.Progress("cells", len(recorder.snapshot().results))
+    recorder.on_record = progress.update
     timings: dict[str, float] = {}
     start = time.monotonic()
     try:
-        for request in requests:
-            _build_and_run(request, recorder, timings, (built or {}).get(id(request)))
+        artifacts = _build_each(requests, recorder, timings, dict(built or {}))
+        units = [
+            (request, artifacts[_build_id(request)], profile)
+            for request in requests
+            if _build_id(request) in artifacts
+            for profile in request.profiles
+        ]
+        _run_pool(units, recorder, jobs)
     except KeyboardInterrupt as exc:
         why = f"interrupted by {exc.name}" if isinstance(exc, Interrupted) else "interrupted"
+        recorder.freeze()
+        kill_all_machines()
         recorder.fill_pending(Verdict.NOT_RUN, why)
         recorder.finish(timings, why)
         raise
@@ -280,34 +310,80 @@ def run_sides(
         recorder.fill_pending(Verdict.ERROR, why)
         recorder.finish(timings, why)
         raise
+    finally:
+        progress.done()
     timings["boot_and_test_s"] = round(time.monotonic() - start - timings.get("build_s", 0.0), 3)
     return recorder.finish(timings)
 
 
-def _build_and_run(
-    request: RunRequest, recorder: RunRecorder, timings: dict[str, float], prebuilt: Artifacts | None
-) -> None:
-    side = f" ({request.side})" if request.side else ""
-    try:
-        artifacts = prebuilt or build_all(request.target, upto=request.upto)
-    except HarnessError as exc:
-        cells = request.cells()
-        if not exc.series_defect:
-            recorder.fill_pending(Verdict.ERROR, f"build{side}: {exc}")
-            raise
-        # The series does not apply, build or configure: its FAIL, in every cell.
-        for cell in cells:
-            name, cell_side, profile_name, scenario = cell
-            recorder.record(
-                ScenarioResult(
-                    scenario, profile_name, name, Verdict.FAIL, f"series: {exc}", 0.0, side=cell_side
-                )
-            )
+def _build_each(
+    requests: Sequence[RunRequest],
+    recorder: RunRecorder,
+    timings: dict[str, float],
+    built: dict[BuildId, Artifacts],
+) -> dict[BuildId, Artifacts]:
+    """Every distinct kernel, once. A kernel that cannot be built makes its
+    cells ERRORs (bad input) or FAILs (a series' own defect); the others run."""
+    failed: set[BuildId] = set()
+    distinct = {_build_id(r) for r in requests}
+    for request in requests:
+        key = _build_id(request)
+        if key in failed:
+            continue
+        if key in built:
+            if not any(t.name == request.target.name and t.side == request.side for t in recorder.targets()):
+                recorder.add_target(_target_record(built[key], request.side))
+            continue
+        side = f" ({request.side})" if request.side else ""
+        try:
+            built[key] = build_all(request.target, upto=request.upto)
+        except HarnessError as exc:
+            failed.add(key)
+            if not exc.series_defect and len(distinct) == 1:
+                recorder.fill_pending(Verdict.ERROR, f"build{side}: {exc}")
+                raise  # the one kernel of this run: a one-line error, exit 2
+            if exc.series_defect:
+                # The series does not apply, build or configure: its FAIL, in every cell.
+                verdict, why = Verdict.FAIL, f"series: {exc}"
+            else:
+                verdict, why = Verdict.ERROR, f"build{side}: {exc}"
+            for r in requests:
+                if _build_id(r) == key:
+                    for name, cell_side, profile_name, scenario in r.cells():
+                        recorder.record(
+                            ScenarioResult(scenario, profile_name, name, verdict, why, 0.0, side=cell_side)
+                        )
+            continue
+        recorder.add_target(_target_record(built[key], request.side))
+        timings["build_s"] = round(timings.get("build_s", 0.0) + built[key].seconds, 3)
+    return built
+
+
+def _run_pool(units: list[tuple[RunRequest, Artifacts, Profile]], recorder: RunRecorder, jobs: int) -> None:
+    def one(unit: tuple[RunRequest, Artifacts, Profile]) -> None:
+        request, artifacts, profile = unit
+        side = f"{request.side}:" if request.side else ""
+        with ui.prefixed(f"{request.target.name}/{side}{profile.name}" if jobs > 1 else None):
+            _ProfileRun(request, artifacts, profile, recorder).run()
+
+    if jobs <= 1 or len(units) <= 1:
+        for unit in units:
+            one(unit)
         return
-    recorder.add_target(_target_record(artifacts, request.side))
-    timings["build_s"] = round(timings.get("build_s", 0.0) + artifacts.seconds, 3)
-    for profile in request.profiles:
-        _ProfileRun(request, artifacts, profile, recorder).run()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="worker") as pool:
+        futures = [pool.submit(one, unit) for unit in units]
+        try:
+            # Poll, so that SIGINT (raised in this thread) is seen at once.
+            while not all(f.done() for f in futures):
+                concurrent.futures.wait(futures, timeout=0.5)
+        except BaseException:
+            recorder.freeze()
+            for f in futures:
+                f.cancel()
+            kill_all_machines()  # the workers' steps end at once, on EOF
+            raise
+        for f in futures:
+            f.result()  # a worker's own exception (a harness bug) surfaces here
 
 
 def _write_reproducer(request: RunRequest, run_result: RunResult) -> None:

@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -37,10 +38,38 @@ def qemu_version(binary: str = "qemu-system-aarch64") -> str:
     return out.splitlines()[0] if out else "unknown"
 
 
+_ports_lock = threading.Lock()
+_ports_given: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nobody listens on, never handed out twice by this
+    process (parallel workers). Another process may still take it before
+    QEMU binds it: the launch then fails with a hostfwd error, and
+    booted_guest retries with a new port."""
+    with _ports_lock:
+        while True:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", 0))
+                port = int(s.getsockname()[1])
+            if port not in _ports_given:
+                _ports_given.add(port)
+                return port
+
+
+_live_lock = threading.Lock()
+_live: set[QemuMachine] = set()
+
+
+def kill_all_machines() -> None:
+    """SIGKILL every QEMU this process runs (an interrupted matrix: the
+    workers' steps then end at once, and their context managers clean up)."""
+    with _live_lock:
+        machines = list(_live)
+    for m in machines:
+        if m.proc is not None and m.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                m.proc.kill()
 
 
 class QemuMachine:
@@ -90,6 +119,8 @@ class QemuMachine:
         for sock in (self.spec.serial_socket, self.spec.qmp_socket):
             sock.unlink(missing_ok=True)
         self.launched_at = time.monotonic()
+        with _live_lock:
+            _live.add(self)
         with self.qemu_log.open("wb") as log:
             self.proc = subprocess.Popen(
                 self.argv,
@@ -193,6 +224,8 @@ class QemuMachine:
                     rc = self.proc.wait()
         for sock in (self.spec.serial_socket, self.spec.qmp_socket):
             sock.unlink(missing_ok=True)
+        with _live_lock:
+            _live.discard(self)
         return rc
 
     def stderr_tail(self, lines: int = 5) -> list[str]:

@@ -9,7 +9,7 @@ Thread-safe, for workers that finish cells concurrently."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,6 +31,7 @@ class RunRecorder:
             raise HarnessError(f"--output {output}: cannot write there: {exc.strerror}") from None
         self.output = output
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._run = RunResult(
             harness_version=harness_version,
             qemu_version=qemu_version,
@@ -41,6 +42,19 @@ class RunRecorder:
         )
         self._order: list[Cell] = []
         self._cells: dict[Cell, ScenarioResult] = {}
+        self._frozen = False
+        # Called with the number of finished cells after each one (progress).
+        self.on_record: Callable[[int], None] | None = None
+
+    def freeze(self) -> None:
+        """Take no more results: after an interrupt, whatever a worker still
+        reports (its QEMU killed under it) is not a verdict."""
+        with self._lock:
+            self._frozen = True
+
+    def targets(self) -> tuple[TargetRecord, ...]:
+        with self._lock:
+            return self._run.targets
 
     def plan(self, cells: Iterable[Cell]) -> None:
         with self._lock:
@@ -72,10 +86,15 @@ class RunRecorder:
 
     def record(self, result: ScenarioResult) -> None:
         with self._lock:
+            if self._frozen:
+                return
             if result.cell not in self._cells:
                 self._order.append(result.cell)
             self._cells[result.cell] = result
+            done = sum(1 for r in self._cells.values() if r.verdict != Verdict.NOT_RUN)
         self.flush()
+        if self.on_record is not None:
+            self.on_record(done)
 
     def pending(self, target: str, side: str | None, profile: str) -> list[str]:
         with self._lock:
@@ -106,7 +125,7 @@ class RunRecorder:
             return replace(self._run, results=tuple(self._cells[c] for c in self._order))
 
     def flush(self) -> RunResult:
-        run = self.snapshot()
-        with self._lock:  # one writer at a time: the rename is atomic, the temp name is not shared
+        with self._write_lock:  # one writer at a time, and the newest snapshot wins
+            run = self.snapshot()
             write_reports(run, self.output)
         return run

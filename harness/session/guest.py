@@ -483,21 +483,34 @@ def booted_guest(
             f.truncate(profile.scratch_disk_mb << 20)
     # Sockets in a short path: AF_UNIX paths are limited to 108 bytes.
     with tempfile.TemporaryDirectory(prefix="pkvmh-") as sockdir:
-        spec = MachineSpec(
-            profile=profile,
-            kernel=kernel_image,
-            initrd=initrd,
-            cmdline=kernel_cmdline(profile, extra_cmdline),
-            serial_socket=Path(sockdir) / "serial",
-            qmp_socket=Path(sockdir) / "qmp",
-            console_log=console_log,
-            ssh_port=free_port(),
-            scratch_disk=scratch,
-        )
-        with QemuMachine(spec, run_dir) as machine:
+        for attempt in range(3):
+            spec = MachineSpec(
+                profile=profile,
+                kernel=kernel_image,
+                initrd=initrd,
+                cmdline=kernel_cmdline(profile, extra_cmdline),
+                serial_socket=Path(sockdir) / "serial",
+                qmp_socket=Path(sockdir) / "qmp",
+                console_log=console_log,
+                ssh_port=free_port(),
+                scratch_disk=scratch,
+            )
+            machine = QemuMachine(spec, run_dir)
+            try:
+                machine.__enter__()
+            except MachineError as exc:
+                # Another process took the SSH port between our probe and
+                # QEMU's bind: try another port; anything else is final.
+                if "host forwarding" in str(exc) and attempt < 2:
+                    continue
+                raise
+            break
+        try:
             guest = Guest(machine, key, console_log, policy, symbolize)
             try:
                 guest.wait_ready(boot_timeout)
                 yield guest
             finally:
                 guest.close()
+        finally:
+            machine.shutdown()

@@ -50,7 +50,7 @@ def test_broken_nic_dma_gives_the_same_fail_with_the_same_reason_every_time(tmp_
         ), reasons[profile]
         assert "IOMMU faults from the NIC, first:" in reasons[profile]
         assert "from 0000:00:01.0 (virtio-pci)" in reasons[profile]
-    assert "SMMUv3 event 0x13 F_PERMISSION (write)" in reasons["smmuv3-nested"]
+    assert "SMMUv3 event 0x… F_PERMISSION (write)" in reasons["smmuv3-nested"]
     assert "virtio-iommu page fault" in reasons["virtio-iommu"]
 
 
@@ -99,8 +99,9 @@ def test_a_qemu_that_will_not_start_is_an_error_result_not_a_missing_file(tmp_pa
     assert run.rc == 2
     results = run.run_result.results
     assert [r.verdict for r in results] == [Verdict.ERROR, Verdict.ERROR]
-    assert all(r.reason.startswith("machine: QEMU exited at start") for r in results), results[0].reason
-    assert "no-such-device" in results[0].reason
+    # QEMU's own words name the bad option.
+    assert all(r.reason.startswith("machine: ") for r in results), results[0].reason
+    assert "'no-such-device' is not a valid device model name" in results[0].reason
     # Retried once (an infrastructure error), and the result says so.
     assert all(r.attempts == 2 for r in results)
 
