@@ -220,6 +220,23 @@ def cmd_merge(args: argparse.Namespace, reg: Registry) -> int:
     return exit_code(merged.results)
 
 
+def cmd_ci_generate(args: argparse.Namespace, reg: Registry) -> int:
+    from harness.export.ci import generate
+    from harness.matrix.model import load_matrix
+
+    path = Path(args.matrix)
+    if not path.is_file():
+        path = paths.data_dir("matrices") / f"{args.matrix}.yaml"
+    kind = "gitlab" if args.gitlab else "github"
+    text = generate(load_matrix(path, reg), kind, args.shards)
+    default = "ci/gitlab-ci.yml" if kind == "gitlab" else "ci/github-workflow.yml"
+    out = Path(args.output or default)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, text)
+    print(out)
+    return ExitCode.OK
+
+
 def cmd_series_check(args: argparse.Namespace, reg: Registry) -> int:
     from harness.series.check import CheckOptions, check_series
 
@@ -321,6 +338,17 @@ def parser() -> argparse.ArgumentParser:
         "--jobs", "-j", type=int, help="parallel workers for --matrix (default: fits cores and memory)"
     )
     r.add_argument("--shard", metavar="I/N", help="with --matrix: run only shard I of N (for CI)")
+
+    ci = sub.add_parser("ci", help="CI pipelines for a matrix")
+    cisub = ci.add_subparsers(dest="ci_cmd", required=True)
+    gen = cisub.add_parser("generate", help="write a GitLab CI or GitHub Actions pipeline")
+    gen.add_argument("--matrix", default="regression", help="matrix file or name (default regression)")
+    which = gen.add_mutually_exclusive_group(required=True)
+    which.add_argument("--gitlab", action="store_true")
+    which.add_argument("--github", action="store_true")
+    gen.add_argument("--shards", type=int, default=4)
+    gen.add_argument("--output", help="default: ci/gitlab-ci.yml or ci/github-workflow.yml")
+    gen.set_defaults(func=cmd_ci_generate)
 
     mg = sub.add_parser("merge", help="combine results directories (shards) into one")
     mg.add_argument("inputs", nargs="+", metavar="DIR")

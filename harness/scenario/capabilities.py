@@ -5,6 +5,7 @@ running guest say. Tokens are plain strings, matched against `requires:`."""
 
 from __future__ import annotations
 
+from harness.errors import GuestFailure, SessionError
 from harness.kernel import KernelBuild
 from harness.scenario.runner import Guest
 
@@ -50,7 +51,15 @@ def probe(guest: Guest, kernel: KernelBuild, features: frozenset[str]) -> frozen
         caps.add("pkvm-ownership-selftest")
     if any(e.signature == "pkvm-init" for e in guest.watcher.events):
         caps.add("pkvm-protected-mode")
-    result = guest.run("serial", _PROBE, 30)
-    if result.status == 0:
-        caps.update(line.strip() for line in result.output.splitlines() if line.strip())
+    result = guest.run("serial", _PROBE, 60)
+    fatal = guest.watcher.fatal
+    if result.status is None and fatal is not None:
+        raise GuestFailure(fatal.summary())  # the kernel died under the probe: its FAIL
+    if result.status is None:
+        # An unfinished probe must not quietly turn into missing capabilities
+        # (every scenario would "skip"). A hang was raised by run() already.
+        raise SessionError(
+            f"capability probe did not finish ({result.ended_by} after {result.duration_s:.0f}s)"
+        )
+    caps.update(line.strip() for line in result.output.splitlines() if line.strip())
     return frozenset(caps)

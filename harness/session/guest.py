@@ -359,6 +359,24 @@ class Guest:
                 assert self.hang is not None
                 raise self.hang
 
+    def spinning(self, since: CpuSample, what: str, samples: int = 5) -> bool:
+        """The vCPUs spin while the guest says nothing: QEMU burnt most of a
+        host CPU since `since`, and every vCPU was at EL1 or EL2 (kernel or
+        hypervisor, never user space) in each of `samples` samples over about
+        two seconds. A busy user-space command shows EL0; an idle guest does
+        not burn CPU. Declares the hang (and returns True) when so."""
+        runs = []
+        for i in range(samples):
+            runs.append(self.evidence.vcpus())
+            if i + 1 < samples:
+                time.sleep(0.5)
+        window = CpuWindow.between(since, CpuSample.take(self.machine.pid))
+        in_kernel = all(run and all((v.el or 0) >= 1 for v in run) for run in runs)
+        if window.qemu_cpu_fraction < 0.8 or not in_kernel:
+            return False
+        self._declare_hang(f"{what}, vCPUs spinning in the kernel or hypervisor", window)
+        return True
+
     def _raise_if_unanswered(
         self, result: Completed, via: Transport, timeout: float, window: CpuWindow | None
     ) -> None:
@@ -441,7 +459,13 @@ class _StepWatch:
             return None
         silent = self.life.silent_s
         try:
-            g._confirm_alive(f"no sign of life for {silent:.0f}s", via=self.probe_via)
+            if self.probe_via == "ssh" and g._ssh is None:
+                # A serial step before SSH was ever up: nothing can ask the
+                # guest, so only spinning vCPUs are evidence (see spinning()).
+                if g.spinning(self.life.sample, f"no output for {silent:.0f}s during a serial command"):
+                    return "hang"
+            else:
+                g._confirm_alive(f"no sign of life for {silent:.0f}s", via=self.probe_via)
         except GuestHung:
             return "hang"
         self.life.reset()

@@ -99,3 +99,28 @@ def run_broken(tmp_path: Path, series: str, profile: str, scenario: str) -> dict
     patches = run.results["targets"][0]["kernel"]["series"]["patches"]
     assert patches and all("NEGATIVE TEST" in p["subject"] for p in patches)
     return result  # type: ignore[no-any-return]
+
+
+def interrupt_after_first_cell(args: list[str], output: Path, sig: int = 2) -> int:
+    """Start `pkvm-harness ARGS --output OUTPUT`, send `sig` (SIGINT) once
+    results.json holds a finished cell, and return the exit code."""
+    import signal
+    import time
+
+    from harness.report import Verdict
+
+    proc = subprocess.Popen(
+        [*HARNESS, *args, "--output", str(output)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    results = output / "results.json"
+    try:
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            if results.exists() and any(r.verdict != Verdict.NOT_RUN for r in load_results(results).results):
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.Signals(sig))
+        return proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

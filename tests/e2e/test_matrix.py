@@ -3,16 +3,12 @@ into the same cells, and an interrupted matrix keeps what finished."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from harness.report import Verdict, load_results
-from tests.e2e.conftest import HARNESS, harness, qemu_pids
+from tests.e2e.conftest import harness, interrupt_after_first_cell, qemu_pids
 
 MATRIX = """\
 name: e2e-small
@@ -54,20 +50,8 @@ def test_sigint_in_the_middle_of_a_parallel_matrix_keeps_the_finished_cells(tmp_
     matrix.write_text(
         MATRIX.replace("[boot-health, dma-roundtrip]", "[boot-health, vm-lifecycle, dma-roundtrip]")
     )
-    argv = [*HARNESS, "run", "--matrix", str(matrix), "-j", "2", "--output", str(tmp_path / "out")]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rc = interrupt_after_first_cell(["run", "--matrix", str(matrix), "-j", "2"], tmp_path / "out")
     results = tmp_path / "out" / "results.json"
-    try:
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline:
-            if results.exists() and any(r.verdict != Verdict.NOT_RUN for r in load_results(results).results):
-                break
-            time.sleep(0.2)
-        os.kill(proc.pid, signal.SIGINT)
-        rc = proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert rc == 130
     run = load_results(results)  # valid against the schema
     assert not run.complete and run.interrupted == "interrupted by SIGINT"

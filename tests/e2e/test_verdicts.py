@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness.report import Verdict, load_results
-from tests.e2e.conftest import HARNESS, SERIES, qemu_pids, run_scenarios
+from tests.e2e.conftest import HARNESS, SERIES, interrupt_after_first_cell, qemu_pids, run_scenarios
 
 _ADDRESS = re.compile(r"0x[0-9a-f]+")
 
@@ -58,22 +58,23 @@ def test_broken_nic_dma_gives_the_same_fail_with_the_same_reason_every_time(tmp_
 def test_a_guest_that_hangs_silently_is_a_fail_with_evidence_and_the_next_scenario_gets_a_fresh_boot(
     tmp_path: Path,
 ) -> None:
-    """Creating a protected VM stops every CPU with interrupts off: nothing
-    is printed, serial and SSH stop answering. The harness must call it a
-    hang (FAIL) within seconds, with the vCPUs' symbolised PCs, and run the
-    next scenario on a new boot; results.json keeps everything."""
+    """Moving a memslot of a protected VM that ran stops every CPU with
+    interrupts off: nothing is printed, serial and SSH stop answering. The
+    harness must call it a hang (FAIL) within seconds, with the vCPUs'
+    symbolised PCs, and run the next scenario on a new boot; results.json
+    keeps everything."""
     run = run_scenarios(
         tmp_path,
         "mainline-7.3",
         ["smmuv3-nested"],
-        ["pvm-donate", "dma-roundtrip"],
+        ["pvm-rules", "dma-roundtrip"],
         "--series",
         str(SERIES / "pvm-hang.patch"),
     )
     assert run.rc == 1, run.stderr[-2000:]
     result = run.run_result
     by_name = {r.scenario: r for r in result.results}
-    hang = by_name["pvm-donate"]
+    hang = by_name["pvm-rules"]
     assert hang.verdict == Verdict.FAIL
     assert re.match(r"step [\w-]+: hang: ", hang.reason), hang.reason
     symbols = {v.get("symbol") or "" for sample in hang.evidence["vcpus"] for v in sample}
@@ -108,21 +109,8 @@ def test_a_qemu_that_will_not_start_is_an_error_result_not_a_missing_file(tmp_pa
 
 @pytest.mark.usefixtures("no_leaked_qemu")
 def test_sigint_in_the_middle_keeps_finished_cells_and_marks_the_rest_not_run(tmp_path: Path) -> None:
-    argv = [*HARNESS, "run", "--target", "mainline-7.3", "--profile", "smmuv3-nested"]
-    argv += ["--output", str(tmp_path), "boot-health", "vm-lifecycle", "dma-roundtrip"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline:
-            path = tmp_path / "results.json"
-            if path.exists() and load_results(path).results[0].verdict != Verdict.NOT_RUN:
-                break
-            time.sleep(0.2)
-        os.kill(proc.pid, signal.SIGINT)
-        rc = proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    args = ["run", "--target", "mainline-7.3", "--profile", "smmuv3-nested"]
+    rc = interrupt_after_first_cell([*args, "boot-health", "vm-lifecycle", "dma-roundtrip"], tmp_path)
     assert rc == 130
     result = load_results(tmp_path)  # valid against the schema
     assert not result.complete and result.interrupted == "interrupted by SIGINT"
