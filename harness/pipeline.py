@@ -136,7 +136,9 @@ class _ProfileRun:
 
     def run(self) -> None:
         t = self.request.target.name
-        while pending := self.recorder.pending(t, self.request.side, self.profile.name):
+        while not self.recorder.frozen and (
+            pending := self.recorder.pending(t, self.request.side, self.profile.name)
+        ):
             self.boots += 1
             run_dir = self._boot_dir
             ui.info("machine", f"booting {t} on {self.profile.name} ({self._boot_name})")
@@ -182,8 +184,8 @@ class _ProfileRun:
             return
         first_on_boot = True
         for scenario in pending:
-            if guest.dead:
-                return  # the rest get a fresh boot
+            if guest.dead or self.recorder.frozen:
+                return  # the rest get a fresh boot (or, interrupted, none)
             ctx = self._ctx(guest, caps, first_on_boot)
             why = skip_reason(scenario, ctx)
             if why is not None:

@@ -87,7 +87,12 @@ def _unpack(spec: SourceSpec, dest: Path) -> None:
         text=True,
     )
     if result.returncode != 0:
-        raise SourceError(f"source {spec.describe()}: tar failed: {result.stderr.strip()}")
+        lines = result.stderr.strip().splitlines() or ["no output"]
+        first = lines[0].removeprefix("tar: ")
+        if "No space left on device" in result.stderr:
+            where = f"unpacking into {dest.parent} failed"
+            raise SourceError(f"source {spec.describe()}: {where}: disk full ({first})")
+        raise SourceError(f"source {spec.describe()}: tar failed: {first}")
     if not (dest / "Makefile").exists() or not (dest / "arch" / "arm64").is_dir():
         raise SourceError(f"source {spec.describe()}: not a Linux kernel tree")
 

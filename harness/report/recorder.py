@@ -52,6 +52,11 @@ class RunRecorder:
         with self._lock:
             self._frozen = True
 
+    @property
+    def frozen(self) -> bool:
+        """The run is being interrupted: workers stop starting new work."""
+        return self._frozen
+
     def targets(self) -> tuple[TargetRecord, ...]:
         with self._lock:
             return self._run.targets
