@@ -19,6 +19,7 @@ not asserted in tests.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -72,26 +73,28 @@ def build_times(target_name: str, cold: bool) -> None:
     line("build, warm (cache hit, no make)", median(warm), "s", 2.0)
 
 
-def harness_boots(artifacts: pipeline.Artifacts, profile_name: str, boots: int,
-                  round_trips: int) -> tuple[float, float, float, float]:
+def harness_boots(
+    artifacts: pipeline.Artifacts, profile_name: str, boots: int, round_trips: int
+) -> tuple[float, float, float, float]:
     profile = Registry().profile(profile_name)
     to_marker, since_launch, ssh, rtt = [], [], [], []
     for i in range(boots):
-        with (tempfile.TemporaryDirectory(prefix="pkvm-bench-") as tmp,
-              booted_guest(profile, artifacts.kernel.image, artifacts.image,
-                           Path(tmp) / f"boot{i}") as guest):
-                outcome = guest.boot_outcome
-                assert outcome is not None and outcome.ready, outcome
-                assert outcome.since_launch is not None
-                since_launch.append(outcome.since_launch)
-                to_marker.append(outcome.seconds)
-                guest.ssh()
-                assert guest.ssh_connect_s is not None
-                ssh.append(guest.ssh_connect_s)
-                if i == 0:
-                    for _ in range(round_trips):
-                        r = guest.run("serial", "true", 5)
-                        rtt.append(r.duration_s)
+        with (
+            tempfile.TemporaryDirectory(prefix="pkvm-bench-") as tmp,
+            booted_guest(profile, artifacts.kernel.image, artifacts.image, Path(tmp) / f"boot{i}") as guest,
+        ):
+            outcome = guest.boot_outcome
+            assert outcome is not None and outcome.ready, outcome
+            assert outcome.since_launch is not None
+            since_launch.append(outcome.since_launch)
+            to_marker.append(outcome.seconds)
+            guest.ssh()
+            assert guest.ssh_connect_s is not None
+            ssh.append(guest.ssh_connect_s)
+            if i == 0:
+                for _ in range(round_trips):
+                    r = guest.run("serial", "true", 5)
+                    rtt.append(r.duration_s)
     return median(since_launch), median(to_marker), median(ssh), median(rtt)
 
 
@@ -107,21 +110,83 @@ def bare_boots(artifacts: pipeline.Artifacts, profile_name: str, boots: int) -> 
             with scratch.open("wb") as f:
                 f.truncate(profile.scratch_disk_mb << 20)
             spec = MachineSpec(
-                profile=profile, kernel=artifacts.kernel.image, initrd=initrd,
-                cmdline=kernel_cmdline(profile), serial_socket=Path(tmp) / "s",
-                qmp_socket=Path(tmp) / "q", console_log=Path(tmp) / "c", ssh_port=free_port(),
+                profile=profile,
+                kernel=artifacts.kernel.image,
+                initrd=initrd,
+                cmdline=kernel_cmdline(profile),
+                serial_socket=Path(tmp) / "s",
+                qmp_socket=Path(tmp) / "q",
+                console_log=Path(tmp) / "c",
+                ssh_port=free_port(),
                 scratch_disk=scratch if profile.scratch_disk_mb else None,
             )
             argv = reproducer_argv(spec)
             start = time.monotonic()
-            child = pexpect.spawn(argv[0], argv[1:], timeout=120, encoding="utf-8",
-                                  codec_errors="replace")
+            child = pexpect.spawn(argv[0], argv[1:], timeout=120, encoding="utf-8", codec_errors="replace")
             try:
                 child.expect(READY_MARKER)
                 times.append(time.monotonic() - start)
             finally:
                 child.terminate(force=True)
     return median(times)
+
+
+def _cli(*args: str) -> tuple[int, float]:
+    start = time.monotonic()
+    rc = subprocess.run([sys.executable, "-m", "harness.cli", *args], stdout=subprocess.DEVNULL).returncode
+    return rc, time.monotonic() - start
+
+
+def matrix_ratio(matrix: str) -> None:
+    """#8 §6: the same matrix with -j 1 and -j 2; same verdicts, wall ratio."""
+    from harness.report import load_results
+
+    walls, verdicts = {}, {}
+    with tempfile.TemporaryDirectory(prefix="pkvm-bench-") as tmp:
+        for jobs in (1, 2):
+            out = Path(tmp) / f"j{jobs}"
+            _, walls[jobs] = _cli("run", "--matrix", matrix, "-j", str(jobs), "--output", str(out))
+            verdicts[jobs] = {(r.target, r.profile, r.scenario): r.verdict for r in load_results(out).results}
+    line(f"matrix {matrix}: -j 1 wall", walls[1], "s")
+    line(f"matrix {matrix}: -j 2 wall", walls[2], "s")
+    line("ratio -j 2 / -j 1", walls[2] / walls[1], "x", 0.6)
+    print(f"{'same verdicts with -j 1 and -j 2':<38} {verdicts[1] == verdicts[2]!s:>10}")
+
+
+def hang_to_fail() -> None:
+    """#11 §7: from a silent hang to its FAIL (the pvm-hang negative series),
+    against the 120 s boot timeout / 300 s step timeout it used to take."""
+    from harness.report import load_results
+
+    series = str(Path(__file__).resolve().parent.parent / "tests" / "data" / "series" / "pvm-hang.patch")
+    with tempfile.TemporaryDirectory(prefix="pkvm-bench-") as tmp:
+        _cli("run", "--series", series, "--profile", "smmuv3-nested", "--output", tmp, "pvm-rules")
+        (result,) = load_results(Path(tmp)).results
+        step = next(s for s in result.steps if s.verdict == "fail")
+    print(f"{'hang: verdict':<38} {result.verdict!s:>10}")
+    line("hang: failing step's duration", step.duration_s, "s", 30.0)
+
+
+def series_costs() -> None:
+    """#7: per-patch incremental build time (series check) and bisect wall."""
+    review = Path(__file__).resolve().parent.parent / "tests" / "data" / "series-review"
+    with tempfile.TemporaryDirectory(prefix="pkvm-bench-") as tmp:
+        _cli("series", "check", "--series", str(review / "new-warning.mbox"), "--output", f"{tmp}/c")
+        report = json.loads(Path(f"{tmp}/c/series.json").read_text())
+        seconds = [
+            c["seconds"]
+            for p in report["patches"]
+            for c in p["checks"]
+            if c["check"] == "build" and c["seconds"]
+        ]
+        line("series check: median per-patch build", median(seconds), "s", 30.0)
+        _, wall = _cli(
+            "series", "bisect", "--series", str(review / "bisect-dma.mbox"), "--profile", "smmuv3-nested",
+            "--output", f"{tmp}/b", "dma-after-unmap",
+        )  # fmt: skip
+        counts = json.loads(Path(f"{tmp}/b/bisect.json").read_text())["counts"]
+        line("series bisect (7 patches): wall", wall, "s")
+        print(f"{'series bisect: builds / boots':<38} {counts['builds']:>5} / {counts['boots']}")
 
 
 def main() -> int:
@@ -131,11 +196,16 @@ def main() -> int:
     ap.add_argument("--boots", type=int, default=5)
     ap.add_argument("--round-trips", type=int, default=50)
     ap.add_argument("--cold", action="store_true", help="also time a cold build (minutes)")
+    ap.add_argument("--matrix", help="also time this matrix with -j 1 and -j 2 (e.g. smoke)")
+    ap.add_argument("--faults", action="store_true", help="also time hang -> FAIL (pvm-hang series)")
+    ap.add_argument("--series", action="store_true", help="also time series check and bisect")
     args = ap.parse_args()
 
     qemu = subprocess.run(["qemu-system-aarch64", "--version"], capture_output=True, text=True)
-    print(f"pkvm-harness benchmark: {args.target} on {args.profile}, {os.cpu_count()} CPUs,"
-          f" {qemu.stdout.splitlines()[0]}, medians of {args.boots} boots")
+    print(
+        f"pkvm-harness benchmark: {args.target} on {args.profile}, {os.cpu_count()} CPUs,"
+        f" {qemu.stdout.splitlines()[0]}, medians of {args.boots} boots"
+    )
     build_times(args.target, args.cold)
     artifacts = pipeline.build_all(Registry().target(args.target))
     launch, marker, ssh, rtt = harness_boots(artifacts, args.profile, args.boots, args.round_trips)
@@ -146,6 +216,12 @@ def main() -> int:
     bare = bare_boots(artifacts, args.profile, args.boots)
     line("boot: bare qemu + pexpect -> marker", bare, "s")
     line("ratio harness / bare", launch / bare, "x", 1.10)
+    if args.matrix:
+        matrix_ratio(args.matrix)
+    if args.faults:
+        hang_to_fail()
+    if args.series:
+        series_costs()
     return 0
 
 

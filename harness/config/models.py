@@ -130,3 +130,5 @@ class Scenario:
     forbid_events: tuple[str, ...] = ()
     check_boot_log: bool = False
     path: Path | None = None
+    # Free labels (smoke, dma, pkvm, ...): pytest markers, matrix selection.
+    tags: tuple[str, ...] = ()

@@ -155,6 +155,7 @@ def _scenario(doc: LoadedYaml) -> Scenario:
         forbid_events=tuple(d.get("forbid_events", ())),
         check_boot_log=bool(d.get("check_boot_log", False)),
         path=doc.path,
+        tags=tuple(d.get("tags", ())),
     )
 
 

@@ -117,6 +117,7 @@ SCENARIO: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["name", "steps"],
     "properties": {
+        "tags": {"type": "array", "items": {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"}},
         "name": _NAME,
         "description": {"type": "string"},
         "requires": _STR_LIST,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from harness.errors import GuestFailure, SessionError
 from harness.kernel import KernelBuild
-from harness.scenario.runner import Guest
+from harness.scenario.runner import GuestControl
 
 # Config options worth a capability token.
 _CONFIG_CAPS = {
@@ -40,7 +40,7 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def probe(guest: Guest, kernel: KernelBuild, features: frozenset[str]) -> frozenset[str]:
+def probe(guest: GuestControl, kernel: KernelBuild, features: frozenset[str]) -> frozenset[str]:
     caps = set(features)
     config = kernel.config.read_text()
     for option, token in _CONFIG_CAPS.items():

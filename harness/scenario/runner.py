@@ -25,9 +25,11 @@ from harness.session.base import Completed
 MAX_EVENTS_PER_RESULT = 200
 
 
-class Guest(Protocol):
-    """What the runner needs of a booted guest (harness.session.guest.Guest
-    is the real one; tests and future front-ends may bring their own)."""
+class GuestControl(Protocol):
+    """What the runner needs of a booted guest: a protocol, so the runner
+    does not depend on how a guest is made. harness.session.guest.Guest is
+    the real one; unit tests and front-ends (pytest, avocado) may bring
+    their own."""
 
     watcher: LogWatcher
 
@@ -113,7 +115,7 @@ def _describe(exp: EventExpectation, variables: Mapping[str, str]) -> str:
     return f"{exp.signature}({fields})"
 
 
-def _check_command(step: Step, result: Completed, guest: Guest) -> None:
+def _check_command(step: Step, result: Completed, guest: GuestControl) -> None:
     if result.ended_by == "timeout":
         raise _StepFailed(f"timed out after {step.timeout_s:.0f}s")
     if result.ended_by in ("kernel-fatal", "eof"):
@@ -132,7 +134,7 @@ def _check_command(step: Step, result: Completed, guest: Guest) -> None:
         raise _StepFailed(f"output matches forbidden /{step.forbid_output}/: {m.group(0)[:120]}")
 
 
-def _do_qmp(step: Step, guest: Guest, state: _State) -> None:
+def _do_qmp(step: Step, guest: GuestControl, state: _State) -> None:
     assert step.qmp is not None
     args = {
         k: V.substitute(v, state.variables) if isinstance(v, str) else v
@@ -176,7 +178,7 @@ def _check_events(
             raise _StepFailed(f"forbidden event {e.summary()}")
 
 
-def _run_step(step: Step, guest: Guest, state: _State, scenario_forbid: set[str]) -> StepResult:
+def _run_step(step: Step, guest: GuestControl, state: _State, scenario_forbid: set[str]) -> StepResult:
     start = time.monotonic()
     mark = guest.watcher.lines_seen
     result: Completed | None = None
@@ -237,7 +239,7 @@ def unclaimed_faults(
     ]
 
 
-def _drivers(guest: Guest, bdfs: set[str]) -> dict[str, str]:
+def _drivers(guest: GuestControl, bdfs: set[str]) -> dict[str, str]:
     """The guest's driver for each PCI device, asked now (a device may have
     been rebound to vfio-pci since boot); empty if the guest cannot answer."""
     if not bdfs or guest.dead:
@@ -252,7 +254,7 @@ def _drivers(guest: Guest, bdfs: set[str]) -> dict[str, str]:
     return dict(ln.split("=", 1) for ln in result.output.splitlines() if "=" in ln)
 
 
-def _fault_reason(faults: list[Event], guest: Guest) -> str:
+def _fault_reason(faults: list[Event], guest: GuestControl) -> str:
     drivers = _drivers(guest, {str(e.fields["bdf"]) for e in faults if "bdf" in e.fields})
     shown = next((e for e in faults if e.complete), faults[0])  # all its lines are in
     first = describe_fault(shown.fields, shown.signature, drivers)
@@ -295,7 +297,7 @@ def scenario_result(
     )
 
 
-def run_scenario(scenario: Scenario, guest: Guest, ctx: ScenarioContext) -> ScenarioResult:
+def run_scenario(scenario: Scenario, guest: GuestControl, ctx: ScenarioContext) -> ScenarioResult:
     start = time.monotonic()
     start_line = 0 if scenario.check_boot_log else guest.watcher.lines_seen
     faults_since = start_line if ctx.faults_since is None else min(ctx.faults_since, start_line)
