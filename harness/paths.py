@@ -3,15 +3,41 @@
 from __future__ import annotations
 
 import os
+import sys
+import sysconfig
 from pathlib import Path
 
-# The repository root: data directories (targets/, profiles/, ...) sit beside
-# the package so an editable install and a plain checkout behave the same.
+from harness.errors import ConfigError
+
+# The repository root: in a checkout (or an editable install) the data
+# directories (targets/, profiles/, scenarios/, kernel-configs/, images/,
+# matrices/) sit beside the package.
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIRS = ("targets", "profiles", "scenarios", "kernel-configs", "images", "matrices")
+
+
+def data_search_path() -> list[Path]:
+    """Where data directories are looked for, in order:
+    1. $PKVM_HARNESS_DATA (a directory holding targets/, profiles/, ...);
+    2. the source tree this package was imported from;
+    3. share/pkvm-harness under the installation prefix (`pip install .`
+       installs the data there, see [tool.setuptools.data-files])."""
+    out = []
+    env = os.environ.get("PKVM_HARNESS_DATA")
+    if env:
+        out.append(Path(env))
+    out.append(REPO_ROOT)
+    for prefix in {sys.prefix, sysconfig.get_path("data")}:
+        out.append(Path(prefix) / "share" / "pkvm-harness")
+    return out
 
 
 def data_dir(name: str) -> Path:
-    return REPO_ROOT / name
+    for root in data_search_path():
+        if (root / name).is_dir():
+            return root / name
+    where = ", ".join(str(p) for p in data_search_path())
+    raise ConfigError(f"data directory {name}/ not found (looked in {where}; set PKVM_HARNESS_DATA)")
 
 
 def cache_root() -> Path:

@@ -1,0 +1,405 @@
+"""Command line: argument parsing and dispatch only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import traceback
+from dataclasses import replace
+from pathlib import Path
+
+from harness import __version__, paths, pipeline, ui
+from harness.config import Registry
+from harness.config.models import SeriesSpec, SourceSpec, Target
+from harness.errors import ConfigError, ExitCode, HarnessError, Interrupted
+from harness.machine.qemu import install_signal_handlers
+from harness.report import exit_code
+from harness.report.compare import compare, render_text
+from harness.report.writers import atomic_write
+from harness.session.liveness import LivenessPolicy
+
+DEFAULT_TARGET = "mainline-7.3"
+DEFAULT_PROFILES = ("smmuv3-nested", "virtio-iommu")
+
+
+def _source(value: str) -> SourceSpec:
+    path = Path(value)
+    if (path / ".git").exists():
+        return SourceSpec("git", str(path.resolve()))
+    if path.is_file():
+        return SourceSpec("tarball", str(path.resolve()))
+    raise ConfigError(f"--source {value}: not a git work tree or a tarball")
+
+
+def _target(args: argparse.Namespace, reg: Registry) -> Target:
+    """The named target with the command line's overrides applied."""
+    target = reg.target(args.target)
+    if args.source:
+        target = replace(target, source=_source(args.source))
+    if args.series:
+        target = replace(target, series=_series(args.series))
+    if args.toolchain:
+        target = replace(target, toolchain=args.toolchain)
+    return target
+
+
+def _series(value: str | None) -> SeriesSpec | None:
+    """--series names a directory of patches, a file (an mbox, one mail, a
+    bare diff: the loader tells them apart by content, whatever the file is
+    called), or a message-id for b4, possibly as a lore link or <id>."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if path.is_dir():
+        return SeriesSpec("dir", str(path.resolve()))
+    if path.is_file():
+        return SeriesSpec("mbox", str(path.resolve()))
+    if value.startswith(("https://", "http://")):
+        # A link as reviewers paste it (.../r/<id>, .../all/<id>/T/#u):
+        # b4 is given the message-id, which also names its cache entry.
+        from urllib.parse import unquote, urlsplit
+
+        parts = [unquote(part) for part in urlsplit(value).path.split("/")]
+        msgid = next((part for part in parts if "@" in part), None)
+        if msgid is None:
+            raise ConfigError(f"--series {value}: a link without a message-id in it")
+        return SeriesSpec("b4", msgid.strip("<>"))
+    if "@" in value and "/" not in value:
+        return SeriesSpec("b4", value.strip().strip("<>"))
+    raise ConfigError(f"--series {value}: no such file or directory, and not a message-id")
+
+
+def cmd_list(args: argparse.Namespace, reg: Registry) -> int:
+    kinds = [args.kind] if args.kind else ["targets", "profiles", "scenarios"]
+    table: dict[str, list[dict[str, str]]] = {}
+    for kind in kinds:
+        if kind == "targets":
+            items = [reg.target(n) for n in reg.target_names()]
+            table[kind] = [{"name": t.name, "description": t.description} for t in items]
+        elif kind == "profiles":
+            profiles = [reg.profile(n) for n in reg.profile_names()]
+            table[kind] = [{"name": p.name, "description": p.description} for p in profiles]
+        else:
+            scenarios = [reg.scenario(n) for n in reg.scenario_names()]
+            table[kind] = [{"name": s.name, "description": s.description} for s in scenarios]
+    if args.json:
+        print(json.dumps(table, indent=2))
+        return ExitCode.OK
+    for kind, rows in table.items():
+        print(f"{kind}:")
+        for row in rows:
+            summary = row["description"].split(". ")[0]
+            print(f"  {row['name']:<28} {summary[:90]}{'...' if len(summary) > 90 else ''}")
+    return ExitCode.OK
+
+
+def cmd_build(args: argparse.Namespace, reg: Registry) -> int:
+    artifacts = pipeline.build_all(_target(args, reg), args.jobs, args.upto)
+    print(
+        json.dumps(
+            {
+                "kernel": str(artifacts.kernel.directory),
+                "image": str(artifacts.kernel.image),
+                "initramfs": str(artifacts.image.initramfs),
+                "kernel_cached": artifacts.kernel.cached,
+                "image_cached": artifacts.image.cached,
+                "seconds": round(artifacts.seconds, 3),
+            },
+            indent=2,
+        )
+    )
+    return ExitCode.OK
+
+
+def cmd_boot(args: argparse.Namespace, reg: Registry) -> int:
+    from harness.session.guest import booted_guest
+
+    target, profile = _target(args, reg), reg.profile(args.profile)
+    artifacts = pipeline.build_all(target, upto=args.upto)
+    output = Path(args.output)
+    with booted_guest(
+        profile, artifacts.kernel.image, artifacts.image, output, target.cmdline, args.boot_timeout
+    ) as guest:
+        outcome = guest.boot_outcome
+        assert outcome is not None
+        print(f"console log: {guest.console_log}", file=sys.stderr)
+        if not outcome.ready:
+            print(f"boot {outcome.verdict.upper()}: {outcome.reason}", file=sys.stderr)
+            return ExitCode.FAIL if outcome.verdict == "fail" else ExitCode.ERROR
+        if args.command:
+            result = guest.run("serial", args.command, args.timeout)
+            print(result.output)
+            return ExitCode.OK if result.status == 0 else ExitCode.FAIL
+        print(
+            f"ssh: ssh -p {guest.machine.spec.ssh_port} root@127.0.0.1 (key in this run only);"
+            " serial shell follows, Ctrl-] to quit",
+            file=sys.stderr,
+        )
+        with guest.interactive_console() as serial:
+            serial.run("stty echo; PS1='pkvm-guest# '", 10, isolated=False)
+            serial.interact()
+    return ExitCode.OK
+
+
+def cmd_run_matrix(args: argparse.Namespace, reg: Registry) -> int:
+    from harness.matrix.model import default_jobs, load_matrix, parse_shard
+
+    if args.series or args.source or args.scenarios or args.profile or args.against_base:
+        raise ConfigError("--matrix takes targets, profiles and scenarios from its file: drop the others")
+    path = Path(args.matrix)
+    if not path.is_file():
+        path = paths.data_dir("matrices") / f"{args.matrix}.yaml"
+    matrix = load_matrix(path, reg)
+    if args.shard:
+        matrix = matrix.shard(*parse_shard(args.shard))
+    jobs = args.jobs or default_jobs()
+    liveness = LivenessPolicy(
+        interval_s=args.hang_probe, probe_timeout_s=args.hang_timeout, boot_stall_s=args.boot_stall
+    )
+    output = Path(args.output)
+    requests = [
+        pipeline.RunRequest(t, (p,), s, output, args.boot_timeout, liveness, retries=args.retries)
+        for t, p, s in matrix.units()
+    ]
+    cells = sum(len(r.scenarios) for r in requests)
+    shard = f", shard {args.shard}" if args.shard else ""
+    ui.info(
+        "matrix", f"{matrix.name}: {cells} cells in {len(requests)} target x profile units, -j {jobs}{shard}"
+    )
+    result = pipeline.run_units(requests, output, jobs)
+    counts = result.counts()
+    print(" ".join(f"{k}={v}" for k, v in counts.items() if v) + f"  ({args.output}/results.json)")
+    return exit_code(result.results)
+
+
+def cmd_run(args: argparse.Namespace, reg: Registry) -> int:
+    if args.matrix:
+        return cmd_run_matrix(args, reg)
+    target = _target(args, reg)
+    profiles = tuple(reg.profile(p) for p in (args.profile or DEFAULT_PROFILES))
+    names = args.scenarios or reg.scenario_names()
+    scenarios = tuple(reg.scenario(n) for n in names)
+    liveness = LivenessPolicy(
+        interval_s=args.hang_probe, probe_timeout_s=args.hang_timeout, boot_stall_s=args.boot_stall
+    )
+    output = Path(args.output)
+    request = pipeline.RunRequest(
+        target, profiles, scenarios, output, args.boot_timeout, liveness, retries=args.retries, upto=args.upto
+    )
+    if args.against_base:
+        if target.series is None:
+            raise ConfigError("--against-base needs a series (--series or the target's series:)")
+        sides = [replace(request, side="base", upto=0), replace(request, side="tip")]
+        result = pipeline.run_units(sides, output)
+        comparison = compare(
+            [r for r in result.results if r.side == "base"], [r for r in result.results if r.side == "tip"]
+        )
+        atomic_write(output / "comparison.json", json.dumps(comparison.to_json(), indent=2) + "\n")
+        for line in render_text(comparison):
+            print(line)
+        print(f"({args.output}/results.json, {args.output}/comparison.json)")
+        # Only what the series changed counts: regressions (or an ERROR, which proves nothing).
+        if exit_code(result.results) == ExitCode.ERROR and comparison.inconclusive:
+            return ExitCode.ERROR
+        return ExitCode.FAIL if comparison.regressions else ExitCode.OK
+    result = pipeline.run(request)
+    counts = result.counts()
+    print(" ".join(f"{k}={v}" for k, v in counts.items() if v) + f"  ({args.output}/results.json)")
+    return exit_code(result.results)
+
+
+def cmd_merge(args: argparse.Namespace, reg: Registry) -> int:
+    from harness.report.merge import merge_into
+
+    merged = merge_into([Path(d) for d in args.inputs], Path(args.output))
+    counts = merged.counts()
+    print(" ".join(f"{k}={v}" for k, v in counts.items() if v) + f"  ({args.output}/results.json)")
+    return exit_code(merged.results)
+
+
+def cmd_ci_generate(args: argparse.Namespace, reg: Registry) -> int:
+    from harness.export.ci import generate
+    from harness.matrix.model import load_matrix
+
+    path = Path(args.matrix)
+    if not path.is_file():
+        path = paths.data_dir("matrices") / f"{args.matrix}.yaml"
+    kind = "gitlab" if args.gitlab else "github"
+    text = generate(load_matrix(path, reg), kind, args.shards)
+    default = "ci/gitlab-ci.yml" if kind == "gitlab" else "ci/github-workflow.yml"
+    out = Path(args.output or default)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, text)
+    print(out)
+    return ExitCode.OK
+
+
+def cmd_series_check(args: argparse.Namespace, reg: Registry) -> int:
+    from harness.series.check import CheckOptions, check_series
+
+    target = _target(args, reg)
+    profiles = tuple(reg.profile(p) for p in (args.profile or ())) if args.boot else ()
+    scenarios = tuple(reg.scenario(n) for n in (args.scenario or ["boot-health"]))
+    options = CheckOptions(profiles, scenarios, args.allow_warnings, args.warnings_level, args.jobs)
+    if args.boot and not profiles:
+        options = replace(options, profiles=(reg.profile(DEFAULT_PROFILES[0]),))
+    report = check_series(target, Path(args.output), options)
+    print(f"({args.output}/series.json, {args.output}/junit.xml)")
+    return int(report.exit_code)
+
+
+def cmd_series_bisect(args: argparse.Namespace, reg: Registry) -> int:
+    from harness.series.bisect import Bisector
+
+    target = _target(args, reg)
+    scenarios = tuple(reg.scenario(n) for n in args.scenarios)
+    bisector = Bisector(target, reg.profile(args.profile), scenarios, Path(args.output), args.confirm)
+    report = bisector.run()
+    print(report.reason)
+    print(f"({args.output}/bisect.json)")
+    return int(report.exit_code)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pkvm-harness", description=__doc__)
+    p.add_argument("--version", action="version", version=f"pkvm-harness {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    ls = sub.add_parser("list", help="targets, profiles, scenarios")
+    ls.add_argument("kind", nargs="?", choices=["targets", "profiles", "scenarios"])
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_list)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--target", default=DEFAULT_TARGET, help="target name or .yaml path")
+        sp.add_argument("--series", help="patch series: mbox file, patch dir, or message-id (b4)")
+        sp.add_argument("--source", help="kernel source instead of the target's: git tree or tarball")
+        sp.add_argument("--toolchain", choices=["gcc", "llvm"], help="gcc (cross) or llvm (LLVM=1)")
+        sp.add_argument(
+            "--upto", type=int, metavar="K", help="only the first K patches of the series (0: the base)"
+        )
+
+    b = sub.add_parser("build", help="build (or fetch from cache) the kernel and image")
+    common(b)
+    b.add_argument("--jobs", "-j", type=int, default=None)
+    b.set_defaults(func=cmd_build)
+
+    bt = sub.add_parser("boot", help="boot a guest and give an interactive shell")
+    common(bt)
+    bt.add_argument("--profile", default=DEFAULT_PROFILES[0])
+    bt.add_argument("--output", default="out/boot")
+    bt.add_argument("--boot-timeout", type=float, default=120.0)
+    bt.add_argument("--command", "-c", help="run this command instead of a shell")
+    bt.add_argument("--timeout", type=float, default=300.0)
+    bt.set_defaults(func=cmd_boot)
+
+    r = sub.add_parser("run", help="run scenarios and write results")
+    common(r)
+    r.add_argument(
+        "--profile",
+        action="append",
+        help=f"machine profile (repeatable; default: {' '.join(DEFAULT_PROFILES)})",
+    )
+    r.add_argument("--output", required=True, help="results directory")
+    r.add_argument("--boot-timeout", type=float, default=120.0)
+    r.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        help="re-run a cell that ended in ERROR (infrastructure) this many times on a fresh boot;"
+        " a FAIL is never retried (default 1)",
+    )
+    r.add_argument(
+        "--hang-probe",
+        type=float,
+        default=LivenessPolicy.interval_s,
+        metavar="SECONDS",
+        help="probe a silent guest after this long; it is hung when it then does not answer"
+        f" within --hang-timeout (default {LivenessPolicy.interval_s:.0f})",
+    )
+    r.add_argument("--hang-timeout", type=float, default=LivenessPolicy.probe_timeout_s, metavar="SECONDS")
+    r.add_argument(
+        "--boot-stall",
+        type=float,
+        default=LivenessPolicy.boot_stall_s,
+        metavar="SECONDS",
+        help="a boot whose console stays silent this long (with CPU to run) has stalled: FAIL",
+    )
+    r.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="default: all")
+    r.set_defaults(func=cmd_run)
+    r.add_argument("--against-base", action="store_true", help="run the base too; report regressions")
+    r.add_argument(
+        "--matrix", metavar="FILE", help="a matrix file (or a name from matrices/, e.g. regression)"
+    )
+    r.add_argument(
+        "--jobs", "-j", type=int, help="parallel workers for --matrix (default: fits cores and memory)"
+    )
+    r.add_argument("--shard", metavar="I/N", help="with --matrix: run only shard I of N (for CI)")
+
+    ci = sub.add_parser("ci", help="CI pipelines for a matrix")
+    cisub = ci.add_subparsers(dest="ci_cmd", required=True)
+    gen = cisub.add_parser("generate", help="write a GitLab CI or GitHub Actions pipeline")
+    gen.add_argument("--matrix", default="regression", help="matrix file or name (default regression)")
+    which = gen.add_mutually_exclusive_group(required=True)
+    which.add_argument("--gitlab", action="store_true")
+    which.add_argument("--github", action="store_true")
+    gen.add_argument("--shards", type=int, default=4)
+    gen.add_argument("--output", help="default: ci/gitlab-ci.yml or ci/github-workflow.yml")
+    gen.set_defaults(func=cmd_ci_generate)
+
+    mg = sub.add_parser("merge", help="combine results directories (shards) into one")
+    mg.add_argument("inputs", nargs="+", metavar="DIR")
+    mg.add_argument("--output", required=True)
+    mg.set_defaults(func=cmd_merge)
+
+    se = sub.add_parser("series", help="a reviewer's checks of a patch series")
+    ssub = se.add_subparsers(dest="series_cmd", required=True)
+    ck = ssub.add_parser("check", help="per patch: applies, builds, no new warning, options kept, boots")
+    common(ck)
+    ck.add_argument("--output", required=True)
+    ck.add_argument("--boot", action="store_true", help="boot each patch and run the smoke set")
+    ck.add_argument("--profile", action="append", help="profiles to boot on (repeatable)")
+    ck.add_argument("--scenario", action="append", help="smoke set (repeatable; default boot-health)")
+    ck.add_argument("--allow-warnings", action="store_true", help="new warnings are informational")
+    ck.add_argument("--warnings-level", metavar="N", help="make W=N (e.g. 1)")
+    ck.add_argument("--jobs", "-j", type=int, default=None)
+    ck.set_defaults(func=cmd_series_check)
+    bi = ssub.add_parser("bisect", help="the first patch that breaks the given scenarios")
+    common(bi)
+    bi.add_argument("--output", required=True)
+    bi.add_argument("--profile", default=DEFAULT_PROFILES[0])
+    bi.add_argument("--confirm", type=int, default=1, help="re-runs of the answer and its parent")
+    bi.add_argument("scenarios", nargs="+", metavar="SCENARIO")
+    bi.set_defaults(func=cmd_series_bisect)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    install_signal_handlers()
+    try:
+        return int(args.func(args, Registry()))
+    except HarnessError as exc:
+        kind = "FAIL" if exc.series_defect else "error"
+        print(f"pkvm-harness: {kind}: {exc}", file=sys.stderr)
+        return int(exc.verdict_exit_code)
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        print(f"pkvm-harness: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + int(signum)
+    except Exception as exc:  # a harness bug is still an ERROR, never a FAIL
+        if os.environ.get("PKVM_HARNESS_DEBUG"):
+            traceback.print_exc()
+        print(
+            f"pkvm-harness: internal error: {type(exc).__name__}: {exc}"
+            " (set PKVM_HARNESS_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
+        return int(ExitCode.ERROR)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Frozen dataclasses for the three kinds of data file. Everything downstream
+consumes these, never raw YAML."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+SourceKind = Literal["debian", "git", "tarball"]
+SeriesKind = Literal["mbox", "dir", "b4"]
+Transport = Literal["serial", "ssh"]
+ExpectValue = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    kind: SourceKind
+    location: str  # a Debian package name, or a path
+
+    def describe(self) -> str:
+        return f"{self.kind}:{self.location}"
+
+
+@dataclass(frozen=True)
+class SeriesSpec:
+    kind: SeriesKind
+    location: str  # a path (mbox file, patch directory) or a message-id
+
+    def describe(self) -> str:
+        return f"{self.kind}:{self.location}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A kernel to build: source + patch series + config fragments + toolchain."""
+
+    name: str
+    description: str
+    source: SourceSpec
+    series: SeriesSpec | None
+    fragments: tuple[Path, ...]
+    toolchain: Literal["gcc", "llvm"] = "gcc"
+    cmdline: tuple[str, ...] = ()
+    # scenario name -> reason: a failure there is an expected, declared gap.
+    known_gaps: Mapping[str, str] = field(default_factory=dict)
+    path: Path | None = None
+
+    def cli_args(self, upto: int | None = None) -> list[str]:
+        """The command-line arguments that select exactly this kernel
+        (overrides given on the command line included): every reproducer
+        (reproduce.sh, a build's metadata, bisect's answer) uses them."""
+        args = ["--target", str(self.path) if self.path else self.name]
+        if self.source.kind != "debian":
+            args += ["--source", self.source.location]
+        if self.series is not None:
+            args += ["--series", self.series.location]
+            if upto is not None:
+                args += ["--upto", str(upto)]
+        return [*args, "--toolchain", self.toolchain]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A QEMU machine: the IOMMU and its stage, pKVM on or off, the devices."""
+
+    name: str
+    description: str
+    machine: str
+    iommu: Literal["smmuv3", "virtio-iommu", "none"]
+    features: frozenset[str]
+    smmu_stage: Literal["1", "2", "nested"] | None = None
+    cpu: str = "max"
+    smp: int = 2
+    memory_mb: int = 1024
+    scratch_disk_mb: int = 16  # a virtio-blk disk behind the IOMMU; 0 for none
+    pkvm: bool = True
+    cmdline: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = ()
+    # Values scenarios compare against, e.g. smmu_stage1: true.
+    expect: Mapping[str, ExpectValue] = field(default_factory=dict)
+    path: Path | None = None
+
+
+@dataclass(frozen=True)
+class EventExpectation:
+    signature: str
+    fields: Mapping[str, ExpectValue] = field(default_factory=dict)
+    min_count: int = 1
+
+
+@dataclass(frozen=True)
+class QmpAction:
+    """A QMP command sent from the host side (e.g. device_add for hotplug),
+    optionally waiting for an event such as DEVICE_DELETED."""
+
+    command: str
+    arguments: Mapping[str, ExpectValue] = field(default_factory=dict)
+    wait_event: str | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    requires: frozenset[str] = frozenset()
+    transport: Transport = "serial"
+    run: str | None = None
+    timeout_s: float = 60.0
+    expect_status: int | None = 0
+    expect_output: str | None = None
+    forbid_output: str | None = None
+    expect_events: tuple[EventExpectation, ...] = ()
+    forbid_events: tuple[str, ...] = ()
+    events_since: Literal["boot", "scenario", "step"] = "step"
+    # The command prints KTAP: any "not ok" fails the step (naming the test),
+    # "Bail out!" is an ERROR (the helper could not even set up).
+    expect_ktap: bool = False
+    qmp: QmpAction | None = None
+    fail_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    steps: tuple[Step, ...]
+    requires: frozenset[str] = frozenset()
+    timeout_s: float = 600.0
+    forbid_events: tuple[str, ...] = ()
+    check_boot_log: bool = False
+    path: Path | None = None
+    # Free labels (smoke, dma, pkvm, ...): pytest markers, matrix selection.
+    tags: tuple[str, ...] = ()

@@ -1,0 +1,311 @@
+"""make, cross toolchain, ccache, progress, and the artifact cache.
+
+Two keys:
+- the *input key* digests everything the build depends on that is cheap to
+  know (source identity, series, fragment contents, toolchain, recipe). A hit
+  there answers a warm `build` without unpacking, configuring or running make.
+- the *build key* adds the resolved .config; artifacts are stored under it, so
+  two inputs that resolve to the same config share one build.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import __version__, paths, ui
+from harness.cache import ContentStore, DigestMemo, digest, write_json
+from harness.config.models import Target
+from harness.errors import BuildError, KconfigError, PatchError, ToolMissingError
+from harness.kernel import diagnostics, kconfig
+from harness.kernel.series import PatchSeries, checkout, load_series
+from harness.kernel.source import prepare_source, source_identity
+
+ARCH = "arm64"
+# Bump when the way a config or build is produced changes meaning.
+RECIPE_VERSION = "kernel-recipe-v1"
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    """The compiler a kernel is built with, and the make variables for it."""
+
+    kind: str  # "gcc" or "llvm"
+    cross_compile: str = "aarch64-linux-gnu-"
+
+    @property
+    def compiler(self) -> str:
+        return "clang" if self.kind == "llvm" else f"{self.cross_compile}gcc"
+
+    def check(self) -> str:
+        """The compiler's version line (part of every cache key)."""
+        needed = [self.compiler, "make", "flex", "bison", "bc"]
+        if self.kind == "llvm":
+            needed += ["ld.lld", "llvm-objcopy"]
+        for tool in needed:
+            if shutil.which(tool) is None:
+                hint = "gcc-aarch64-linux-gnu" if tool == self.compiler else tool
+                raise ToolMissingError(
+                    f"toolchain {self.kind}: {tool} not found"
+                    f" (install {hint}, e.g. with: sudo ci/setup-host.sh)"
+                )
+        out = subprocess.run([self.compiler, "--version"], capture_output=True, text=True)
+        return out.stdout.splitlines()[0] if out.stdout else self.compiler
+
+    def make_vars(self) -> list[str]:
+        ccache = "ccache " if shutil.which("ccache") else ""
+        if self.kind == "llvm":
+            return [f"ARCH={ARCH}", "LLVM=1", f"CC={ccache}clang"]
+        return [
+            f"ARCH={ARCH}",
+            f"CROSS_COMPILE={self.cross_compile}",
+            f"CC={ccache}{self.compiler}",
+        ]
+
+
+@dataclass(frozen=True)
+class KernelBuild:
+    """Everything later stages need from a build; paths point into the cache."""
+
+    target: str
+    key: str
+    directory: Path
+    image: Path
+    vmlinux: Path
+    system_map: Path
+    config: Path
+    build_log: Path
+    modules: Path | None
+    metadata: dict[str, Any] = field(hash=False, compare=False)
+    cached: bool = False
+
+    @property
+    def warnings(self) -> diagnostics.WarningMap | None:
+        """Compiler warnings per unit, as of this build (None for builds
+        cached before they were recorded)."""
+        return diagnostics.load_map(self.directory / "warnings.json")
+
+    @property
+    def version(self) -> str:
+        return str(self.metadata.get("kernel_version", "unknown"))
+
+
+def _input_key(target: Target, source_id: str, series: PatchSeries | None, tc: str) -> str:
+    parts: list[str | bytes] = [RECIPE_VERSION, ARCH, source_id, tc, target.toolchain]
+    parts.append(series.identity if series else "no-series")
+    for frag in target.fragments:
+        parts += [frag.name, frag.read_bytes()]
+    return digest(parts)
+
+
+def _load(directory: Path, target: str, cached: bool) -> KernelBuild:
+    meta = json.loads((directory / "metadata.json").read_text())
+    modules = directory / "modules"
+    return KernelBuild(
+        target=target,
+        key=directory.name,
+        directory=directory,
+        image=directory / "Image",
+        vmlinux=directory / "vmlinux",
+        system_map=directory / "System.map",
+        config=directory / "config",
+        build_log=directory / "build.log",
+        modules=modules if modules.is_dir() else None,
+        metadata=meta,
+        cached=cached,
+    )
+
+
+_PROGRESS = re.compile(r"^\s+(CC|AS|LD|AR|OBJCOPY|GZIP|LDS|HOSTCC|CPP)\s+(\S+)")
+
+
+def _run_make(argv: list[str], cwd: Path, log: Path, expected: int | None) -> int:
+    """Run make, teeing into `log`, with a progress line; returns the number of
+    build steps seen (kept to estimate the next build's progress)."""
+    ticker = ui.Ticker("kernel")
+    steps = 0
+    start = time.monotonic()
+    with log.open("a") as out:
+        out.write(f"$ {shlex.join(argv)}\n")
+        out.flush()
+        proc = subprocess.Popen(
+            argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                out.write(line)
+                m = _PROGRESS.match(line)
+                if m:
+                    steps += 1
+                    pct = f" ~{min(99, 100 * steps // expected)}%" if expected else ""
+                    elapsed = time.monotonic() - start
+                    ticker.update(f"{steps} steps{pct}, {elapsed:.0f}s: {m.group(2)}")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            rc = proc.wait()
+            ticker.done()
+    if rc != 0:
+        text = log.read_text(errors="replace")
+        error = diagnostics.first_error(text, cwd)
+        if error is not None:
+            first = error.describe()
+        else:
+            errors = [ln for ln in text.splitlines() if "error:" in ln or "Error " in ln]
+            first = errors[0].strip() if errors else f"make exited {rc}"
+        raise BuildError(f"kernel build failed: {first} (log: {log})")
+    return steps
+
+
+def build_kernel(
+    target: Target, *, jobs: int | None = None, upto: int | None = None, warnings_level: str | None = None
+) -> KernelBuild:
+    """Build `target`: its source with the first `upto` patches of its
+    series (all of them when None; 0 is the base), configured with its
+    fragments. "The kernel at patch k of series S" is a build input like any
+    other: it has its own cache key, so series check, bisect and run share
+    builds. A series' own defects (a patch that does not apply, a build that
+    fails, a requested option that disappears) carry `series_defect`."""
+    cache = paths.cache_root()
+    toolchain = Toolchain(target.toolchain)
+    tc_version = toolchain.check()
+    memo = DigestMemo(cache / "digests.json")
+    source_id = source_identity(target.source, memo)
+    series = load_series(target.series) if target.series else None
+    if series is not None and upto is not None:
+        series = series.prefix(upto) if upto > 0 else None
+    extra = [f"W={warnings_level}"] if warnings_level else []
+    input_key = _input_key(target, source_id, series, tc_version) + (f"+W={warnings_level}" if extra else "")
+
+    store = ContentStore(cache / "kernels")
+    hit = store.alias(input_key)
+    if hit is not None:
+        return _load(hit, target.name, cached=True)
+
+    sources = ContentStore(cache / "sources")
+    base = prepare_source(target.source, source_id, sources)
+    # One persistent O= directory per source and toolchain, shared by every
+    # series built on it: switching series rebuilds only what changed.
+    work_key = digest(["work-v1", source_id, "", tc_version])
+    outdir = cache / "work" / work_key[:24]
+    outdir.mkdir(parents=True, exist_ok=True)
+    log = outdir / "build.log"
+    make = ["make", f"O={outdir}", *toolchain.make_vars(), "LOCALVERSION=", *extra]
+    try:
+        with sources.lock(f"{base.key}.worktree"):
+            commit = checkout(base.path, series)
+            log.write_text("")
+            ui.info(
+                "kernel", f"configuring {target.name} ({base.version}, {len(target.fragments)} fragments)"
+            )
+            config_text = kconfig.resolve_config(make, base.path, outdir, target.fragments, log)
+            build_key = digest(["build", input_key, config_text])
+            with store.lock(build_key):
+                if store.get(build_key) is None:
+                    meta = _metadata(
+                        target, base.version, source_id, series, tc_version, config_text, make, upto
+                    )
+                    meta["commit"] = commit
+                    _build_into_store(store, build_key, make, base.path, outdir, log, config_text, jobs, meta)
+    except (PatchError, BuildError, KconfigError) as exc:
+        # Loading the series happened above: what fails here is the series
+        # applying, building or configuring on this base.
+        if series is not None and (not isinstance(exc, KconfigError) or "dropped" in str(exc)):
+            exc.series_defect = True
+        raise
+    store.set_alias(input_key, build_key)
+    return _load(store.path(build_key), target.name, cached=False)
+
+
+def _build_into_store(
+    store: ContentStore,
+    key: str,
+    make: list[str],
+    tree: Path,
+    outdir: Path,
+    log: Path,
+    config_text: str,
+    jobs: int | None,
+    metadata: dict[str, Any],
+) -> None:
+    jobs = jobs or os.cpu_count() or 1
+    modules = kconfig.parse_config(config_text).get("CONFIG_MODULES", "n") == "y"
+    goals = ["Image", "modules"] if modules else ["Image"]
+    count_file = outdir / ".harness-steps"
+    expected = int(count_file.read_text()) if count_file.exists() else None
+    warnings_file = outdir / "warnings.json"
+    previous = diagnostics.load_map(warnings_file)
+    if previous is None and (outdir / "vmlinux").exists():
+        # This work tree was built before warnings were kept per unit: start
+        # from clean once (ccache makes it cheap), so the map is complete.
+        ui.info("kernel", "recompiling once to record every unit's warnings")
+        _run_make([*make, "clean"], tree, log, None)
+    ui.info("kernel", f"make -j{jobs} {' '.join(goals)} (log: {log})")
+    start = time.monotonic()
+    env_make = [*make, f"-j{jobs}", *goals]
+    offset = log.stat().st_size if log.exists() else 0
+    try:
+        steps = _run_make(env_make, tree, log, expected)
+    finally:
+        # Whatever make compiled (even in a failed build) has its warnings now.
+        with log.open("rb") as f:
+            f.seek(offset)
+            output = f.read().decode(errors="replace")
+        current = diagnostics.update(previous or {}, output, tree)
+        diagnostics.save_map(warnings_file, current)
+    if expected is None or steps > expected:
+        count_file.write_text(str(steps))
+    metadata["build_seconds"] = round(time.monotonic() - start, 1)
+    with store.stage(key) as stage:
+        shutil.copy2(outdir / "arch" / "arm64" / "boot" / "Image", stage / "Image")
+        shutil.copy2(outdir / "vmlinux", stage / "vmlinux")
+        shutil.copy2(outdir / "System.map", stage / "System.map")
+        (stage / "config").write_text(config_text)
+        if modules:
+            _run_make([*make, f"INSTALL_MOD_PATH={stage / 'modules'}", "modules_install"], tree, log, None)
+        shutil.copy2(log, stage / "build.log")
+        diagnostics.save_map(stage / "warnings.json", current)
+        metadata["warnings"] = sum(len(w) for w in current.values())
+        write_json(stage / "metadata.json", metadata)
+    ui.info("kernel", f"built in {metadata['build_seconds']}s, cached as {key[:16]}")
+
+
+def _metadata(
+    target: Target,
+    version: str,
+    source_id: str,
+    series: PatchSeries | None,
+    tc: str,
+    config_text: str,
+    make: list[str],
+    upto: int | None,
+) -> dict[str, Any]:
+    return {
+        "target": target.name,
+        "kernel_version": version,
+        "source": source_id,
+        "series": None
+        if series is None
+        else {
+            "spec": series.spec.describe(),
+            "identity": series.identity,
+            "patches": [{"index": p.index, "subject": p.subject, "origin": p.origin} for p in series.patches],
+        },
+        "fragments": [f.name for f in target.fragments],
+        "toolchain": tc,
+        "config_sha256": digest([config_text]),
+        "harness_version": __version__,
+        "reproducer": {
+            "harness": shlex.join(["pkvm-harness", "build", *target.cli_args(upto)]),
+            "make": shlex.join([*make, "Image"]),
+        },
+    }

@@ -1,0 +1,35 @@
+"""Small git wrapper: the kernel stage turns sources into git repositories so
+that each patch of a series is one commit (per-patch checks and bisect need
+that)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from harness.errors import SourceError
+
+# A fixed identity: commits made by the harness must not depend on the
+# user's git config (and must work where there is none).
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "pkvm-harness",
+    "GIT_AUTHOR_EMAIL": "pkvm-harness@localhost",
+    "GIT_COMMITTER_NAME": "pkvm-harness",
+    "GIT_COMMITTER_EMAIL": "pkvm-harness@localhost",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+}
+
+
+def git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        ["git", "-C", str(repo), "-c", "advice.detachedHead=false", *args],
+        env={**os.environ, **GIT_ENV},
+        text=True,
+        capture_output=True,
+    )
+    if check and result.returncode != 0:
+        msg = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1]
+        raise SourceError(f"git {args[0]} in {repo} failed: {msg}")
+    return result

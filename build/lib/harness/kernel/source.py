@@ -1,0 +1,115 @@
+"""Kernel sources: a Debian linux-source-* tarball, a tarball path, or a local
+git tree. Each is unpacked once into the cache, keyed by its content."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import paths, ui
+from harness.cache import ContentStore, DigestMemo, digest
+from harness.config.models import SourceSpec
+from harness.errors import SourceError
+from harness.kernel.gitutil import git
+
+
+@dataclass(frozen=True)
+class SourceTree:
+    spec: SourceSpec
+    identity: str  # e.g. "tarball:linux-source-7.3.tar.xz@sha256:76df..."
+    key: str  # its content-store key
+    path: Path  # a git work tree: base commit tagged harness-base
+    version: str  # from the top Makefile, e.g. "7.3.4"
+
+
+def _tarball_for(spec: SourceSpec) -> Path:
+    if spec.kind == "debian":
+        tarball = paths.source_dir() / f"{spec.location}.tar.xz"
+        if not tarball.exists():
+            raise SourceError(
+                f"source {spec.describe()}: {tarball} not found (install it with: sudo ci/setup-host.sh)"
+            )
+        return tarball
+    tarball = Path(spec.location)
+    if not tarball.is_file():
+        raise SourceError(f"source {spec.describe()}: no such tarball")
+    return tarball
+
+
+def _git_snapshot(spec: SourceSpec) -> str:
+    """A commit for the working tree as it is, uncommitted changes included,
+    without touching the user's branches (git stash create writes no ref)."""
+    repo = Path(spec.location)
+    if not (repo / ".git").exists():
+        raise SourceError(f"source {spec.describe()}: not a git work tree")
+    stash = git(repo, "stash", "create", check=False).stdout.strip()
+    rev = stash or git(repo, "rev-parse", "HEAD").stdout.strip()
+    return rev
+
+
+def source_identity(spec: SourceSpec, memo: DigestMemo) -> str:
+    if spec.kind == "git":
+        return f"git:{spec.location}@{_git_snapshot(spec)}"
+    tarball = _tarball_for(spec)
+    return f"tarball:{tarball.name}@sha256:{memo.file_digest(tarball)}"
+
+
+def _kernel_version(tree: Path) -> str:
+    fields: dict[str, str] = {}
+    with (tree / "Makefile").open() as f:
+        for line in f:
+            m = re.match(r"^(VERSION|PATCHLEVEL|SUBLEVEL|EXTRAVERSION)\s*=\s*(\S*)", line)
+            if m:
+                fields[m.group(1)] = m.group(2)
+            if len(fields) == 4:
+                break
+    return "{VERSION}.{PATCHLEVEL}.{SUBLEVEL}{EXTRAVERSION}".format_map({"EXTRAVERSION": "", **fields})
+
+
+def _unpack(spec: SourceSpec, dest: Path) -> None:
+    if spec.kind == "git":
+        rev = _git_snapshot(spec)
+        archive = subprocess.Popen(
+            ["git", "-C", spec.location, "archive", "--format=tar", rev],
+            stdout=subprocess.PIPE,
+        )
+        untar = subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout)
+        if archive.wait() != 0 or untar.returncode != 0:
+            raise SourceError(f"source {spec.describe()}: git archive {rev} failed")
+        return
+    tarball = _tarball_for(spec)
+    # Tarballs carry one top directory (linux-source-7.3/); strip it.
+    result = subprocess.run(
+        ["tar", "-x", "-f", str(tarball), "-C", str(dest), "--strip-components=1"],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or ["no output"]
+        first = lines[0].removeprefix("tar: ")
+        if "No space left on device" in result.stderr:
+            where = f"unpacking into {dest.parent} failed"
+            raise SourceError(f"source {spec.describe()}: {where}: disk full ({first})")
+        raise SourceError(f"source {spec.describe()}: tar failed: {first}")
+    if not (dest / "Makefile").exists() or not (dest / "arch" / "arm64").is_dir():
+        raise SourceError(f"source {spec.describe()}: not a Linux kernel tree")
+
+
+def prepare_source(spec: SourceSpec, identity: str, store: ContentStore) -> SourceTree:
+    """Unpack (once) and make the tree a git repository with one base commit."""
+    key = digest(["source-v1", identity])
+    with store.lock(key):
+        if store.get(key) is None:
+            ui.info("kernel", f"unpacking {spec.describe()} (once per source)")
+            with store.stage(key) as stage:
+                tree = stage / "tree"
+                tree.mkdir()
+                _unpack(spec, tree)
+                git(tree, "init", "-q")
+                # --force: Debian's packaging .gitignore ignores everything at the top.
+                git(tree, "add", "-A", "--force")
+                git(tree, "commit", "-q", "--no-verify", "-m", f"base: {identity}")
+        tree = store.path(key) / "tree"
+    return SourceTree(spec=spec, identity=identity, key=key, path=tree, version=_kernel_version(tree))

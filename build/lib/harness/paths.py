@@ -1,0 +1,55 @@
+"""Where the harness finds its data and keeps its caches."""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+from pathlib import Path
+
+from harness.errors import ConfigError
+
+# The repository root: in a checkout (or an editable install) the data
+# directories (targets/, profiles/, scenarios/, kernel-configs/, images/,
+# matrices/) sit beside the package.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIRS = ("targets", "profiles", "scenarios", "kernel-configs", "images", "matrices")
+
+
+def data_search_path() -> list[Path]:
+    """Where data directories are looked for, in order:
+    1. $PKVM_HARNESS_DATA (a directory holding targets/, profiles/, ...);
+    2. the source tree this package was imported from;
+    3. share/pkvm-harness under the installation prefix (`pip install .`
+       installs the data there, see [tool.setuptools.data-files])."""
+    out = []
+    env = os.environ.get("PKVM_HARNESS_DATA")
+    if env:
+        out.append(Path(env))
+    out.append(REPO_ROOT)
+    for prefix in {sys.prefix, sysconfig.get_path("data")}:
+        out.append(Path(prefix) / "share" / "pkvm-harness")
+    return out
+
+
+def data_dir(name: str) -> Path:
+    for root in data_search_path():
+        if (root / name).is_dir():
+            return root / name
+    where = ", ".join(str(p) for p in data_search_path())
+    raise ConfigError(f"data directory {name}/ not found (looked in {where}; set PKVM_HARNESS_DATA)")
+
+
+def cache_root() -> Path:
+    """Content-addressed caches live outside the checkout so that a fresh
+    clone on the same machine (CI) reuses kernels already built."""
+    env = os.environ.get("PKVM_HARNESS_CACHE")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "pkvm-harness"
+
+
+def source_dir() -> Path:
+    """Kernel source tarballs installed by ci/setup-host.sh."""
+    return Path(os.environ.get("PKVM_HARNESS_SOURCES", "/var/cache/pkvm-harness/sources"))

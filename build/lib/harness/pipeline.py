@@ -1,0 +1,411 @@
+"""The run pipeline: config -> kernel -> image -> machine -> session ->
+scenario -> report. Each stage's output is a frozen value handed to the next.
+
+One boot per profile; a scenario that kills the guest gets the next
+scenarios a fresh boot."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import shlex
+import sys
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from harness import __version__, ui
+from harness.config.models import Profile, Scenario, Target
+from harness.errors import GuestFailure, HarnessError, Interrupted, MachineError
+from harness.image import GuestImage, build_image
+from harness.kernel import KernelBuild, build_kernel
+from harness.kernel.symbols import SymbolTable
+from harness.logwatch import Event
+from harness.machine import qemu_version
+from harness.machine.qemu import kill_all_machines
+from harness.report import BootRecord, RunRecorder, RunResult, ScenarioResult, TargetRecord, Verdict
+from harness.report.recorder import Cell
+from harness.scenario import ScenarioContext, run_scenario, skip_reason
+from harness.scenario.capabilities import probe
+from harness.scenario.runner import scenario_result
+from harness.session.guest import Guest, booted_guest
+from harness.session.liveness import LivenessPolicy
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    kernel: KernelBuild
+    image: GuestImage
+    seconds: float
+
+
+def build_all(target: Target, jobs: int | None = None, upto: int | None = None) -> Artifacts:
+    """The kernel (at patch `upto` of the target's series, all when None)
+    and the initramfs."""
+    start = time.monotonic()
+    kernel = build_kernel(target, jobs=jobs, upto=upto)
+    ui.info("kernel", f"{target.name}: {kernel.version} {'(cached)' if kernel.cached else ''} {kernel.image}")
+    image = build_image()
+    ui.info(
+        "image",
+        f"initramfs {image.key[:16]} {'(cached)' if image.cached else ''}"
+        f" helpers: {', '.join(image.helpers) or 'none'}",
+    )
+    return Artifacts(kernel, image, time.monotonic() - start)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    target: Target
+    profiles: tuple[Profile, ...]
+    scenarios: tuple[Scenario, ...]
+    output: Path
+    boot_timeout: float = 120.0
+    liveness: LivenessPolicy = field(default_factory=LivenessPolicy)
+    side: str | None = None  # "base" | "tip" when a series is run against its base
+    # An ERROR (the harness or infrastructure failed) is retried this many
+    # times on a fresh boot; a FAIL never is.
+    retries: int = 1
+    upto: int | None = None  # the kernel at patch `upto` of the series (0: the base)
+
+    def cells(self) -> list[Cell]:
+        return [(self.target.name, self.side, p.name, s.name) for p in self.profiles for s in self.scenarios]
+
+
+class _ProfileRun:
+    """All scenarios of one target x profile: boot, probe, run scenarios
+    until done; a guest that died (crash, hang) is replaced by a fresh
+    boot for the scenarios still to run. Every finished cell goes to the
+    recorder at once."""
+
+    def __init__(
+        self, request: RunRequest, artifacts: Artifacts, profile: Profile, recorder: RunRecorder
+    ) -> None:
+        self.request = request
+        self.artifacts = artifacts
+        self.profile = profile
+        self.recorder = recorder
+        self.boots = 0
+        self.symbols = SymbolTable.from_system_map(artifacts.kernel.system_map)
+        self.by_name = {s.name: s for s in request.scenarios}
+        self.attempts: dict[str, list[str]] = {}  # scenario -> reasons of its ERROR attempts
+
+    @property
+    def _boot_name(self) -> str:
+        side = f"{self.request.side}-" if self.request.side else ""
+        return f"{side}{self.profile.name}-{self.boots}"
+
+    @property
+    def _boot_dir(self) -> Path:
+        # Per target: a matrix runs several targets on the same profiles.
+        return self.request.output / "boots" / self.request.target.name / self._boot_name
+
+    def _ctx(self, guest: Guest | None, caps: frozenset[str], first_on_boot: bool) -> ScenarioContext:
+        run_dir = self._boot_dir
+        return ScenarioContext(
+            target=self.request.target,
+            profile=self.profile,
+            capabilities=caps,
+            console_log=str(guest.console_log) if guest else None,
+            reproducer=str(run_dir / "reproduce-boot.sh"),
+            faults_since=0 if first_on_boot else None,
+            boot=f"{self.request.target.name}/{self._boot_name}",
+            side=self.request.side,
+        )
+
+    def _record_boot(self, guest: Guest, run_dir: Path) -> None:
+        outcome = guest.boot_outcome
+        assert outcome is not None
+        self.recorder.add_boot(
+            BootRecord(
+                id=f"{self.request.target.name}/{self._boot_name}",
+                target=self.request.target.name,
+                side=self.request.side,
+                profile=self.profile.name,
+                dir=str(run_dir),
+                console_log=str(guest.console_log),
+                ready=outcome.ready,
+                verdict=Verdict(outcome.verdict),
+                reason=outcome.reason,
+                boot_s=outcome.seconds,
+                events=tuple(e.to_json() for e in guest.watcher.events),
+            )
+        )
+
+    def run(self) -> None:
+        t = self.request.target.name
+        while not self.recorder.frozen and (
+            pending := self.recorder.pending(t, self.request.side, self.profile.name)
+        ):
+            self.boots += 1
+            run_dir = self._boot_dir
+            ui.info("machine", f"booting {t} on {self.profile.name} ({self._boot_name})")
+            try:
+                with booted_guest(
+                    self.profile,
+                    self.artifacts.kernel.image,
+                    self.artifacts.image,
+                    run_dir,
+                    self.request.target.cmdline,
+                    self.request.boot_timeout,
+                    self.request.liveness,
+                    self.symbols.lookup,
+                ) as guest:
+                    try:
+                        self._on_guest(guest, [self.by_name[n] for n in pending])
+                    finally:
+                        self._record_boot(guest, run_dir)
+            except MachineError as exc:  # QEMU would not start: no cell of this profile can run
+                recorded = [self._record(self.by_name[n], Verdict.ERROR, f"machine: {exc}") for n in pending]
+                if all(recorded):
+                    return  # no retries left
+
+    def _on_guest(self, guest: Guest, pending: list[Scenario]) -> None:
+        outcome = guest.boot_outcome
+        assert outcome is not None
+        state = "ready" if outcome.ready else outcome.verdict.upper()
+        ui.info("machine", f"{state} in {outcome.seconds:.2f}s {outcome.reason}")
+        if not outcome.ready:
+            verdict = Verdict.FAIL if outcome.verdict == "fail" else Verdict.ERROR
+            events = [e for e in guest.watcher.events if e.severity != "info"]
+            for s in pending:
+                self._record(s, verdict, outcome.reason, guest, events, dict(outcome.evidence or {}))
+            return
+        try:
+            caps = probe(guest, self.artifacts.kernel, self.profile.features)
+        except GuestFailure as exc:  # hung (or network dead) before the first scenario
+            self._record(pending[0], Verdict.FAIL, f"capability probe: {exc.reason}", guest, (), exc.evidence)
+            return
+        except HarnessError as exc:
+            for s in pending:
+                self._record(s, Verdict.ERROR, f"capability probe: {exc}", guest)
+            return
+        first_on_boot = True
+        for scenario in pending:
+            if guest.dead or self.recorder.frozen:
+                return  # the rest get a fresh boot (or, interrupted, none)
+            ctx = self._ctx(guest, caps, first_on_boot)
+            why = skip_reason(scenario, ctx)
+            if why is not None:
+                self._record(scenario, Verdict.SKIP, why, guest)
+                continue
+            first_on_boot = False
+            ui.info("scenario", f"{scenario.name} on {self.profile.name} ...")
+            try:
+                result = run_scenario(scenario, guest, ctx)
+            except Exception as exc:  # a harness bug: this cell is an ERROR, the rest still run
+                if os.environ.get("PKVM_HARNESS_DEBUG"):
+                    traceback.print_exc()
+                self._record(scenario, Verdict.ERROR, f"internal error: {type(exc).__name__}: {exc}", guest)
+                return  # the guest's state is unknown: fresh boot for the rest
+            if not self._finish(result):
+                return  # an ERROR to retry: on a fresh boot
+
+    def _record(
+        self,
+        scenario: Scenario,
+        verdict: Verdict,
+        reason: str,
+        guest: Guest | None = None,
+        events: Sequence[Event] = (),
+        evidence: Mapping[str, object] | None = None,
+    ) -> bool:
+        ctx = self._ctx(guest, frozenset(), first_on_boot=False)
+        return self._finish(
+            scenario_result(scenario, ctx, verdict, reason, events=list(events), evidence=evidence)
+        )
+
+    def _finish(self, result: ScenarioResult) -> bool:
+        """Record a finished cell, unless it is an ERROR with retries left:
+        then it stays pending (False) and runs again on a fresh boot. The
+        attempts and the earlier ERRORs' reasons go into the result."""
+        earlier = self.attempts.setdefault(result.scenario, [])
+        where = f"{result.scenario} on {self.profile.name}"
+        if result.verdict == Verdict.ERROR and len(earlier) < self.request.retries:
+            earlier.append(result.reason)
+            ui.info("scenario", f"{where}: ERROR {result.reason}; retrying on a fresh boot")
+            return False
+        if earlier:
+            evidence = {**result.evidence, "earlier_attempts": list(earlier)}
+            result = replace(result, attempts=len(earlier) + 1, evidence=evidence)
+        ui.info("scenario", f"{where}: {result.verdict.upper()} {result.reason}")
+        self.recorder.record(result)
+        return True
+
+
+def _target_record(artifacts: Artifacts, side: str | None) -> TargetRecord:
+    return TargetRecord(
+        name=artifacts.kernel.target,
+        side=side,
+        kernel={
+            **artifacts.kernel.metadata,
+            "image": str(artifacts.kernel.image),
+            "cached": artifacts.kernel.cached,
+        },
+        image={**artifacts.image.metadata, "key": artifacts.image.key, "cached": artifacts.image.cached},
+    )
+
+
+def run(request: RunRequest) -> RunResult:
+    """Build, then run every cell; results.json is valid from the start
+    (planned cells are `not-run`) and rewritten after every cell."""
+    result = run_units([request], request.output)
+    _write_reproducer(request, result)
+    return result
+
+
+def run_with(request: RunRequest, artifacts: Artifacts) -> RunResult:
+    """`run` on a kernel and image already built (series check, bisect)."""
+    result = run_units([request], request.output, built={_build_id(request): artifacts})
+    _write_reproducer(request, result)
+    return result
+
+
+BuildId = tuple[str, str | None, int | None, str]
+
+
+def _build_id(request: RunRequest) -> BuildId:
+    series = request.target.series.describe() if request.target.series else ""
+    return (request.target.name, request.side, request.upto, series)
+
+
+def run_units(
+    requests: Sequence[RunRequest],
+    output: Path,
+    jobs: int = 1,
+    built: Mapping[BuildId, Artifacts] | None = None,
+) -> RunResult:
+    """Several requests into one results.json: a series' base and tip
+    (`side`), or a matrix's target x profile groups. Each distinct kernel is
+    built once, first; then the target x profile units run, `jobs` at a time
+    (each with its own boot directory, ports, QEMU and log prefix)."""
+    recorder = RunRecorder(output, __version__, qemu_version(), shlex.join(["pkvm-harness", *sys.argv[1:]]))
+    for request in requests:
+        recorder.plan(request.cells())
+    progress = ui.Progress("cells", len(recorder.snapshot().results))
+    recorder.on_record = progress.update
+    timings: dict[str, float] = {}
+    start = time.monotonic()
+    try:
+        artifacts = _build_each(requests, recorder, timings, dict(built or {}))
+        units = [
+            (request, artifacts[_build_id(request)], profile)
+            for request in requests
+            if _build_id(request) in artifacts
+            for profile in request.profiles
+        ]
+        _run_pool(units, recorder, jobs)
+    except KeyboardInterrupt as exc:
+        why = f"interrupted by {exc.name}" if isinstance(exc, Interrupted) else "interrupted"
+        recorder.freeze()
+        kill_all_machines()
+        recorder.fill_pending(Verdict.NOT_RUN, why)
+        recorder.finish(timings, why)
+        raise
+    except HarnessError as exc:
+        recorder.finish(timings, str(exc))
+        raise
+    except Exception as exc:
+        why = f"internal error: {type(exc).__name__}: {exc}"
+        recorder.fill_pending(Verdict.ERROR, why)
+        recorder.finish(timings, why)
+        raise
+    finally:
+        progress.done()
+    timings["boot_and_test_s"] = round(time.monotonic() - start - timings.get("build_s", 0.0), 3)
+    return recorder.finish(timings)
+
+
+def _build_each(
+    requests: Sequence[RunRequest],
+    recorder: RunRecorder,
+    timings: dict[str, float],
+    built: dict[BuildId, Artifacts],
+) -> dict[BuildId, Artifacts]:
+    """Every distinct kernel, once. A kernel that cannot be built makes its
+    cells ERRORs (bad input) or FAILs (a series' own defect); the others run."""
+    failed: set[BuildId] = set()
+    distinct = {_build_id(r) for r in requests}
+    for request in requests:
+        key = _build_id(request)
+        if key in failed:
+            continue
+        if key in built:
+            if not any(t.name == request.target.name and t.side == request.side for t in recorder.targets()):
+                recorder.add_target(_target_record(built[key], request.side))
+            continue
+        side = f" ({request.side})" if request.side else ""
+        try:
+            built[key] = build_all(request.target, upto=request.upto)
+        except HarnessError as exc:
+            failed.add(key)
+            if not exc.series_defect and len(distinct) == 1:
+                recorder.fill_pending(Verdict.ERROR, f"build{side}: {exc}")
+                raise  # the one kernel of this run: a one-line error, exit 2
+            if exc.series_defect:
+                # The series does not apply, build or configure: its FAIL, in every cell.
+                verdict, why = Verdict.FAIL, f"series: {exc}"
+            else:
+                verdict, why = Verdict.ERROR, f"build{side}: {exc}"
+            for r in requests:
+                if _build_id(r) == key:
+                    for name, cell_side, profile_name, scenario in r.cells():
+                        recorder.record(
+                            ScenarioResult(scenario, profile_name, name, verdict, why, 0.0, side=cell_side)
+                        )
+            continue
+        recorder.add_target(_target_record(built[key], request.side))
+        timings["build_s"] = round(timings.get("build_s", 0.0) + built[key].seconds, 3)
+    return built
+
+
+def _run_pool(units: list[tuple[RunRequest, Artifacts, Profile]], recorder: RunRecorder, jobs: int) -> None:
+    def one(unit: tuple[RunRequest, Artifacts, Profile]) -> None:
+        request, artifacts, profile = unit
+        side = f"{request.side}:" if request.side else ""
+        with ui.prefixed(f"{request.target.name}/{side}{profile.name}" if jobs > 1 else None):
+            _ProfileRun(request, artifacts, profile, recorder).run()
+
+    if jobs <= 1 or len(units) <= 1:
+        for unit in units:
+            one(unit)
+        return
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="worker") as pool:
+        futures = [pool.submit(one, unit) for unit in units]
+        try:
+            # Poll, so that SIGINT (raised in this thread) is seen at once.
+            while not all(f.done() for f in futures):
+                concurrent.futures.wait(futures, timeout=0.5)
+        except BaseException:
+            recorder.freeze()
+            for f in futures:
+                f.cancel()
+            kill_all_machines()  # the workers' steps end at once, on EOF
+            raise
+        for f in futures:
+            f.result()  # a worker's own exception (a harness bug) surfaces here
+
+
+def _write_reproducer(request: RunRequest, run_result: RunResult) -> None:
+    lines = ["#!/bin/sh", "# Re-run exactly what failed in this run.", "set -e"]
+    failed = [r for r in run_result.results if r.verdict in (Verdict.FAIL, Verdict.ERROR)]
+    rerun = request.output / "rerun"
+    for r in failed:
+        argv = [
+            "pkvm-harness",
+            "run",
+            *request.target.cli_args(request.upto),
+            "--profile",
+            r.profile,
+            "--output",
+            str(rerun),
+            r.scenario,
+        ]
+        lines.append(shlex.join(argv))
+    if not failed:
+        lines.append("# nothing failed")
+    path = request.output / "reproduce.sh"
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o755)

@@ -1,0 +1,177 @@
+"""Two sets of results side by side: what got worse, what got better, what
+stayed broken. One module, used by `run --against-base` (a series' tip
+against its base) and by `report DIR DIR2` (any two runs)."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.report.results import ScenarioResult, Verdict
+
+# Verdicts that say the kernel did what it should (xfail: as declared).
+_GOOD = {Verdict.PASS, Verdict.XPASS}
+_BAD = {Verdict.FAIL}
+_KNOWN = {Verdict.XFAIL}
+
+CellKey = tuple[str, str]  # profile, scenario
+
+DEFAULT_METRIC_THRESHOLD = 0.10  # a relative change beyond 10% counts
+
+
+@dataclass(frozen=True)
+class Change:
+    profile: str
+    scenario: str
+    before: Verdict
+    after: Verdict
+    reason: str  # the "after" reason (why it fails now), or the "before" one for a fix
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile,
+            "scenario": self.scenario,
+            "before": str(self.before),
+            "after": str(self.after),
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class MetricChange:
+    profile: str
+    scenario: str
+    metric: str
+    before: float
+    after: float
+    relative: float  # (after - before) / |before|
+    threshold: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile,
+            "scenario": self.scenario,
+            "metric": self.metric,
+            "before": self.before,
+            "after": self.after,
+            "relative": round(self.relative, 4),
+            "threshold": self.threshold,
+        }
+
+
+@dataclass(frozen=True)
+class Comparison:
+    regressions: tuple[Change, ...] = ()  # was good, now FAIL
+    fixes: tuple[Change, ...] = ()  # was FAIL (or xfail), now good
+    still_failing: tuple[Change, ...] = ()  # FAIL or xfail on both sides (known gaps included)
+    inconclusive: tuple[Change, ...] = ()  # an ERROR or not-run on either side
+    metrics: tuple[MetricChange, ...] = ()
+    only_before: tuple[CellKey, ...] = ()
+    only_after: tuple[CellKey, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "regressions": [c.to_json() for c in self.regressions],
+            "fixes": [c.to_json() for c in self.fixes],
+            "still_failing": [c.to_json() for c in self.still_failing],
+            "inconclusive": [c.to_json() for c in self.inconclusive],
+            "metrics": [m.to_json() for m in self.metrics],
+            "only_before": [list(k) for k in self.only_before],
+            "only_after": [list(k) for k in self.only_after],
+        }
+
+
+def _by_cell(results: Iterable[ScenarioResult]) -> dict[CellKey, list[ScenarioResult]]:
+    out: dict[CellKey, list[ScenarioResult]] = {}
+    for r in results:
+        out.setdefault((r.profile, r.scenario), []).append(r)
+    return out
+
+
+def _metric_changes(
+    key: CellKey,
+    before: Sequence[ScenarioResult],
+    after: Sequence[ScenarioResult],
+    thresholds: Mapping[str, float],
+) -> list[MetricChange]:
+    """A metric changed when the medians differ by more than its declared
+    relative threshold, and, where either side has several runs, by more
+    than the spread (max - min) of those runs."""
+    out = []
+    names = set().union(*(r.metrics for r in before)) & set().union(*(r.metrics for r in after))
+    for name in sorted(names):
+        a = [r.metrics[name] for r in before if name in r.metrics]
+        b = [r.metrics[name] for r in after if name in r.metrics]
+        ma, mb = statistics.median(a), statistics.median(b)
+        if ma == 0:
+            continue
+        rel = (mb - ma) / abs(ma)
+        threshold = thresholds.get(name, DEFAULT_METRIC_THRESHOLD)
+        spread = max(max(a) - min(a), max(b) - min(b))
+        if abs(rel) > threshold and abs(mb - ma) > spread:
+            out.append(MetricChange(key[0], key[1], name, ma, mb, rel, threshold))
+    return out
+
+
+def _worst(results: Sequence[ScenarioResult]) -> ScenarioResult:
+    """With several runs of one cell, the one that says most: a FAIL beats
+    an ERROR beats the rest."""
+    order = {Verdict.FAIL: 0, Verdict.ERROR: 1, Verdict.NOT_RUN: 2, Verdict.XFAIL: 3}
+    return min(results, key=lambda r: order.get(r.verdict, 9))
+
+
+def compare(
+    before: Iterable[ScenarioResult],
+    after: Iterable[ScenarioResult],
+    metric_thresholds: Mapping[str, float] | None = None,
+) -> Comparison:
+    b, a = _by_cell(before), _by_cell(after)
+    regressions, fixes, still, inconclusive, metrics = [], [], [], [], []
+    for key in [k for k in b if k in a]:
+        old, new = _worst(b[key]), _worst(a[key])
+        if Verdict.SKIP in (old.verdict, new.verdict):
+            continue
+        change = Change(key[0], key[1], old.verdict, new.verdict, new.reason)
+        if {old.verdict, new.verdict} & {Verdict.ERROR, Verdict.NOT_RUN}:
+            inconclusive.append(change)
+        elif old.verdict in _GOOD and new.verdict in _BAD | _KNOWN:
+            regressions.append(change)
+        elif old.verdict in _BAD | _KNOWN and new.verdict in _GOOD:
+            fixes.append(Change(key[0], key[1], old.verdict, new.verdict, old.reason))
+        elif old.verdict in _BAD | _KNOWN and new.verdict in _BAD | _KNOWN:
+            still.append(change)
+        metrics += _metric_changes(key, b[key], a[key], metric_thresholds or {})
+    return Comparison(
+        regressions=tuple(regressions),
+        fixes=tuple(fixes),
+        still_failing=tuple(still),
+        inconclusive=tuple(inconclusive),
+        metrics=tuple(metrics),
+        only_before=tuple(k for k in b if k not in a),
+        only_after=tuple(k for k in a if k not in b),
+    )
+
+
+def render_text(c: Comparison, before: str = "base", after: str = "tip") -> list[str]:
+    """Lines for a terminal or a CI log."""
+    lines = []
+    for title, items in (
+        (f"regressions ({before} -> {after})", c.regressions),
+        ("fixes", c.fixes),
+        ("still failing", c.still_failing),
+        ("inconclusive (an ERROR or not-run on one side)", c.inconclusive),
+    ):
+        lines.append(f"{title}: {len(items)}")
+        lines += [
+            f"  {x.scenario} [{x.profile}]: {x.before} -> {x.after}  {x.reason}".rstrip() for x in items
+        ]
+    if c.metrics:
+        lines.append(f"metric changes: {len(c.metrics)}")
+        lines += [
+            f"  {m.scenario} [{m.profile}] {m.metric}: {m.before:g} -> {m.after:g} ({m.relative:+.1%})"
+            for m in c.metrics
+        ]
+    return lines

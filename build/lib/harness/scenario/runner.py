@@ -1,0 +1,350 @@
+"""Runs one scenario on one booted guest.
+
+A step runs a command (serial or SSH) and/or checks kernel-log events in a
+window (since boot, or since the step began). The first failing step fails
+the scenario with a reason that names it. Harness faults become ERROR."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from harness.config.models import EventExpectation, Profile, Scenario, Step, Target, Transport
+from harness.errors import GuestFailure, HarnessError
+from harness.logwatch import Event, LogWatcher
+from harness.logwatch.decoders import describe_fault
+from harness.logwatch.signatures import GROUPS, expand
+from harness.report.results import ScenarioResult, StepResult, Verdict
+from harness.scenario import ktap
+from harness.scenario import variables as V
+from harness.session.base import Completed
+
+MAX_EVENTS_PER_RESULT = 200
+
+
+class GuestControl(Protocol):
+    """What the runner needs of a booted guest: a protocol, so the runner
+    does not depend on how a guest is made. harness.session.guest.Guest is
+    the real one; unit tests and front-ends (pytest, avocado) may bring
+    their own."""
+
+    watcher: LogWatcher
+
+    @property
+    def dead(self) -> bool: ...
+
+    def run(self, transport: Transport, command: str, timeout: float) -> Completed: ...
+
+    def sync_console(self, timeout: float = 15.0) -> None: ...
+
+    def settle(self, quiet_s: float = 0.5, limit_s: float = 5.0) -> None: ...
+
+    def events_since(self, line: int) -> list[Event]: ...
+
+    def qmp(
+        self, command: str, arguments: Mapping[str, object], wait_event: str | None, timeout: float
+    ) -> dict[str, object] | None: ...
+
+
+@dataclass(frozen=True)
+class ScenarioContext:
+    target: Target
+    profile: Profile
+    capabilities: frozenset[str]
+    console_log: str | None = None
+    reproducer: str | None = None
+    # Console line from which an IOMMU fault that no step claims fails the
+    # scenario: 0 for the first scenario on a boot (faults during boot are
+    # its business), None for "since this scenario began".
+    faults_since: int | None = None
+    boot: str | None = None  # the boot's id, for the result
+    side: str | None = None
+
+    def base_variables(self) -> dict[str, str]:
+        out = {
+            f"profile.{k}": str(v).lower() if isinstance(v, bool) else str(v)
+            for k, v in self.profile.expect.items()
+        }
+        out["profile.name"] = self.profile.name
+        return out
+
+
+def skip_reason(scenario: Scenario, ctx: ScenarioContext) -> str | None:
+    missing = sorted(scenario.requires - ctx.capabilities)
+    if missing:
+        return f"profile {ctx.profile.name} / kernel lacks: {', '.join(missing)}"
+    return None
+
+
+class _StepFailed(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+_FAULT_SIGNATURES = frozenset(GROUPS["iommu-fault"])
+
+
+@dataclass
+class _State:
+    variables: dict[str, str]
+    start_line: int  # console line where the scenario began
+    metrics: dict[str, float] = field(default_factory=dict)
+    # IOMMU-fault expectations of the steps that ran, with the variables of
+    # that moment: a fault they match is expected ("claimed"); any other
+    # fails the scenario.
+    claims: list[tuple[EventExpectation, dict[str, str]]] = field(default_factory=list)
+    evidence: dict[str, object] = field(default_factory=dict)
+
+
+def _event_matches(e: Event, exp: EventExpectation, variables: Mapping[str, str]) -> bool:
+    if e.signature != exp.signature:
+        return False
+    return all(k in e.fields and V.value_matches(e.fields[k], v, variables) for k, v in exp.fields.items())
+
+
+def _describe(exp: EventExpectation, variables: Mapping[str, str]) -> str:
+    if not exp.fields:
+        return exp.signature
+    fields = ", ".join(
+        f"{k}={V.substitute(v, variables) if isinstance(v, str) else v}" for k, v in exp.fields.items()
+    )
+    return f"{exp.signature}({fields})"
+
+
+def _check_command(step: Step, result: Completed, guest: GuestControl) -> None:
+    if result.ended_by == "timeout":
+        raise _StepFailed(f"timed out after {step.timeout_s:.0f}s")
+    if result.ended_by in ("kernel-fatal", "eof"):
+        fatal = guest.watcher.fatal
+        if fatal is None:
+            raise HarnessError(f"guest went away during step {step.name} (no kernel message)")
+        raise _StepFailed(fatal.summary())
+    if step.expect_ktap:
+        _check_ktap(step, result)
+    if step.expect_status is not None and result.status != step.expect_status:
+        last = result.output.strip().splitlines()[-1:] or ["no output"]
+        raise _StepFailed(f"exit status {result.status}, expected {step.expect_status}: {last[0][:200]}")
+    if step.expect_output and not re.search(step.expect_output, result.output, re.MULTILINE):
+        raise _StepFailed(f"output does not match /{step.expect_output}/")
+    if step.forbid_output and (m := re.search(step.forbid_output, result.output, re.MULTILINE)):
+        raise _StepFailed(f"output matches forbidden /{step.forbid_output}/: {m.group(0)[:120]}")
+
+
+def _do_qmp(step: Step, guest: GuestControl, state: _State) -> None:
+    assert step.qmp is not None
+    args = {
+        k: V.substitute(v, state.variables) if isinstance(v, str) else v
+        for k, v in step.qmp.arguments.items()
+    }
+    event = guest.qmp(step.qmp.command, args, step.qmp.wait_event, step.timeout_s)
+    if step.qmp.wait_event and event is None:
+        raise _StepFailed(
+            f"QMP {step.qmp.command}: no {step.qmp.wait_event} event within"
+            f" {step.timeout_s:.0f}s (the guest did not release the device?)"
+        )
+
+
+def _check_ktap(step: Step, result: Completed) -> None:
+    report = ktap.parse(result.output)
+    if report.bail_out is not None:
+        raise HarnessError(f"step {step.name}: helper bailed out: {report.bail_out}")
+    if not report.results:
+        raise _StepFailed(f"no KTAP results (exit status {result.status})")
+    failures = report.failures
+    if failures:
+        first = failures[0]
+        more = f" (and {len(failures) - 1} more failed)" if len(failures) > 1 else ""
+        raise _StepFailed(f"{first.name}: {first.reason or 'not ok'}{more}")
+    if report.planned and len(report.results) < report.planned:
+        raise _StepFailed(f"KTAP plan 1..{report.planned} but only {len(report.results)} results")
+
+
+def _check_events(
+    step: Step, events: list[Event], scenario_forbid: set[str], variables: Mapping[str, str]
+) -> None:
+    for exp in step.expect_events:
+        seen = sum(1 for e in events if _event_matches(e, exp, variables))
+        if seen < exp.min_count:
+            same_sig = [e.summary() for e in events if e.signature == exp.signature][:2]
+            hint = f" (saw: {'; '.join(same_sig)})" if same_sig else ""
+            raise _StepFailed(f"expected event {_describe(exp, variables)} not seen (x{exp.min_count}){hint}")
+    forbidden = expand(step.forbid_events) | scenario_forbid
+    for e in events:
+        if e.signature in forbidden:
+            raise _StepFailed(f"forbidden event {e.summary()}")
+
+
+def _run_step(step: Step, guest: GuestControl, state: _State, scenario_forbid: set[str]) -> StepResult:
+    start = time.monotonic()
+    mark = guest.watcher.lines_seen
+    result: Completed | None = None
+    command = None
+    try:
+        if step.qmp is not None:
+            _do_qmp(step, guest, state)
+        if step.run is not None:
+            command = V.substitute(step.run, state.variables)
+            result = guest.run(step.transport, command, step.timeout_s)
+            if step.transport == "ssh":
+                guest.sync_console()
+            state.variables.update(V.captures(result.output))
+            state.metrics.update(V.metrics(result.output))
+            _check_command(step, result, guest)
+        if step.expect_events and step.run is None:
+            guest.settle()  # a report may trail the action that caused it
+        window_start = {"boot": 0, "scenario": state.start_line, "step": mark}[step.events_since]
+        state.claims += [
+            (e, dict(state.variables)) for e in step.expect_events if e.signature in _FAULT_SIGNATURES
+        ]
+        _check_events(step, guest.events_since(window_start), scenario_forbid, state.variables)
+    except GuestFailure as failed:  # hung, or its network died: the kernel's FAIL
+        state.evidence.update(failed.evidence)
+        return _step_result(step, Verdict.FAIL, f"step {step.name}: {failed.reason}", start, command, result)
+    except _StepFailed as failed:
+        reason = f"{step.fail_reason}: {failed.reason}" if step.fail_reason else failed.reason
+        return _step_result(step, Verdict.FAIL, f"step {step.name}: {reason}", start, command, result)
+    except V.UnknownVariable as exc:
+        raise HarnessError(f"step {step.name}: unknown variable ${{{exc.args[0]}}}") from exc
+    return _step_result(step, Verdict.PASS, "", start, command, result)
+
+
+def _step_result(
+    step: Step, verdict: Verdict, reason: str, start: float, command: str | None, result: Completed | None
+) -> StepResult:
+    return StepResult(
+        name=step.name,
+        verdict=verdict,
+        reason=reason,
+        duration_s=time.monotonic() - start,
+        transport=step.transport if command else None,
+        command=command,
+        status=result.status if result else None,
+        output=result.output[-4000:] if result else "",
+    )
+
+
+def unclaimed_faults(
+    events: list[Event], claims: list[tuple[EventExpectation, dict[str, str]]]
+) -> list[Event]:
+    """IOMMU faults that no step expected: a step claims only the faults
+    from the device and address range its expectation declares."""
+    return [
+        e
+        for e in events
+        if e.signature in _FAULT_SIGNATURES and not any(_event_matches(e, exp, v) for exp, v in claims)
+    ]
+
+
+def _drivers(guest: GuestControl, bdfs: set[str]) -> dict[str, str]:
+    """The guest's driver for each PCI device, asked now (a device may have
+    been rebound to vfio-pci since boot); empty if the guest cannot answer."""
+    if not bdfs or guest.dead:
+        return {}
+    script = "; ".join(
+        f'd=$(readlink /sys/bus/pci/devices/{b}/driver); echo "{b}=${{d##*/}}"' for b in sorted(bdfs)
+    )
+    try:
+        result = guest.run("serial", script, 15)
+    except (HarnessError, GuestFailure):
+        return {}
+    return dict(ln.split("=", 1) for ln in result.output.splitlines() if "=" in ln)
+
+
+def _fault_reason(faults: list[Event], guest: GuestControl) -> str:
+    drivers = _drivers(guest, {str(e.fields["bdf"]) for e in faults if "bdf" in e.fields})
+    shown = next((e for e in faults if e.complete), faults[0])  # all its lines are in
+    first = describe_fault(shown.fields, shown.signature, drivers)
+    devices = sorted({str(e.fields.get("bdf", "?")) for e in faults})
+    more = f" ({len(faults)} faults from {', '.join(devices)})" if len(faults) > 1 else ""
+    return f"unexpected IOMMU fault: {first}{more}"
+
+
+def scenario_result(
+    scenario: Scenario,
+    ctx: ScenarioContext,
+    verdict: Verdict,
+    reason: str,
+    duration_s: float = 0.0,
+    events: list[Event] | tuple[dict[str, object], ...] = (),
+    steps: tuple[StepResult, ...] = (),
+    metrics: Mapping[str, float] | None = None,
+    evidence: Mapping[str, object] | None = None,
+) -> ScenarioResult:
+    """The one place a ScenarioResult is made: a target's declared known gap
+    turns its FAIL into an xfail here, whoever produced the verdict."""
+    if verdict == Verdict.FAIL and scenario.name in ctx.target.known_gaps:
+        verdict = Verdict.XFAIL
+        reason = f"known gap of {ctx.target.name}: {ctx.target.known_gaps[scenario.name]} ({reason})"
+    return ScenarioResult(
+        scenario=scenario.name,
+        profile=ctx.profile.name,
+        target=ctx.target.name,
+        side=ctx.side,
+        verdict=verdict,
+        reason=reason,
+        duration_s=duration_s,
+        events=tuple(e.to_json() if isinstance(e, Event) else e for e in events[:MAX_EVENTS_PER_RESULT]),
+        steps=steps,
+        metrics=dict(metrics or {}),
+        evidence=dict(evidence or {}),
+        console_log=ctx.console_log,
+        reproducer=ctx.reproducer,
+        boot=ctx.boot,
+    )
+
+
+def run_scenario(scenario: Scenario, guest: GuestControl, ctx: ScenarioContext) -> ScenarioResult:
+    start = time.monotonic()
+    start_line = 0 if scenario.check_boot_log else guest.watcher.lines_seen
+    faults_since = start_line if ctx.faults_since is None else min(ctx.faults_since, start_line)
+    state = _State(variables=ctx.base_variables(), start_line=start_line)
+    forbid = expand(scenario.forbid_events)
+    steps: list[StepResult] = []
+    verdict, reason = Verdict.PASS, ""
+    try:
+        for step in scenario.steps:
+            missing = sorted(step.requires - ctx.capabilities)
+            if missing:
+                steps.append(StepResult(step.name, Verdict.SKIP, f"needs {', '.join(missing)}"))
+                continue
+            if time.monotonic() - start > scenario.timeout_s:
+                verdict, reason = Verdict.FAIL, f"scenario timed out after {scenario.timeout_s}s"
+                break
+            res = _run_step(step, guest, state, forbid)
+            steps.append(res)
+            if res.verdict == Verdict.FAIL:
+                verdict, reason = Verdict.FAIL, res.reason
+                break
+        if not guest.dead:
+            guest.settle()  # late messages belong to this scenario, not the next
+        if verdict == Verdict.PASS:
+            # Scenario-wide: also catches what came between or after steps.
+            bad = next((e for e in guest.events_since(start_line) if e.signature in forbid), None)
+            if bad is not None:
+                verdict, reason = Verdict.FAIL, f"forbidden event {bad.summary()}"
+        if verdict == Verdict.PASS:
+            faults = unclaimed_faults(guest.events_since(faults_since), state.claims)
+            if faults:
+                verdict, reason = Verdict.FAIL, _fault_reason(faults, guest)
+        if verdict == Verdict.PASS and steps and all(s.verdict == Verdict.SKIP for s in steps):
+            verdict, reason = Verdict.SKIP, "no step applies: " + steps[0].reason
+    except GuestFailure as exc:  # from settle/sync between steps
+        state.evidence.update(exc.evidence)
+        verdict, reason = Verdict.FAIL, exc.reason
+    except HarnessError as exc:
+        verdict, reason = Verdict.ERROR, str(exc)
+    return scenario_result(
+        scenario,
+        ctx,
+        verdict,
+        reason,
+        duration_s=time.monotonic() - start,
+        events=guest.events_since(min(start_line, faults_since)),
+        steps=tuple(steps),
+        metrics=state.metrics,
+        evidence=state.evidence,
+    )

@@ -1,0 +1,157 @@
+"""SSH to the guest with paramiko, using a key generated for this run."""
+
+from __future__ import annotations
+
+import io
+import select
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import paramiko
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from harness.errors import SessionError
+from harness.session.base import Completed
+
+
+@dataclass(frozen=True)
+class SshKey:
+    private_openssh: str
+    public_line: str  # "ssh-ed25519 AAAA... pkvm-harness"
+
+    @classmethod
+    def generate(cls) -> SshKey:
+        # paramiko cannot generate ed25519 keys; cryptography (its own
+        # dependency) can, in the OpenSSH format paramiko reads.
+        key = Ed25519PrivateKey.generate()
+        private = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        ).decode()
+        public = (
+            key.public_key()
+            .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+            .decode()
+        )
+        return cls(private, f"{public} pkvm-harness")
+
+    def paramiko_key(self) -> paramiko.PKey:
+        return paramiko.Ed25519Key.from_private_key(io.StringIO(self.private_openssh))
+
+
+class SshSession:
+    name = "ssh"
+
+    def __init__(self, port: int, key: SshKey, host: str = "127.0.0.1") -> None:
+        self.host, self.port, self.key = host, port, key
+        self.client: paramiko.SSHClient | None = None
+
+    def connect(self, timeout: float = 60.0, give_up: Callable[[float], bool] | None = None) -> float:
+        """Connect, retrying while the guest's dropbear comes up; returns the
+        seconds it took. `give_up(elapsed)` may end the retries early when
+        the caller has seen why they cannot succeed."""
+        start = time.monotonic()
+        deadline = start + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if last is not None and give_up is not None and give_up(time.monotonic() - start):
+                break
+            client = paramiko.SSHClient()
+            # The guest is created for this run with a fresh host key; there
+            # is nothing to pin it against.
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+            try:
+                client.connect(
+                    self.host,
+                    port=self.port,
+                    username="root",
+                    pkey=self.key.paramiko_key(),
+                    look_for_keys=False,
+                    allow_agent=False,
+                    timeout=min(10, max(deadline - time.monotonic(), 1)),
+                    banner_timeout=15,  # dropbear makes its host key on first use, under TCG
+                    auth_timeout=15,
+                )
+                self.client = client
+                return time.monotonic() - start
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                last = exc
+                client.close()
+                time.sleep(0.05)
+        spent = time.monotonic() - start
+        raise SessionError(f"ssh to {self.host}:{self.port} failed within {spent:.0f}s: {last}")
+
+    def _transport(self) -> paramiko.Transport:
+        if self.client is None:
+            self.connect()
+        assert self.client is not None
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise SessionError("ssh connection lost")
+        return transport
+
+    def run(
+        self,
+        command: str,
+        timeout: float,
+        stdin: bytes | None = None,
+        abort: Callable[[int], str | None] | None = None,
+    ) -> Completed:
+        """`abort(bytes_received)` is polled while waiting: when it returns a
+        reason (e.g. "kernel-fatal": the kernel died, as seen on the console;
+        "hang": the guest failed a liveness probe), stop at once with that
+        as `ended_by` instead of waiting out the timeout."""
+        start = time.monotonic()
+        transport = self._transport()
+        try:
+            chan = transport.open_session()
+            chan.set_combine_stderr(True)
+            chan.exec_command(command)
+            if stdin is not None:
+                chan.sendall(stdin)
+            chan.shutdown_write()
+        except (paramiko.SSHException, OSError, EOFError):
+            return Completed(command, "", None, time.monotonic() - start, ended_by="connection-lost")
+        chunks: list[bytes] = []
+        deadline = start + timeout
+        ended = "exit"
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                ended = "timeout"
+                break
+            if abort is not None and (why := abort(sum(map(len, chunks)))) is not None:
+                ended = why
+                break
+            if not transport.is_active():
+                ended = "connection-lost"
+                break
+            ready, _, _ = select.select([chan], [], [], min(remaining, 0.5))
+            if ready:
+                data = chan.recv(65536)
+                if data:
+                    chunks.append(data)
+                    continue
+                time.sleep(0.01)  # EOF seen, exit status not yet: do not spin
+            if chan.exit_status_ready() and not chan.recv_ready():
+                break
+        status = chan.recv_exit_status() if ended == "exit" else None
+        if ended == "exit" and status == -1:  # the channel closed without an exit status
+            ended, status = "connection-lost", None
+        chan.close()
+        output = b"".join(chunks).decode(errors="replace").strip("\n")
+        return Completed(command, output, status, time.monotonic() - start, ended_by=ended)
+
+    def upload(self, data: bytes, remote: str, mode: int = 0o755, timeout: float = 60) -> None:
+        # dropbear ships no sftp-server; a shell pipe does the job.
+        result = self.run(f"cat > {remote} && chmod {mode:o} {remote}", timeout, stdin=data)
+        if result.status != 0:
+            raise SessionError(f"upload to {remote} failed: {result.output or result.ended_by}")
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
