@@ -182,7 +182,7 @@ def series_costs() -> None:
         line("series check: median per-patch build", median(seconds), "s", 30.0)
         _, wall = _cli(
             "series", "bisect", "--series", str(review / "bisect-dma.mbox"), "--profile", "smmuv3-nested",
-            "--output", f"{tmp}/b", "dma-after-unmap",
+            "--output", f"{tmp}/b", str(review.parent / "scenarios" / "after-unmap-quick.yaml"),
         )  # fmt: skip
         counts = json.loads(Path(f"{tmp}/b/bisect.json").read_text())["counts"]
         line("series bisect (7 patches): wall", wall, "s")

@@ -27,6 +27,9 @@ _INCLUDED = re.compile(r"^(?:In file included|\s+) from (?P<file>[^:]+):\d+[:,]$
 _IN_FUNCTION = re.compile(r"^(?P<file>[^:]+): In (?:function|member function|static function)")
 
 
+_ASCII_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'"})
+
+
 def _relative(path: str, tree: Path | None) -> str:
     if tree is not None:
         root = str(tree).rstrip("/") + "/"
@@ -69,8 +72,10 @@ def parse(log: str, tree: Path | None = None) -> tuple[set[str], list[Diagnostic
             continue
         if m := _DIAG.match(raw):
             path = _relative(m["file"], tree)
+            # gcc quotes with U+2018/U+2019 under a UTF-8 locale: the same message either way.
             unit = path.rsplit(".", 1)[0] if path.endswith((".c", ".S")) else context_unit or last_unit
-            diags.append(Diagnostic(path, int(m["line"]), m["kind"], m["msg"].strip(), unit))
+            message = m["msg"].strip().translate(_ASCII_QUOTES)
+            diags.append(Diagnostic(path, int(m["line"]), m["kind"], message, unit))
             context_unit = None
     return built, diags
 
@@ -109,7 +114,7 @@ def load_map(path: Path) -> WarningMap | None:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return {u: [(str(f), str(m)) for f, m in ws] for u, ws in data.items()}
+    return {u: [(str(f), str(m).translate(_ASCII_QUOTES)) for f, m in ws] for u, ws in data.items()}
 
 
 def save_map(path: Path, warnings: Mapping[str, list[Warning_]]) -> None:
