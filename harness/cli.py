@@ -15,6 +15,7 @@ from harness import __version__, paths, pipeline, ui
 from harness.config import Registry
 from harness.config.models import SeriesSpec, SourceSpec, Target
 from harness.errors import ConfigError, ExitCode, HarnessError, Interrupted
+from harness.kernel import remote
 from harness.machine.qemu import install_signal_handlers
 from harness.report import exit_code
 from harness.report.compare import compare, render_text
@@ -37,8 +38,18 @@ def _source(value: str) -> SourceSpec:
 def _target(args: argparse.Namespace, reg: Registry) -> Target:
     """The named target with the command line's overrides applied."""
     target = reg.target(args.target)
-    if args.source:
+    base = getattr(args, "base", None)
+    if args.source and remote.is_git_url(args.source):
+        fetched = remote.fetch(args.source, base)
+        target = replace(target, source=fetched.source())
+        if fetched.base is not None:
+            if args.series:
+                raise ConfigError("--base makes the commits BASE..REF the series: drop --series")
+            target = replace(target, series=remote.series_between(fetched))
+    elif args.source:
         target = replace(target, source=_source(args.source))
+    if base is not None and not (args.source and remote.is_git_url(args.source)):
+        raise ConfigError("--base needs --source URL@REF (a git repository to take BASE..REF from)")
     if args.series:
         target = replace(target, series=_series(args.series))
     if args.toolchain:
@@ -276,7 +287,14 @@ def parser() -> argparse.ArgumentParser:
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--target", default=DEFAULT_TARGET, help="target name or .yaml path")
         sp.add_argument("--series", help="patch series: mbox file, patch dir, or message-id (b4)")
-        sp.add_argument("--source", help="kernel source instead of the target's: git tree or tarball")
+        sp.add_argument(
+            "--source",
+            help="kernel source instead of the target's: a git work tree, a tarball, or a git URL@REF"
+            " (fetched into the cache; file:// works offline)",
+        )
+        sp.add_argument(
+            "--base", metavar="REF", help="with --source URL@REF: the commits REF..URL's REF are the series"
+        )
         sp.add_argument("--toolchain", choices=["gcc", "llvm"], help="gcc (cross) or llvm (LLVM=1)")
         sp.add_argument(
             "--upto", type=int, metavar="K", help="only the first K patches of the series (0: the base)"

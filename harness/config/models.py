@@ -18,9 +18,13 @@ ExpectValue = str | int | float | bool
 class SourceSpec:
     kind: SourceKind
     location: str  # a Debian package name, or a path
+    # git: this commit (a fetched remote's), instead of the work tree as it is
+    rev: str | None = None
+    origin: str | None = None  # the remote's URL, for reproducers
 
     def describe(self) -> str:
-        return f"{self.kind}:{self.location}"
+        at = f"@{self.rev[:12]}" if self.rev else ""
+        return f"{self.kind}:{self.location}{at}"
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,9 @@ class Target:
         (overrides given on the command line included): every reproducer
         (reproduce.sh, a build's metadata, bisect's answer) uses them."""
         args = ["--target", str(self.path) if self.path else self.name]
-        if self.source.kind != "debian":
+        if self.source.origin and self.source.rev:
+            args += ["--source", f"{self.source.origin}@{self.source.rev}"]
+        elif self.source.kind != "debian":
             args += ["--source", self.source.location]
         if self.series is not None:
             args += ["--series", self.series.location]
@@ -118,6 +124,11 @@ class Step:
     expect_ktap: bool = False
     qmp: QmpAction | None = None
     fail_reason: str | None = None
+    # Liveness probe for this step's command (None: the run's defaults): a
+    # silent guest is probed after hang_probe_s, and is hung when it then
+    # does not answer within hang_timeout_s while it had CPU.
+    hang_probe_s: float | None = None
+    hang_timeout_s: float | None = None
 
 
 @dataclass(frozen=True)

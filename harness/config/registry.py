@@ -115,6 +115,8 @@ def _step(raw: dict[str, Any]) -> Step:
         if "qmp" in raw
         else None,
         fail_reason=raw.get("fail_reason"),
+        hang_probe_s=raw.get("hang_probe_s"),
+        hang_timeout_s=raw.get("hang_timeout_s"),
     )
 
 

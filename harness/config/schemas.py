@@ -99,6 +99,8 @@ STEP: dict[str, Any] = {
         "events_since": {"enum": ["boot", "scenario", "step"]},
         "expect_ktap": {"type": "boolean"},
         "fail_reason": {"type": "string"},
+        "hang_probe_s": _TIMEOUT,
+        "hang_timeout_s": _TIMEOUT,
         "qmp": {
             "type": "object",
             "additionalProperties": False,

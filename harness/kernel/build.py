@@ -27,7 +27,7 @@ from harness.config.models import Target
 from harness.errors import BuildError, KconfigError, PatchError, ToolMissingError
 from harness.kernel import diagnostics, kconfig
 from harness.kernel.series import PatchSeries, checkout, load_series
-from harness.kernel.source import prepare_source, source_identity
+from harness.kernel.source import check_base_commit, prepare_source, source_identity
 
 ARCH = "arm64"
 # Bump when the way a config or build is produced changes meaning.
@@ -215,6 +215,10 @@ def build_kernel(
                         target, base.version, source_id, series, tc_version, config_text, make, upto
                     )
                     meta["commit"] = commit
+                    if series is not None and series.base_commit:
+                        note = check_base_commit(target.source, series.base_commit, base.version)
+                        meta["series"] |= {"base_commit": series.base_commit, "base_commit_check": note}
+                        ui.info("kernel", note)
                     _build_into_store(store, build_key, make, base.path, outdir, log, config_text, jobs, meta)
     except (PatchError, BuildError, KconfigError) as exc:
         # Loading the series happened above: what fails here is the series

@@ -42,6 +42,8 @@ def _git_snapshot(spec: SourceSpec) -> str:
     """A commit for the working tree as it is, uncommitted changes included,
     without touching the user's branches (git stash create writes no ref)."""
     repo = Path(spec.location)
+    if spec.rev is not None:  # a commit of a fetched remote (a bare mirror)
+        return git(repo, "rev-parse", f"{spec.rev}^{{commit}}").stdout.strip()
     if not (repo / ".git").exists():
         raise SourceError(f"source {spec.describe()}: not a git work tree")
     stash = git(repo, "stash", "create", check=False).stdout.strip()
@@ -49,7 +51,25 @@ def _git_snapshot(spec: SourceSpec) -> str:
     return rev
 
 
+def _unpacked_with_tree(tree: str) -> str | None:
+    """The identity of a source already unpacked in the cache whose base
+    commit has this exact tree, if any."""
+    for base in sorted((paths.cache_root() / "sources").glob("*/tree")):
+        got = git(base, "log", "-1", "--max-parents=0", "--format=%T %s", "HEAD", check=False)
+        sha, _, subject = got.stdout.strip().partition(" ")
+        if got.returncode == 0 and sha == tree and subject.startswith("base: "):
+            return subject.removeprefix("base: ")
+    return None
+
+
 def source_identity(spec: SourceSpec, memo: DigestMemo) -> str:
+    if spec.kind == "git" and spec.rev is not None:
+        # A fetched commit is identified by its tree: a branch of the very
+        # tree a tarball gave (e.g. a reviewer's branch on top of the
+        # release) shares that source's cache entry, work tree and O=
+        # directory, so its patches build incrementally, not from cold.
+        tree = git(Path(spec.location), "rev-parse", f"{spec.rev}^{{tree}}").stdout.strip()
+        return _unpacked_with_tree(tree) or f"gittree:{tree}"
     if spec.kind == "git":
         return f"git:{spec.location}@{_git_snapshot(spec)}"
     tarball = _tarball_for(spec)
@@ -113,3 +133,24 @@ def prepare_source(spec: SourceSpec, identity: str, store: ContentStore) -> Sour
                 git(tree, "commit", "-q", "--no-verify", "-m", f"base: {identity}")
         tree = store.path(key) / "tree"
     return SourceTree(spec=spec, identity=identity, key=key, path=tree, version=_kernel_version(tree))
+
+
+def check_base_commit(spec: SourceSpec, commit: str, version: str) -> str:
+    """What a series' `base-commit:` trailer says about this source: on a
+    git source, whether the commit is there and an ancestor of the base; a
+    tarball has no commits, so the trailer is reported beside its version."""
+    if spec.kind != "git":
+        return (
+            f"the series says base-commit {commit[:12]}; the source is a tarball of {version},"
+            " which has no commits to check it against"
+        )
+    repo = Path(spec.location)
+    if git(repo, "cat-file", "-e", f"{commit}^{{commit}}", check=False).returncode != 0:
+        return f"base-commit {commit[:12]} is not in the source: the series was written for another base"
+    base = spec.rev or _git_snapshot(spec)
+    if git(repo, "merge-base", "--is-ancestor", commit, base, check=False).returncode != 0:
+        return (
+            f"base-commit {commit[:12]} is not an ancestor of the base {base[:12]}:"
+            " the series was written for another base"
+        )
+    return f"base-commit {commit[:12]} is an ancestor of the base {base[:12]}"

@@ -36,7 +36,14 @@ class GuestControl(Protocol):
     @property
     def dead(self) -> bool: ...
 
-    def run(self, transport: Transport, command: str, timeout: float) -> Completed: ...
+    def run(
+        self,
+        transport: Transport,
+        command: str,
+        timeout: float,
+        hang_probe_s: float | None = None,
+        hang_timeout_s: float | None = None,
+    ) -> Completed: ...
 
     def sync_console(self, timeout: float = 15.0) -> None: ...
 
@@ -188,7 +195,9 @@ def _run_step(step: Step, guest: GuestControl, state: _State, scenario_forbid: s
             _do_qmp(step, guest, state)
         if step.run is not None:
             command = V.substitute(step.run, state.variables)
-            result = guest.run(step.transport, command, step.timeout_s)
+            result = guest.run(
+                step.transport, command, step.timeout_s, step.hang_probe_s, step.hang_timeout_s
+            )
             if step.transport == "ssh":
                 guest.sync_console()
             state.variables.update(V.captures(result.output))

@@ -19,15 +19,16 @@ from typing import Any
 from junit_xml import TestCase, TestSuite, to_xml_report_string
 
 from harness import pipeline, ui
-from harness.config.models import Profile, Scenario, Target
+from harness.config.models import Profile, Scenario, SourceSpec, Target
 from harness.errors import BuildError, ExitCode, HarnessError, KconfigError, PatchError
 from harness.image import build_image
 from harness.kernel import KernelBuild, build_kernel, diagnostics
 from harness.kernel.series import PatchSeries, load_series
+from harness.kernel.source import check_base_commit
 from harness.report import Verdict, exit_code
 from harness.report.writers import atomic_write
 
-CHECKS = ("apply", "build", "warnings", "kconfig", "boot")
+CHECKS = ("apply", "kconfig", "build", "warnings", "boot")  # the order they run in
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,7 @@ def check_series(target: Target, output: Path, options: CheckOptions) -> SeriesR
     report = SeriesReport(
         series=series.spec.describe(),
         target=target.name,
-        base=_base_info(base, series),
+        base=_base_info(base, series, target.source),
         description=series.cover_subject,
     )
     if base.warnings is None:
@@ -271,7 +272,7 @@ def _defect(exc: HarnessError) -> Verdict:
     return Verdict.FAIL if exc.series_defect else Verdict.ERROR
 
 
-def _base_info(base: KernelBuild, series: PatchSeries) -> dict[str, Any]:
+def _base_info(base: KernelBuild, series: PatchSeries, source: SourceSpec) -> dict[str, Any]:
     info: dict[str, Any] = {
         "kernel_version": base.version,
         "commit": base.metadata.get("commit"),
@@ -280,6 +281,8 @@ def _base_info(base: KernelBuild, series: PatchSeries) -> dict[str, Any]:
     }
     if series.base_commit:
         info["series_base_commit"] = series.base_commit
+        info["base_commit_check"] = check_base_commit(source, series.base_commit, base.version)
+        ui.info("series", info["base_commit_check"])
     return info
 
 

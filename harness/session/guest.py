@@ -12,7 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harness.config.models import Profile, Transport
@@ -294,9 +294,31 @@ class Guest:
             line.split("=", 1) for line in result.output.splitlines() if "=" in line and " " not in line
         )
 
-    def run(self, transport: Transport, command: str, timeout: float) -> Completed:
+    def run(
+        self,
+        transport: Transport,
+        command: str,
+        timeout: float,
+        hang_probe_s: float | None = None,
+        hang_timeout_s: float | None = None,
+    ) -> Completed:
+        """Run `command`; `hang_probe_s`/`hang_timeout_s` override the
+        liveness policy for this command only (a step that legitimately
+        stays silent for long sets a longer probe interval)."""
         if self.hang is not None:
             raise self.hang
+        saved = self.policy
+        self.policy = replace(
+            saved,
+            interval_s=hang_probe_s if hang_probe_s is not None else saved.interval_s,
+            probe_timeout_s=hang_timeout_s if hang_timeout_s is not None else saved.probe_timeout_s,
+        )
+        try:
+            return self._run(transport, command, timeout)
+        finally:
+            self.policy = saved
+
+    def _run(self, transport: Transport, command: str, timeout: float) -> Completed:
         watch = _StepWatch(self, transport)
         if transport == "ssh":
             result = self.ssh().run(command, timeout, abort=watch.check)

@@ -117,3 +117,56 @@ def test_against_base_lists_exactly_the_regression(tmp_path: Path) -> None:
     sides = {(r["side"], r["scenario"]): r["verdict"] for r in run.results["results"]}
     assert sides[("base", "dma-after-unmap")] == "pass" and sides[("tip", "dma-after-unmap")] == "fail"
     assert {t["side"] for t in run.results["targets"]} == {"base", "tip"}
+
+
+def _mainline_tree() -> Path:
+    from harness.paths import cache_root
+
+    for tree in (cache_root() / "sources").glob("*/tree"):
+        if "PATCHLEVEL = 3\n" in (tree / "Makefile").read_text() and (tree / ".git").exists():
+            return tree
+    raise AssertionError("mainline-7.3 is not unpacked in the cache (build it first)")
+
+
+def test_a_git_url_with_a_base_is_checked_patch_by_patch(tmp_path: Path) -> None:
+    import subprocess
+
+    from harness.kernel.gitutil import GIT_ENV
+
+    harness("build", "--target", "mainline-7.3")  # the release, unpacked in the cache
+    repo = tmp_path / "linux"
+    env = {**GIT_ENV, "PATH": "/usr/bin:/bin"}
+    subprocess.run(["git", "clone", "-q", "--shared", str(_mainline_tree()), str(repo)], check=True, env=env)
+    subprocess.run(
+        ["git", "-C", str(repo), "checkout", "-q", "-b", "feature", "harness-base"], check=True, env=env
+    )
+    mbox = REVIEW / "new-warning.mbox"
+    subprocess.run(["git", "-C", str(repo), "am", "-q", str(mbox)], check=True, env=env)
+    run = harness(
+        "series", "check", "--source", f"file://{repo}@feature", "--base", "harness-base",
+        output=tmp_path / "out",
+    )  # fmt: skip
+    assert run.rc == 1, run.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "series.json").read_text())
+    assert [p["subject"] for p in report["patches"]] == [
+        "kernel: exit: a comment (series-review test)",
+        "kernel: reboot: NEGATIVE TEST: add an unused function",
+        "kernel: reboot: a comment that moves the warning",
+    ]
+    assert [c["warnings"] for c in checks(report)] == ["pass", "fail", "pass"]
+    # Offline, an unreachable URL is one line naming it.
+    bad = harness(
+        "series",
+        "check",
+        "--source",
+        "https://git.invalid/linux.git@main",
+        "--base",
+        "v7.3",
+        output=tmp_path / "x",
+    )
+    assert bad.rc == 2
+    assert (
+        bad.stderr.strip()
+        .splitlines()[-1]
+        .startswith("pkvm-harness: error: source https://git.invalid/linux.git: cannot fetch it (")
+    )

@@ -55,7 +55,7 @@ def test_collects_every_scenario_once_per_profile_and_the_python_example() -> No
     assert len(ids) == 29
     assert set(ids) == expected | {"scenarios/test_example_python.py::test_protected_mode_over_ssh"}
     # The items of one profile are adjacent (they share a boot).
-    profiles = [i.rsplit("[", 1)[1] for i in ids if i.endswith("]")]
+    profiles = [i.rsplit("[", 1)[1].rstrip("]") for i in ids if i.endswith("]")]
     assert profiles == sorted(profiles, key=("smmuv3-nested", "virtio-iommu").index)
 
 
@@ -71,9 +71,9 @@ def test_tags_are_markers() -> None:
 def test_profile_and_target_options() -> None:
     ids = collect("scenarios/boot-health.yaml", "--profile", "virtio-iommu", "--target", "stable-6.12")
     assert ids == ["scenarios/boot-health.yaml::boot-health[virtio-iommu]"]
+    argv = [sys.executable, "-m", "pytest", "--collect-only", "-p", "no:cacheprovider", "scenarios/"]
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-p", "no:cacheprovider", "scenarios/"]
-        + ["--profile", "nope"],
+        [*argv, "--profile", "nope"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -119,7 +119,9 @@ REASONS = {
 }
 
 
-def test_verdicts_map_onto_pytest_outcomes(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_verdicts_map_onto_pytest_outcomes(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def fake_result(self: pytest_plugin.BootManager, scenario: Scenario, profile: str) -> ScenarioResult:
         return ScenarioResult(
             scenario.name,
@@ -203,7 +205,7 @@ class Fakes:
     runs: list[tuple[str, str, int | None, str | None]] = field(default_factory=list)
     builds: int = 0
     probes: int = 0
-    outcome: BootOutcome = BootOutcome(True, "pass", "", 1.0)
+    outcome: BootOutcome = field(default_factory=lambda: BootOutcome(True, "pass", "", 1.0))
     errors_left: dict[str, int] = field(default_factory=dict)  # scenario -> ERRORs before it passes
 
     @property
@@ -217,11 +219,15 @@ def fakes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Fakes:
 
     def build_all(target: object, jobs: int | None = None, upto: int | None = None) -> Any:
         fake.builds += 1
-        kernel = SimpleNamespace(image=tmp_path / "Image", system_map=tmp_path / "System.map", version="7.3.4")
+        kernel = SimpleNamespace(
+            image=tmp_path / "Image", system_map=tmp_path / "System.map", version="7.3.4"
+        )
         return SimpleNamespace(kernel=kernel, image=SimpleNamespace(), seconds=0.0)
 
     @contextlib.contextmanager
-    def booted_guest(profile: Profile, kernel_image: Path, image: object, run_dir: Path, *rest: Any) -> Iterator[Any]:
+    def booted_guest(
+        profile: Profile, kernel_image: Path, image: object, run_dir: Path, *rest: Any
+    ) -> Iterator[Any]:
         fake.open_at_boot.append(len(fake.open))
         run_dir.mkdir(parents=True)
         guest = FakeGuest(profile, run_dir, fake.outcome)
@@ -352,8 +358,10 @@ def test_a_failed_boot_of_a_python_scenario(
     harness's ERROR is an error."""
     fakes.outcome = BootOutcome(False, verdict, "boot: Kernel panic - not syncing", 3.0)
     (pytester.path / "scenarios").mkdir()
-    (pytester.path / "scenarios" / "test_mine.py").write_text("def test_it(guest):\n    raise AssertionError\n")
+    (pytester.path / "scenarios" / "test_mine.py").write_text(
+        "def test_it(guest):\n    raise AssertionError\n"
+    )
     result = pytester.runpytest("scenarios", "-rA")
     result.assert_outcomes(**outcome)
-    result.stdout.fnmatch_lines(["* - mainline-7.3/smmuv3-nested-1: boot: Kernel panic - not syncing"])
+    result.stdout.fnmatch_lines(["mainline-7.3/smmuv3-nested-1: boot: Kernel panic - not syncing"])
     assert not fakes.open

@@ -25,10 +25,19 @@ class ScriptedGuest:
         self.watcher.feed(boot_log)
         self.respond = respond
         self.commands: list[tuple[str, str]] = []
+        self.probes: list[tuple[float | None, float | None]] = []
         self.dead = False
 
-    def run(self, transport: str, command: str, timeout: float) -> Completed:
+    def run(
+        self,
+        transport: str,
+        command: str,
+        timeout: float,
+        hang_probe_s: float | None = None,
+        hang_timeout_s: float | None = None,
+    ) -> Completed:
         self.commands.append((transport, command))
+        self.probes.append((hang_probe_s, hang_timeout_s))
         output, status, console = self.respond(command)
         self.watcher.feed(console)
         if self.watcher.fatal is not None:  # what Guest.run does then
@@ -330,10 +339,30 @@ def test_a_guest_failure_in_a_step_is_a_fail_with_its_evidence(tmp_path: Path, d
     scenario = load_scenario(write(tmp_path, "name: s\nsteps:\n  - {name: pvm, run: x, transport: ssh}\n"))
 
     class HangingGuest(ScriptedGuest):
-        def run(self, transport: str, command: str, timeout: float) -> Completed:
+        def run(
+            self,
+            transport: str,
+            command: str,
+            timeout: float,
+            hang_probe_s: float | None = None,
+            hang_timeout_s: float | None = None,
+        ) -> Completed:
             self.dead = True
             raise GuestHung("hang: no answer", {"vcpus": [[{"cpu": 0, "pc": "0x1"}]]})
 
     result = run_scenario(scenario, HangingGuest(boot_log(data_dir), ok), ctx())
     assert result.verdict == Verdict.FAIL and result.reason == "step pvm: hang: no answer"
     assert result.evidence["vcpus"] == [[{"cpu": 0, "pc": "0x1"}]]
+
+
+def test_a_step_sets_its_own_liveness_probe(tmp_path: Path, data_dir: Path) -> None:
+    scenario = load_scenario(
+        write(
+            tmp_path,
+            "name: s\nsteps:\n  - {name: quiet, run: 'sleep 100', hang_probe_s: 120, hang_timeout_s: 20}\n"
+            "  - {name: default, run: 'true'}\n",
+        )
+    )
+    guest = ScriptedGuest(boot_log(data_dir), lambda c: ("", 0, ""))
+    assert run_scenario(scenario, guest, ctx()).verdict == Verdict.PASS
+    assert guest.probes == [(120, 20), (None, None)]
