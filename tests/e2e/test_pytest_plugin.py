@@ -5,14 +5,16 @@ runs the Python example scenario, and leaves no QEMU behind."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import run_scenarios
+from tests.e2e.conftest import qemu_pids, run_scenarios
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = ["boot-health", "dma-roundtrip", "dma-fault-unmapped"]
@@ -97,3 +99,33 @@ def test_python_scenario_with_fixtures(tmp_path: Path) -> None:
     assert junit_verdicts(xml) == {"test_protected_mode_over_ssh": ("pass", "")}
     boots = sorted(p.name for p in (tmp_path / "pytest" / "boots" / "mainline-7.3").iterdir())
     assert boots == ["smmuv3-nested-1"]
+
+
+@pytest.mark.usefixtures("no_leaked_qemu")
+def test_ctrl_c_leaves_no_qemu(tmp_path: Path) -> None:
+    """SIGINT while a shared boot is up: pytest unwinds, the plugin shuts
+    the boot down (the fixture checks for QEMUs with tmp_path in their
+    command line)."""
+    argv = [sys.executable, "-m", "pytest", "scenarios/", "-p", "no:cacheprovider"]
+    argv += ["--profile", "smmuv3-nested", "-k", " or ".join(SCENARIOS)]
+    argv += ["--pkvm-output", str(tmp_path / "pytest")]
+    proc = subprocess.Popen(
+        argv,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        # A shell without job control starts background jobs with SIGINT
+        # ignored, and Python keeps it so: give pytest the default back.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        deadline = time.monotonic() + 900
+        while not qemu_pids(str(tmp_path)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert qemu_pids(str(tmp_path)), "no boot started"
+        time.sleep(5)  # booting or running boot-health
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(120) == pytest.ExitCode.INTERRUPTED
+    finally:
+        if proc.poll() is None:
+            proc.kill()

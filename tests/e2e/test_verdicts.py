@@ -165,3 +165,26 @@ def test_qemu_killed_mid_scenario_is_an_error_and_is_retried_on_a_fresh_boot(tmp
     (result,) = load_results(tmp_path / "retry").results
     assert result.verdict == Verdict.PASS and result.attempts == 2
     assert str(result.evidence["earlier_attempts"][0]).startswith("QEMU exited")
+
+
+@pytest.mark.usefixtures("no_leaked_qemu")
+def test_a_boot_that_stops_making_progress_fails_within_seconds_with_evidence(tmp_path: Path) -> None:
+    """Every CPU spins silently from a late initcall: the console stops
+    before the readiness marker. That is the kernel's FAIL, found from the
+    silence plus the vCPUs' state, long before the 120 s boot timeout."""
+    run = run_scenarios(
+        tmp_path,
+        "mainline-7.3",
+        ["smmuv3-nested"],
+        ["boot-health"],
+        "--series",
+        str(SERIES / "boot-stall.patch"),
+    )
+    assert run.rc == 1, run.stderr[-2000:]
+    (result,) = run.run_result.results
+    assert result.verdict == Verdict.FAIL
+    assert result.reason.startswith("boot: stalled: no console output for 20s after"), result.reason
+    symbols = {v.get("symbol") or "" for sample in result.evidence["vcpus"] for v in sample}
+    assert any("pkvm_negative_test_boot_stall" in s or "multi_cpu_stop" in s for s in symbols), symbols
+    (boot,) = run.run_result.boots
+    assert boot.boot_s < 45, boot.boot_s  # not the 120 s boot timeout
