@@ -55,3 +55,40 @@ def test_sighup_during_a_boot_exits_129_and_leaves_no_qemu(tmp_path: Path) -> No
             proc.kill()
     assert rc == 129
     wait_for(lambda: not (qemu_pids() & ours), 10)
+
+
+def test_sigterm_during_a_build_exits_143_and_the_cache_stays_sound(tmp_path: Path) -> None:
+    """Interrupted in the middle of make: no half-written entry is ever
+    served, and the next build of the same input completes."""
+    import json
+    import secrets
+    import sys
+    import time
+
+    # A fresh one-line series, so that this build really runs make.
+    token = secrets.token_hex(8)
+    patch = tmp_path / "0001-comment.patch"
+    patch.write_text(
+        "From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n"
+        "From: pkvm-harness <pkvm-harness@localhost>\nSubject: [PATCH] kernel: a comment\n\n---\n"
+        "diff --git a/kernel/exit.c b/kernel/exit.c\n--- a/kernel/exit.c\n+++ b/kernel/exit.c\n"
+        "@@ -1,3 +1,4 @@\n+/* pkvm-harness interrupted-build test "
+        + token
+        + " */\n // SPDX-License-Identifier: GPL-2.0-only\n"
+        " /*\n  *  linux/kernel/exit.c\n"
+    )
+    argv = [sys.executable, "-m", "harness.cli", "build", "--target", "mainline-7.3", "--series", str(patch)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "make -j" in line:
+            time.sleep(3)
+            proc.send_signal(signal.SIGTERM)
+            break
+    assert proc.wait(120) == 143
+    again = harness("build", "--target", "mainline-7.3", "--series", str(patch))
+    assert again.rc == 0, again.stderr[-1500:]
+    info = json.loads(again.stdout)
+    assert info["kernel_cached"] is False and Path(info["image"]).stat().st_size > 1 << 20
+    third = harness("build", "--target", "mainline-7.3", "--series", str(patch))
+    assert json.loads(third.stdout)["kernel_cached"] is True

@@ -188,3 +188,28 @@ def test_a_boot_that_stops_making_progress_fails_within_seconds_with_evidence(tm
     assert any("pkvm_negative_test_boot_stall" in s or "multi_cpu_stop" in s for s in symbols), symbols
     (boot,) = run.run_result.boots
     assert boot.boot_s < 45, boot.boot_s  # not the 120 s boot timeout
+
+
+@pytest.mark.usefixtures("no_leaked_qemu")
+def test_a_panic_in_the_middle_of_a_step_is_a_fail_with_its_trace_and_a_fresh_machine(tmp_path: Path) -> None:
+    run = run_scenarios(
+        tmp_path,
+        "mainline-7.3",
+        ["smmuv3-nested"],
+        ["pvm-rules", "dma-roundtrip"],
+        "--series",
+        str(SERIES / "pvm-panic.patch"),
+    )
+    assert run.rc == 1, run.stderr[-2000:]
+    by_name = {r.scenario: r for r in run.run_result.results}
+    panic = by_name["pvm-rules"]
+    assert panic.verdict == Verdict.FAIL
+    assert (
+        "kernel-panic: Kernel panic - not syncing: NEGATIVE TEST: memslot change of a pVM that ran"
+        in panic.reason
+    )
+    event = next(e for e in panic.events if e["signature"] == "kernel-panic")
+    lines = "\n".join(event.get("symbolised") or event["trace"])
+    assert "kvm_arch_prepare_memory_region" in lines, lines[-1500:]
+    assert by_name["dma-roundtrip"].verdict == Verdict.PASS
+    assert by_name["dma-roundtrip"].boot != panic.boot
