@@ -57,7 +57,7 @@ fi
 
 HOST_PKGS=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross flex bison bc libssl-dev libelf-dev
            cpio ccache make git xz-utils rsync kmod python3-venv openssh-client
-           linux-source-6.12 clang lld llvm)
+           linux-source-6.12 clang lld llvm chromium)
 missing=()
 for p in "${HOST_PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then

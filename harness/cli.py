@@ -222,6 +222,23 @@ def cmd_run(args: argparse.Namespace, reg: Registry) -> int:
     return exit_code(result.results)
 
 
+def cmd_report(args: argparse.Namespace, reg: Registry) -> int:
+    from harness.report.html import write_report
+
+    if len(args.dirs) > 2:
+        raise ConfigError("report: give one results directory, or two to compare (BEFORE AFTER)")
+    after = Path(args.dirs[-1])
+    before = Path(args.dirs[0]) if len(args.dirs) == 2 else None
+    out = write_report(after, before, Path(args.output) if args.output else None)
+    if before is not None:
+        from harness.report import load_results
+
+        for line in render_text(compare(load_results(before).results, load_results(after).results)):
+            print(line)
+    print(out)
+    return ExitCode.OK
+
+
 def cmd_merge(args: argparse.Namespace, reg: Registry) -> int:
     from harness.report.merge import merge_into
 
@@ -367,6 +384,11 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--shards", type=int, default=4)
     gen.add_argument("--output", help="default: ci/gitlab-ci.yml or ci/github-workflow.yml")
     gen.set_defaults(func=cmd_ci_generate)
+
+    rp = sub.add_parser("report", help="an HTML report of a results directory; of two: what changed")
+    rp.add_argument("dirs", nargs="+", metavar="DIR", help="DIR, or BEFORE AFTER")
+    rp.add_argument("--output", help="default: report.html in the (last) results directory")
+    rp.set_defaults(func=cmd_report)
 
     mg = sub.add_parser("merge", help="combine results directories (shards) into one")
     mg.add_argument("inputs", nargs="+", metavar="DIR")

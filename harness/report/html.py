@@ -1,0 +1,176 @@
+"""A single-file HTML report of a run (or of two runs compared), readable
+from disk with no server and no network: inline CSS, no scripts, every link
+relative to the report's directory or absolute.
+
+It reads results only through `load_results` and compares with
+`harness.report.compare`, the module `run --against-base` uses."""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from harness.report.compare import Comparison, compare
+from harness.report.results import RunResult, ScenarioResult, Verdict, load_results
+
+_CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
+h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left}
+.pass{background:#d8f5d8}.fail{background:#f8c8c8}.error{background:#f5deb3}
+.skip,.not-run{background:#eee;color:#666}.xfail{background:#e3e3fb}.xpass{background:#fff3b0}
+pre{background:#f6f6f6;padding:.5em;overflow-x:auto;font-size:12px}
+.summary span{display:inline-block;margin-right:1em;padding:.1em .5em}
+details{margin:.3em 0}
+"""
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text))
+
+
+def _link(path: str | None, base: Path, label: str) -> str:
+    if not path:
+        return ""
+    target = Path(path)
+    try:
+        href = os.path.relpath(target, base)
+    except ValueError:
+        href = str(target)
+    return f'<a href="{_e(href)}">{_e(label)}</a>'
+
+
+def _summary(run: RunResult) -> str:
+    counts = " ".join(f'<span class="{_e(v)}">{_e(v)}: {n}</span>' for v, n in run.counts().items() if n)
+    state = "complete" if run.complete else f"incomplete ({_e(run.interrupted or 'running')})"
+    targets = ", ".join(
+        f"{_e(t.name)}{'/' + _e(t.side) if t.side else ''} ({_e(t.kernel.get('kernel_version', '?'))})"
+        for t in run.targets
+    )
+    return (
+        f'<p class="summary">{counts}</p>'
+        f"<p>{len(run.results)} results, {state}; targets: {targets}; {_e(run.qemu_version)};"
+        f" harness {_e(run.harness_version)}</p><p><code>{_e(run.command)}</code></p>"
+    )
+
+
+def _matrix(results: Iterable[ScenarioResult]) -> str:
+    results = list(results)
+    columns = sorted({(r.target, r.side or "", r.profile) for r in results})
+    rows = sorted({r.scenario for r in results})
+    cell = {(r.scenario, (r.target, r.side or "", r.profile)): r for r in results}
+    head = "".join(f"<th>{_e(t)}{'/' + _e(s) if s else ''}<br>{_e(p)}</th>" for t, s, p in columns)
+    body = []
+    for scenario in rows:
+        tds = []
+        for col in columns:
+            r = cell.get((scenario, col))
+            if r is None:
+                tds.append("<td></td>")
+            else:
+                anchor = f"r-{r.scenario}-{r.target}-{r.side or ''}-{r.profile}"
+                tds.append(
+                    f'<td class="{_e(r.verdict)}" title="{_e(r.reason)}">'
+                    f'<a href="#{_e(anchor)}">{_e(r.verdict)}</a></td>'
+                )
+        body.append(f"<tr><th>{_e(scenario)}</th>{''.join(tds)}</tr>")
+    return f'<table class="matrix"><tr><th>scenario</th>{head}</tr>{"".join(body)}</table>'
+
+
+def _result(r: ScenarioResult, base: Path) -> str:
+    anchor = f"r-{r.scenario}-{r.target}-{r.side or ''}-{r.profile}"
+    parts = [
+        f'<h3 id="{_e(anchor)}" class="{_e(r.verdict)}">{_e(r.scenario)} [{_e(r.profile)}]'
+        f" {_e(r.target)}{' ' + _e(r.side) if r.side else ''}: {_e(r.verdict)}</h3>",
+        f'<p class="reason">{_e(r.reason) or "&nbsp;"}</p>',
+        f"<p>{r.duration_s:.1f} s{f', attempts {r.attempts}' if r.attempts > 1 else ''}."
+        f" {_link(r.console_log, base, 'console log')}"
+        f" {_link(r.reproducer, base, 'reproduce this boot')}</p>",
+    ]
+    if r.metrics:
+        parts.append(
+            "<p>metrics: " + ", ".join(f"{_e(k)}={v:g}" for k, v in sorted(r.metrics.items())) + "</p>"
+        )
+    for s in r.steps:
+        if s.verdict in (Verdict.FAIL, Verdict.ERROR) or s.output:
+            parts.append(
+                f"<details><summary>step {_e(s.name)}: {_e(s.verdict)} {_e(s.reason)}</summary>"
+                f"<pre>{_e(s.command or '')}\n\n{_e(s.output[-3000:])}</pre></details>"
+            )
+    for ev in r.events:
+        if ev.get("severity") == "info":
+            continue
+        trace = ev.get("symbolised") or ev.get("trace") or []
+        parts.append(
+            f"<details open><summary>event {_e(ev.get('signature'))}: {_e(ev.get('message'))}</summary>"
+            f"<pre>{_e(chr(10).join(map(str, trace)))}</pre></details>"
+        )
+    if r.evidence:
+        tail = r.evidence.get("console_tail")
+        if isinstance(tail, list):
+            parts.append(
+                f"<details><summary>console tail</summary><pre>{_e(chr(10).join(tail))}</pre></details>"
+            )
+        vcpus = r.evidence.get("vcpus")
+        if vcpus:
+            parts.append(f"<details><summary>vCPUs</summary><pre>{_e(vcpus)}</pre></details>")
+    return "\n".join(parts)
+
+
+def _comparison(c: Comparison, before: str, after: str) -> str:
+    def rows(items: Iterable[object]) -> str:
+        out = []
+        for x in items:
+            out.append(
+                f"<tr><td>{_e(getattr(x, 'scenario', ''))}</td><td>{_e(getattr(x, 'profile', ''))}</td>"
+                f"<td>{_e(getattr(x, 'before', ''))}</td><td>{_e(getattr(x, 'after', ''))}</td>"
+                f"<td>{_e(getattr(x, 'reason', ''))}</td></tr>"
+            )
+        return "".join(out) or '<tr><td colspan="5">none</td></tr>'
+
+    head = "<tr><th>scenario</th><th>profile</th><th>before</th><th>after</th><th>reason</th></tr>"
+    parts = [f"<h2>Compared: {_e(before)} → {_e(after)}</h2>"]
+    for title, items in (
+        ("Newly failing", c.regressions),
+        ("Newly passing", c.fixes),
+        ("Still failing", c.still_failing),
+        ("Inconclusive (an ERROR or not-run on one side)", c.inconclusive),
+    ):
+        parts.append(f'<h3>{_e(title)}: {len(items)}</h3><table class="compare">{head}{rows(items)}</table>')
+    if c.metrics:
+        mrows = "".join(
+            f"<tr><td>{_e(m.scenario)}</td><td>{_e(m.profile)}</td><td>{_e(m.metric)}</td>"
+            f"<td>{m.before:g}</td><td>{m.after:g}</td><td>{m.relative:+.1%}</td></tr>"
+            for m in c.metrics
+        )
+        parts.append(
+            "<h3>Metric changes</h3><table><tr><th>scenario</th><th>profile</th><th>metric</th>"
+            f"<th>before</th><th>after</th><th>change</th></tr>{mrows}</table>"
+        )
+    return "\n".join(parts)
+
+
+def render(run: RunResult, base: Path, other: RunResult | None = None, other_name: str = "") -> str:
+    title = "pkvm-harness report"
+    body = [f"<h1>{title}</h1>", _summary(run), "<h2>Verdicts</h2>", _matrix(run.results)]
+    if other is not None:
+        body.append(_comparison(compare(other.results, run.results), other_name, str(base)))
+    body.append("<h2>Results</h2>")
+    body += [_result(r, base) for r in run.results if r.verdict != Verdict.PASS]
+    body += [_result(r, base) for r in run.results if r.verdict == Verdict.PASS]
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n"
+    )
+
+
+def write_report(results_dir: Path, against: Path | None = None, output: Path | None = None) -> Path:
+    """report.html in `results_dir` (or `output`); with `against`, the
+    comparison of `against` (before) with `results_dir` (after)."""
+    run = load_results(results_dir)
+    other = load_results(against) if against is not None else None
+    out = output or results_dir / "report.html"
+    out.write_text(render(run, out.parent, other, str(against) if against else ""))
+    return out
