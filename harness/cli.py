@@ -426,6 +426,9 @@ def main(argv: list[str] | None = None) -> int:
         kind = "FAIL" if exc.series_defect else "error"
         print(f"pkvm-harness: {kind}: {exc}", file=sys.stderr)
         return int(exc.verdict_exit_code)
+    except BrokenPipeError:  # e.g. `pkvm-harness list | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return int(ExitCode.OK)
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
         print(f"pkvm-harness: interrupted by {signal.Signals(signum).name}", file=sys.stderr)

@@ -146,9 +146,13 @@ def _run_make(argv: list[str], cwd: Path, log: Path, expected: int | None) -> in
                 m = _PROGRESS.match(line)
                 if m:
                     steps += 1
-                    pct = f" ~{min(99, 100 * steps // expected)}%" if expected else ""
                     elapsed = time.monotonic() - start
-                    ticker.update(f"{steps} steps{pct}, {elapsed:.0f}s: {m.group(2)}")
+                    pct = eta = ""
+                    if expected:
+                        pct = f"/{expected} ~{min(99, 100 * steps // expected)}%"
+                        left = elapsed / steps * max(expected - steps, 0)
+                        eta = f", ETA {int(left // 60)}m{int(left % 60):02d}s"
+                    ticker.update(f"{steps}{pct} steps, {elapsed:.0f}s{eta}: {m.group(2)}")
         finally:
             if proc.poll() is None:
                 proc.kill()
