@@ -148,7 +148,7 @@ def _run_make(argv: list[str], cwd: Path, log: Path, expected: int | None) -> in
                     steps += 1
                     elapsed = time.monotonic() - start
                     pct = eta = ""
-                    if expected:
+                    if expected and steps < expected:  # an estimate from the last full build of this O=
                         pct = f"/{expected} ~{min(99, 100 * steps // expected)}%"
                         left = elapsed / steps * max(expected - steps, 0)
                         eta = f", ETA {int(left // 60)}m{int(left % 60):02d}s"
