@@ -322,8 +322,12 @@ class Guest:
         watch = _StepWatch(self, transport)
         if transport == "ssh":
             result = self.ssh().run(command, timeout, abort=watch.check)
-            if result.ended_by == "connection-lost":
-                self._raise_if_qemu_gone(command)
+            if result.ended_by == "connection-lost" and not self.machine.alive():
+                # QEMU went away under the connection: a kernel panic (with
+                # panic=-1 QEMU exits) or an infrastructure fault. The console
+                # holds the answer: read it to the end first.
+                result = replace(result, ended_by="eof")
+            elif result.ended_by == "connection-lost":
                 # Cut on the host side, or the guest died under it: ask.
                 self._confirm_alive("ssh connection lost", via="serial")
                 raise SessionError(f"ssh connection lost during {command[:60]!r} (the guest still answers)")

@@ -122,6 +122,10 @@ class SerialSession:
         try:
             wrap = _WRAP if isolated else _WRAP_IN_SHELL
             self.child.send(wrap.format(command=command, m1=m1, m2=m2))
+        except (BrokenPipeError, ConnectionResetError):
+            # The other end is gone (QEMU exited, e.g. after a panic): the
+            # same as reading EOF; the caller decides whose fault that is.
+            return Completed(command, "", None, time.monotonic() - start, ended_by="eof")
         except OSError as exc:
             raise SessionError(f"serial write failed: {exc}") from exc
         what, before = self.expect([re.compile(re.escape(m1 + m2) + r":(\d+)\r?\n")], timeout, poll)
