@@ -27,7 +27,7 @@ def data_search_path() -> list[Path]:
     if env:
         out.append(Path(env))
     out.append(REPO_ROOT)
-    for prefix in {sys.prefix, sysconfig.get_path("data")}:
+    for prefix in dict.fromkeys((sys.prefix, sysconfig.get_path("data"))):  # ordered, no repeats
         out.append(Path(prefix) / "share" / "pkvm-harness")
     return out
 

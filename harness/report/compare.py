@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from harness.report.results import ScenarioResult, Verdict
@@ -70,7 +70,6 @@ class Comparison:
     metrics: tuple[MetricChange, ...] = ()
     only_before: tuple[CellKey, ...] = ()
     only_after: tuple[CellKey, ...] = ()
-    notes: tuple[str, ...] = field(default=())
 
     def to_json(self) -> dict[str, Any]:
         return {

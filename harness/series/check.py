@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -284,7 +283,3 @@ def _base_info(base: KernelBuild, series: PatchSeries, source: SourceSpec) -> di
         info["base_commit_check"] = check_base_commit(source, series.base_commit, base.version)
         ui.info("series", info["base_commit_check"])
     return info
-
-
-def render(report: SeriesReport) -> Sequence[str]:
-    return [_row(p, len(report.patches)) for p in report.patches]

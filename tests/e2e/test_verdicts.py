@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness.report import Verdict, load_results
-from tests.e2e.conftest import HARNESS, SERIES, interrupt_after_first_cell, qemu_pids, run_scenarios
+from tests.e2e.conftest import HARNESS, SERIES, Run, interrupt_after_first_cell, qemu_pids, run_scenarios
 
 _ADDRESS = re.compile(r"0x[0-9a-f]+")
 
@@ -54,6 +54,19 @@ def test_broken_nic_dma_gives_the_same_fail_with_the_same_reason_every_time(tmp_
     assert "virtio-iommu page fault" in reasons["virtio-iommu"]
 
 
+def pvm_rules_then_dma(tmp_path: Path, series: str) -> Run:
+    """pvm-rules (whose memslot move the pVM negative series break), then a
+    scenario that must pass on the fresh boot that follows."""
+    return run_scenarios(
+        tmp_path,
+        "mainline-7.3",
+        ["smmuv3-nested"],
+        ["pvm-rules", "dma-roundtrip"],
+        "--series",
+        str(SERIES / series),
+    )
+
+
 @pytest.mark.usefixtures("no_leaked_qemu")
 def test_a_guest_that_hangs_silently_is_a_fail_with_evidence_and_the_next_scenario_gets_a_fresh_boot(
     tmp_path: Path,
@@ -63,14 +76,7 @@ def test_a_guest_that_hangs_silently_is_a_fail_with_evidence_and_the_next_scenar
     harness must call it a hang (FAIL) within seconds, with the vCPUs'
     symbolised PCs, and run the next scenario on a new boot; results.json
     keeps everything."""
-    run = run_scenarios(
-        tmp_path,
-        "mainline-7.3",
-        ["smmuv3-nested"],
-        ["pvm-rules", "dma-roundtrip"],
-        "--series",
-        str(SERIES / "pvm-hang.patch"),
-    )
+    run = pvm_rules_then_dma(tmp_path, "pvm-hang.patch")
     assert run.rc == 1, run.stderr[-2000:]
     result = run.run_result
     by_name = {r.scenario: r for r in result.results}
@@ -192,14 +198,7 @@ def test_a_boot_that_stops_making_progress_fails_within_seconds_with_evidence(tm
 
 @pytest.mark.usefixtures("no_leaked_qemu")
 def test_a_panic_in_the_middle_of_a_step_is_a_fail_with_its_trace_and_a_fresh_machine(tmp_path: Path) -> None:
-    run = run_scenarios(
-        tmp_path,
-        "mainline-7.3",
-        ["smmuv3-nested"],
-        ["pvm-rules", "dma-roundtrip"],
-        "--series",
-        str(SERIES / "pvm-panic.patch"),
-    )
+    run = pvm_rules_then_dma(tmp_path, "pvm-panic.patch")
     assert run.rc == 1, run.stderr[-2000:]
     by_name = {r.scenario: r for r in run.run_result.results}
     panic = by_name["pvm-rules"]
