@@ -12,7 +12,7 @@ import shlex
 import sys
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -22,14 +22,15 @@ from harness.errors import GuestFailure, HarnessError, Interrupted, MachineError
 from harness.image import GuestImage, build_image
 from harness.kernel import KernelBuild, build_kernel
 from harness.kernel.symbols import SymbolTable
-from harness.logwatch import Event
 from harness.machine import qemu_version
 from harness.machine.qemu import kill_all_machines
 from harness.report import BootRecord, RunRecorder, RunResult, ScenarioResult, TargetRecord, Verdict
 from harness.report.recorder import Cell
-from harness.scenario import ScenarioContext, run_scenario, skip_reason
-from harness.scenario.capabilities import probe
-from harness.scenario.runner import scenario_result
+
+# Modules, not their functions: looked up at call time, so that a test (and
+# the pytest plugin's own tests) can replace probing and running.
+from harness.scenario import capabilities, runner
+from harness.scenario.runner import ScenarioContext, scenario_result, skip_reason
 from harness.session.guest import Guest, booted_guest
 from harness.session.liveness import LivenessPolicy
 
@@ -74,11 +75,111 @@ class RunRequest:
         return [(self.target.name, self.side, p.name, s.name) for p in self.profiles for s in self.scenarios]
 
 
+# The context of a scenario on a boot, from its capabilities and whether it
+# is the first scenario to run there (boot-time faults are its business).
+ContextFactory = Callable[[frozenset[str], bool], ScenarioContext]
+
+
+class BootedCells:
+    """The scenarios of one boot of a target x profile, run one at a time:
+    the boot's own verdict when it did not come up, the capability probe
+    (once, before the first scenario), skips, and each scenario's run.
+    `pkvm-harness run` and the pytest plugin both drive it, so a cell's
+    result follows the same rules in both."""
+
+    def __init__(self, guest: Guest, kernel: KernelBuild, profile: Profile, context: ContextFactory) -> None:
+        self.guest = guest
+        self.kernel = kernel
+        self.profile = profile
+        self._context = context
+        self._caps: frozenset[str] | None = None
+        self._probe_error: str | None = None
+        self._first = True
+        self._state_unknown = False
+
+    @property
+    def failed(self) -> bool:
+        """Every scenario on this boot gets the same verdict: it did not come
+        up, or it could not be probed."""
+        outcome = self.guest.boot_outcome
+        return outcome is None or not outcome.ready or self._probe_error is not None
+
+    @property
+    def spent(self) -> bool:
+        """The scenarios still to run need a fresh boot: the guest died
+        (crash, hang), or a harness bug left its state unknown. Not a boot
+        that failed: that gives the rest its verdict, it is not retried."""
+        return not self.failed and (self.guest.dead or self._state_unknown)
+
+    def run(self, scenario: Scenario) -> ScenarioResult:
+        outcome = self.guest.boot_outcome
+        assert outcome is not None
+        unprobed = self._context(frozenset(), False)
+        if not outcome.ready:
+            verdict = Verdict.FAIL if outcome.verdict == "fail" else Verdict.ERROR
+            events = [e for e in self.guest.watcher.events if e.severity != "info"]
+            evidence = dict(outcome.evidence or {})
+            reason = outcome.reason
+            return scenario_result(scenario, unprobed, verdict, reason, events=events, evidence=evidence)
+        if self._probe_error is not None:
+            return scenario_result(scenario, unprobed, Verdict.ERROR, self._probe_error)
+        if self._caps is None:
+            try:
+                self._caps = capabilities.probe(self.guest, self.kernel, self.profile.features)
+            except GuestFailure as exc:  # hung (or network dead) before the first scenario
+                self._state_unknown = True
+                reason = f"capability probe: {exc.reason}"
+                return scenario_result(scenario, unprobed, Verdict.FAIL, reason, evidence=exc.evidence)
+            except HarnessError as exc:
+                self._probe_error = f"capability probe: {exc}"
+                return scenario_result(scenario, unprobed, Verdict.ERROR, self._probe_error)
+        ctx = self._context(self._caps, self._first)
+        why = skip_reason(scenario, ctx)
+        if why is not None:
+            return scenario_result(scenario, ctx, Verdict.SKIP, why)
+        self._first = False
+        ui.info("scenario", f"{scenario.name} on {self.profile.name} ...")
+        try:
+            return runner.run_scenario(scenario, self.guest, ctx)
+        except Exception as exc:  # a harness bug: this cell is an ERROR, the rest still run
+            if os.environ.get("PKVM_HARNESS_DEBUG"):
+                traceback.print_exc()
+            self._state_unknown = True
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+            return scenario_result(scenario, ctx, Verdict.ERROR, reason)
+
+
+class Attempts:
+    """ERROR retries of the cells of one target x profile: an ERROR (the
+    harness or the infrastructure failed) runs again on a fresh boot, up to
+    `retries` times; a FAIL never does. The final result carries the number
+    of attempts and the earlier ERRORs' reasons."""
+
+    def __init__(self, retries: int, profile: str) -> None:
+        self.retries = retries
+        self.profile = profile
+        self._earlier: dict[str, list[str]] = {}  # scenario -> reasons of its ERROR attempts
+
+    def settle(self, result: ScenarioResult) -> ScenarioResult | None:
+        """The result to record, or None: run it again on a fresh boot."""
+        earlier = self._earlier.setdefault(result.scenario, [])
+        where = f"{result.scenario} on {self.profile}"
+        if result.verdict == Verdict.ERROR and len(earlier) < self.retries:
+            earlier.append(result.reason)
+            ui.info("scenario", f"{where}: ERROR {result.reason}; retrying on a fresh boot")
+            return None
+        if earlier:
+            evidence = {**result.evidence, "earlier_attempts": list(earlier)}
+            result = replace(result, attempts=len(earlier) + 1, evidence=evidence)
+        ui.info("scenario", f"{where}: {result.verdict.upper()} {result.reason}")
+        return result
+
+
 class _ProfileRun:
-    """All scenarios of one target x profile: boot, probe, run scenarios
-    until done; a guest that died (crash, hang) is replaced by a fresh
-    boot for the scenarios still to run. Every finished cell goes to the
-    recorder at once."""
+    """All scenarios of one target x profile: boot, then run the scenarios
+    still pending on it (BootedCells) until done; a guest that died (crash,
+    hang) is replaced by a fresh boot for the scenarios still to run. Every
+    finished cell goes to the recorder at once."""
 
     def __init__(
         self, request: RunRequest, artifacts: Artifacts, profile: Profile, recorder: RunRecorder
@@ -90,7 +191,7 @@ class _ProfileRun:
         self.boots = 0
         self.symbols = SymbolTable.from_system_map(artifacts.kernel.system_map)
         self.by_name = {s.name: s for s in request.scenarios}
-        self.attempts: dict[str, list[str]] = {}  # scenario -> reasons of its ERROR attempts
+        self.attempts = Attempts(request.retries, profile.name)
 
     @property
     def _boot_name(self) -> str:
@@ -167,71 +268,29 @@ class _ProfileRun:
         assert outcome is not None
         state = "ready" if outcome.ready else outcome.verdict.upper()
         ui.info("machine", f"{state} in {outcome.seconds:.2f}s {outcome.reason}")
-        if not outcome.ready:
-            verdict = Verdict.FAIL if outcome.verdict == "fail" else Verdict.ERROR
-            events = [e for e in guest.watcher.events if e.severity != "info"]
-            for s in pending:
-                self._record(s, verdict, outcome.reason, guest, events, dict(outcome.evidence or {}))
-            return
-        try:
-            caps = probe(guest, self.artifacts.kernel, self.profile.features)
-        except GuestFailure as exc:  # hung (or network dead) before the first scenario
-            self._record(pending[0], Verdict.FAIL, f"capability probe: {exc.reason}", guest, (), exc.evidence)
-            return
-        except HarnessError as exc:
-            for s in pending:
-                self._record(s, Verdict.ERROR, f"capability probe: {exc}", guest)
-            return
-        first_on_boot = True
-        for scenario in pending:
-            if guest.dead or self.recorder.frozen:
-                return  # the rest get a fresh boot (or, interrupted, none)
-            ctx = self._ctx(guest, caps, first_on_boot)
-            why = skip_reason(scenario, ctx)
-            if why is not None:
-                self._record(scenario, Verdict.SKIP, why, guest)
-                continue
-            first_on_boot = False
-            ui.info("scenario", f"{scenario.name} on {self.profile.name} ...")
-            try:
-                result = run_scenario(scenario, guest, ctx)
-            except Exception as exc:  # a harness bug: this cell is an ERROR, the rest still run
-                if os.environ.get("PKVM_HARNESS_DEBUG"):
-                    traceback.print_exc()
-                self._record(scenario, Verdict.ERROR, f"internal error: {type(exc).__name__}: {exc}", guest)
-                return  # the guest's state is unknown: fresh boot for the rest
-            if not self._finish(result):
-                return  # an ERROR to retry: on a fresh boot
-
-    def _record(
-        self,
-        scenario: Scenario,
-        verdict: Verdict,
-        reason: str,
-        guest: Guest | None = None,
-        events: Sequence[Event] = (),
-        evidence: Mapping[str, object] | None = None,
-    ) -> bool:
-        ctx = self._ctx(guest, frozenset(), first_on_boot=False)
-        return self._finish(
-            scenario_result(scenario, ctx, verdict, reason, events=list(events), evidence=evidence)
+        cells = BootedCells(
+            guest, self.artifacts.kernel, self.profile, lambda caps, first: self._ctx(guest, caps, first)
         )
+        for scenario in pending:
+            if cells.spent or self.recorder.frozen:
+                return  # the rest get a fresh boot (or, interrupted, none)
+            # A boot that failed gives every pending cell its verdict (each
+            # ERROR retried on the next boot); otherwise an ERROR to retry
+            # ends this boot.
+            if not self._finish(cells.run(scenario)) and not cells.failed:
+                return
+
+    def _record(self, scenario: Scenario, verdict: Verdict, reason: str) -> bool:
+        ctx = self._ctx(None, frozenset(), first_on_boot=False)
+        return self._finish(scenario_result(scenario, ctx, verdict, reason))
 
     def _finish(self, result: ScenarioResult) -> bool:
         """Record a finished cell, unless it is an ERROR with retries left:
-        then it stays pending (False) and runs again on a fresh boot. The
-        attempts and the earlier ERRORs' reasons go into the result."""
-        earlier = self.attempts.setdefault(result.scenario, [])
-        where = f"{result.scenario} on {self.profile.name}"
-        if result.verdict == Verdict.ERROR and len(earlier) < self.request.retries:
-            earlier.append(result.reason)
-            ui.info("scenario", f"{where}: ERROR {result.reason}; retrying on a fresh boot")
+        then it stays pending (False) and runs again on a fresh boot."""
+        final = self.attempts.settle(result)
+        if final is None:
             return False
-        if earlier:
-            evidence = {**result.evidence, "earlier_attempts": list(earlier)}
-            result = replace(result, attempts=len(earlier) + 1, evidence=evidence)
-        ui.info("scenario", f"{where}: {result.verdict.upper()} {result.reason}")
-        self.recorder.record(result)
+        self.recorder.record(final)
         return True
 
 

@@ -35,7 +35,7 @@ import contextlib
 import re
 import tempfile
 from collections.abc import Generator, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -46,7 +46,7 @@ from harness import ui
 from harness.config import Registry
 from harness.config.models import Profile, Scenario, Target
 from harness.config.registry import load_scenario
-from harness.errors import GuestFailure, HarnessError, MachineError
+from harness.errors import HarnessError, MachineError
 from harness.report.results import ScenarioResult, Verdict
 
 # A module, not its functions: looked up at call time, so a test can replace
@@ -56,7 +56,7 @@ from harness.scenario import runner as scenario_runner
 if TYPE_CHECKING:
     from harness.kernel.symbols import SymbolTable
     from harness.logwatch import Event
-    from harness.pipeline import Artifacts
+    from harness.pipeline import Artifacts, BootedCells
     from harness.scenario.runner import GuestControl, ScenarioContext
     from harness.session.guest import Guest
 
@@ -249,28 +249,8 @@ class _Boot:
     target: Target
     profile: Profile
     guest: Guest
+    cells: BootedCells  # runs the items on it, by `pkvm-harness run`'s rules
     stack: contextlib.ExitStack
-    caps: frozenset[str] | None = None  # probed once, before its first scenario
-    first: bool = True  # no scenario has run on it yet
-
-    @property
-    def failed(self) -> bool:
-        """Did not come up: the items still to run get its verdict, without
-        booting again (as `pkvm-harness run` gives it to every pending cell)."""
-        return self.guest.boot_outcome is None or not self.guest.boot_outcome.ready
-
-    def ctx(self, caps: frozenset[str], first_on_boot: bool) -> ScenarioContext:
-        return scenario_runner.ScenarioContext(
-            target=self.target,
-            profile=self.profile,
-            capabilities=caps,
-            console_log=str(self.guest.console_log),
-            reproducer=str(self.dir / "reproduce-boot.sh"),
-            # Faults during boot are the business of the first scenario
-            # that runs on it; later ones answer for their own window.
-            faults_since=0 if first_on_boot else None,
-            boot=self.id,
-        )
 
     def close(self) -> None:
         self.stack.close()
@@ -387,15 +367,33 @@ class BootManager:
             yield f"{target.name}/{name}", boots / name, guest
 
     def _shared_boot(self, profile: Profile) -> _Boot:
+        from harness.pipeline import BootedCells
+
         boot = self._boots.get(profile.name)
-        if boot is not None and (boot.failed or not boot.guest.dead):
+        if boot is not None and (boot.cells.failed or not boot.cells.spent):
             return boot
         self.release(profile.name)  # a dead guest: the next item gets a fresh boot
         stack = self._stack.enter_context(contextlib.ExitStack())
         boot_id, run_dir, guest = stack.enter_context(self.booted(profile))
-        boot = _Boot(boot_id, run_dir, self.target(), profile, guest, stack)
+        target = self.target()
+
+        def context(caps: frozenset[str], first_on_boot: bool) -> ScenarioContext:
+            return scenario_runner.ScenarioContext(
+                target=target,
+                profile=profile,
+                capabilities=caps,
+                console_log=str(guest.console_log),
+                reproducer=str(run_dir / "reproduce-boot.sh"),
+                # Faults during boot are the business of the first scenario
+                # that runs on it; later ones answer for their own window.
+                faults_since=0 if first_on_boot else None,
+                boot=boot_id,
+            )
+
+        cells = BootedCells(guest, self.artifacts().kernel, profile, context)
+        boot = _Boot(boot_id, run_dir, target, profile, guest, cells, stack)
         self._boots[profile.name] = boot
-        if boot.failed:
+        if not guest.boot_outcome or not guest.boot_outcome.ready:
             boot.close()  # nothing will run on it; its outcome and events stay readable
         return boot
 
@@ -416,6 +414,8 @@ class BootManager:
         """Run `scenario` on the profile's shared boot. An ERROR is retried
         on a fresh boot (`--pkvm-retries`), a FAIL never is; the attempts
         and the earlier ERRORs' reasons go into the result, as in `run`."""
+        from harness.pipeline import Attempts
+
         try:
             target, profile = self.target(), self.profile(profile_name)
         except HarnessError as exc:
@@ -427,59 +427,21 @@ class BootManager:
             if exc.series_defect:  # the series does not apply or build: its FAIL
                 return scenario_runner.scenario_result(scenario, ctx, Verdict.FAIL, f"series: {exc}")
             return scenario_runner.scenario_result(scenario, ctx, Verdict.ERROR, f"build: {exc}")
-        earlier: list[str] = []
+        attempts = Attempts(self.retries, profile.name)
         while True:
-            result = self._attempt(scenario, profile)
-            if result.verdict != Verdict.ERROR or len(earlier) >= self.retries:
-                break
-            earlier.append(result.reason)
-            ui.info("scenario", f"{scenario.name} on {profile.name}: ERROR {result.reason}; retrying")
+            final = attempts.settle(self._attempt(scenario, profile))
+            if final is not None:
+                return final
             self.release(profile.name)
-        if earlier:
-            evidence = {**result.evidence, "earlier_attempts": list(earlier)}
-            result = replace(result, attempts=len(earlier) + 1, evidence=evidence)
-        ui.info("scenario", f"{scenario.name} on {profile.name}: {result.verdict.upper()} {result.reason}")
-        return result
 
     def _attempt(self, scenario: Scenario, profile: Profile) -> ScenarioResult:
-        from harness.scenario import capabilities
-
-        made = scenario_runner.scenario_result  # the one place results are made (known gaps -> xfail)
         try:
             boot = self._shared_boot(profile)
         except MachineError as exc:  # QEMU would not start
             ctx = scenario_runner.ScenarioContext(self.target(), profile, frozenset())
-            return made(scenario, ctx, Verdict.ERROR, f"machine: {exc}")
-        guest, outcome = boot.guest, boot.guest.boot_outcome
-        assert outcome is not None
-        unprobed = boot.ctx(frozenset(), first_on_boot=False)
-        if not outcome.ready:
-            verdict = Verdict.FAIL if outcome.verdict == "fail" else Verdict.ERROR
-            events = [e for e in guest.watcher.events if e.severity != "info"]
-            evidence = dict(outcome.evidence or {})
-            return made(scenario, unprobed, verdict, outcome.reason, events=events, evidence=evidence)
-        if boot.caps is None:
-            try:
-                boot.caps = capabilities.probe(guest, self.artifacts().kernel, profile.features)
-            except GuestFailure as exc:  # hung (or network dead) before the first scenario
-                self.release(profile.name)
-                reason = f"capability probe: {exc.reason}"
-                return made(scenario, unprobed, Verdict.FAIL, reason, evidence=exc.evidence)
-            except HarnessError as exc:  # the boot's state is unknown: the next item boots again
-                self.release(profile.name)
-                return made(scenario, unprobed, Verdict.ERROR, f"capability probe: {exc}")
-        ctx = boot.ctx(boot.caps, first_on_boot=boot.first)
-        why = scenario_runner.skip_reason(scenario, ctx)
-        if why is not None:
-            return made(scenario, ctx, Verdict.SKIP, why)
-        boot.first = False
-        ui.info("scenario", f"{scenario.name} on {profile.name} ...")
-        try:
-            result = scenario_runner.run_scenario(scenario, guest, ctx)
-        except Exception as exc:  # a harness bug: this item is an ERROR, the guest's state unknown
-            self.release(profile.name)
-            return made(scenario, ctx, Verdict.ERROR, f"internal error: {type(exc).__name__}: {exc}")
-        if guest.dead:  # crashed or hung: the next items get a fresh boot
+            return scenario_runner.scenario_result(scenario, ctx, Verdict.ERROR, f"machine: {exc}")
+        result = boot.cells.run(scenario)
+        if boot.cells.spent:  # crashed, hung, or in an unknown state: the next items get a fresh boot
             self.release(profile.name)
         return result
 

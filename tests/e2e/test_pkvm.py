@@ -46,6 +46,7 @@ def test_mainline_share_donate_scenarios(tmp_path: Path) -> None:
     assert any(e["signature"] == "pvm-taint" for e in boot["events"])
 
 
+@pytest.mark.cold
 @pytest.mark.usefixtures("no_leaked_qemu")
 def test_stable_6_12_runs_vm_lifecycle_and_skips_protected_vms(tmp_path: Path) -> None:
     run = run_scenarios(

@@ -207,6 +207,7 @@ class Fakes:
     probes: int = 0
     outcome: BootOutcome = field(default_factory=lambda: BootOutcome(True, "pass", "", 1.0))
     errors_left: dict[str, int] = field(default_factory=dict)  # scenario -> ERRORs before it passes
+    dead_at_boot: bool = False  # QEMU is gone once the boot ends (a panic at boot)
 
     @property
     def open(self) -> list[FakeGuest]:
@@ -231,6 +232,7 @@ def fakes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Fakes:
         fake.open_at_boot.append(len(fake.open))
         run_dir.mkdir(parents=True)
         guest = FakeGuest(profile, run_dir, fake.outcome)
+        guest.crashed = fake.dead_at_boot
         fake.boots.append(guest)
         try:
             yield guest
@@ -255,6 +257,7 @@ def fakes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Fakes:
 
     monkeypatch.setattr(pipeline, "build_all", build_all)
     monkeypatch.setattr(session_guest, "booted_guest", booted_guest)
+    monkeypatch.setattr(pipeline, "booted_guest", booted_guest)
     monkeypatch.setattr(capabilities, "probe", probe)
     monkeypatch.setattr(runner, "run_scenario", run_scenario)
     return fake
@@ -310,6 +313,89 @@ def test_an_error_is_retried_on_a_fresh_boot(pytester: pytest.Pytester, fakes: F
     # The boot directories default to pytest's basetemp.
     assert all("basetemp" in str(g.dir) for g in fakes.boots)
     assert not fakes.open
+
+
+def _both_drivers(
+    pytester: pytest.Pytester, fakes: Fakes, tmp_path: Path, names: tuple[str, ...]
+) -> tuple[dict[str, tuple[str, int]], list[tuple[str, str, int | None]], int]:
+    """The scenarios `names` through `pkvm-harness run`'s pipeline, then
+    through the plugin: their verdicts and attempts, and the runs on boots,
+    when both agree; and the number of boots each made."""
+    from harness.config import Registry
+    from harness.config.registry import load_scenario
+
+    for name in names:
+        write_scenario(pytester.path / "scenarios", name)
+    errors = dict(fakes.errors_left)
+    registry = Registry()
+    request = pipeline.RunRequest(
+        target=registry.target("mainline-7.3"),
+        profiles=(registry.profile("smmuv3-nested"),),
+        scenarios=tuple(load_scenario(pytester.path / "scenarios" / f"{n}.yaml") for n in names),
+        output=tmp_path / "run",
+    )
+    meta = {"metadata": {}, "cached": True, "key": "fake", "target": "mainline-7.3"}
+    kernel = SimpleNamespace(image=tmp_path / "Image", system_map=tmp_path / "System.map", **meta)
+    artifacts: Any = SimpleNamespace(kernel=kernel, image=SimpleNamespace(**meta), seconds=0.0)
+    ran = pipeline.run_units([request], request.output, built={pipeline._build_id(request): artifacts})
+    by_run = {r.scenario: (r.verdict.value, r.attempts) for r in ran.results}
+    runs_of_run = [(boot, name, since) for boot, name, since, _ in fakes.runs]
+    boots_of_run = len(fakes.boots)
+
+    fakes.runs.clear()
+    fakes.errors_left = errors
+    xml = pytester.path / "junit.xml"
+    pytester.runpytest("scenarios", "--profile", "smmuv3-nested", f"--junitxml={xml}")
+    by_plugin = {}
+    for case in ET.parse(xml).getroot().iter("testcase"):
+        props = {p.attrib["name"]: p.attrib["value"] for p in case.iter("property")}
+        by_plugin[case.attrib["name"].split("[")[0]] = (props["verdict"], int(props.get("attempts", "1")))
+    runs_of_plugin = [(boot, name, since) for boot, name, since, _ in fakes.runs]
+    assert by_run == by_plugin
+    assert runs_of_run == runs_of_plugin
+    assert len(fakes.boots) - boots_of_run == boots_of_run
+    assert not fakes.open
+    return by_run, runs_of_run, boots_of_run
+
+
+def test_the_plugin_and_pkvm_harness_run_follow_the_same_rules(
+    pytester: pytest.Pytester, fakes: Fakes, tmp_path: Path
+) -> None:
+    """Both drive pipeline.BootedCells and pipeline.Attempts: the same
+    scenarios give the same boots, the same runs on them, and the same
+    verdicts and attempts."""
+    fakes.errors_left = {"c-flaky": 1, "d-broken": 5}
+    names = ("a-first", "b-crash", "c-flaky", "d-broken", "e-last")
+    by_run, runs_of_run, boots = _both_drivers(pytester, fakes, tmp_path, names)
+    assert by_run == {
+        "a-first": ("pass", 1),
+        "b-crash": ("fail", 1),
+        "c-flaky": ("pass", 2),
+        "d-broken": ("error", 2),
+        "e-last": ("pass", 1),
+    }
+    assert runs_of_run == [
+        ("smmuv3-nested-1", "a-first", 0),
+        ("smmuv3-nested-1", "b-crash", None),  # kills its guest
+        ("smmuv3-nested-2", "c-flaky", 0),  # ERROR: retried on a fresh boot
+        ("smmuv3-nested-3", "c-flaky", 0),
+        ("smmuv3-nested-3", "d-broken", None),  # ERROR: retried on a fresh boot, then final
+        ("smmuv3-nested-4", "d-broken", 0),
+        ("smmuv3-nested-4", "e-last", None),  # a final ERROR keeps the boot
+    ]
+    assert boots == 4
+
+
+def test_a_boot_that_fails_gives_every_scenario_its_fail_once(
+    pytester: pytest.Pytester, fakes: Fakes, tmp_path: Path
+) -> None:
+    # A hyp panic at boot: QEMU is gone (the guest is dead) and the boot's
+    # FAIL is every scenario's, on that one boot: no reboot, no retry.
+    fakes.outcome = BootOutcome(False, "fail", "boot: hyp-panic", 2.0)
+    fakes.dead_at_boot = True
+    by_run, runs, boots = _both_drivers(pytester, fakes, tmp_path, ("a-first", "b-second"))
+    assert by_run == {"a-first": ("fail", 1), "b-second": ("fail", 1)}
+    assert runs == [] and boots == 1
 
 
 def test_ctrl_c_shuts_every_boot_down(pytester: pytest.Pytester, fakes: Fakes) -> None:
