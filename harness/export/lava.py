@@ -27,8 +27,8 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,8 @@ def make_plan(
             if step.transport == "ssh":
                 ssh_steps.append(f"{scenario.name}/{step.name}")
             command = substitute(step.run, variables)
+            if any(ln.strip() in ("PKVM_EOF", "PKVM_PLAN_EOF") for ln in command.splitlines()):
+                raise ConfigError(f"{scenario.path or scenario.name}: step {step.name}: a line PKVM_EOF")
             commands.append(
                 PlannedCommand(
                     f"{scenario.name}.{step.name}",
@@ -796,8 +798,10 @@ def import_results(job_output: Path, output: Path, registry: Any) -> RunResult:
     interrupted = (
         None if job.get("result") in ("pass", None) else f"LAVA job: {job.get('error_msg', 'failed')}"
     )
-    recorder.fill_pending(Verdict.NOT_RUN, interrupted or "the LAVA job ended before it")
-    return recorder.finish(timings)
+    for r in recorder.snapshot().results:  # planned, never reached by the replay
+        if r.verdict == Verdict.NOT_RUN and r.reason == "not started":
+            recorder.record(replace(r, reason=interrupted or "the LAVA job ended before it"))
+    return recorder.finish(timings, interrupted)
 
 
 def _boot_record(
@@ -839,8 +843,6 @@ def _replay_scenarios(
 ) -> None:
     """The pipeline's per-boot loop, on the replayed guest: probe, then each
     scenario through run_scenario (its own skip rule, windows and checks)."""
-    from dataclasses import replace
-
     from harness.errors import GuestFailure
 
     try:
@@ -888,3 +890,64 @@ def _replay_scenarios(
             result = replace(result, duration_s=guest._seconds(begin, end))
         recorder.record(result)
         died_in = scenario.name
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc). QEMU under lava-run is not in
+    lava-run's process group: pexpect gives it a session of its own."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def run_job_locally(
+    job_dir: Path,
+    output: Path,
+    timeout: float = 1800.0,
+    watch: Callable[[int], None] | None = None,
+) -> tuple[int, float]:
+    """`lava-run` of an exported job on this machine, with the device
+    dictionary exported beside it (`lava export --device-dict`); the log
+    goes to OUTPUT/output.yaml, ready for `lava import OUTPUT`. On timeout or
+    interrupt lava-run and everything below it (QEMU) get SIGKILL, so no
+    QEMU outlives it. `watch(pid)` is called with lava-run's pid about twice
+    a second while it runs. Returns lava-run's exit code and the wall time."""
+    import os
+    import signal
+    import subprocess
+
+    if shutil.which("lava-run") is None:
+        raise HarnessError("lava-run not found (install lava-dispatcher: sudo ci/setup-host.sh)")
+    device = job_dir / DEVICE_FILE
+    if not device.is_file():
+        raise ConfigError(f"{device}: missing (export with --device-dict)")
+    output.mkdir(parents=True, exist_ok=True)
+    # The job id names LAVA's scratch directory: unique per caller.
+    argv = ["lava-run", "--job-id", str(os.getpid()), "--output-dir", str(output), "--device", str(device)]
+    start = time.monotonic()
+    with (output / "output.yaml").open("wb") as log:
+        proc = subprocess.Popen([*argv, str(job_dir / JOB_FILE)], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            while proc.poll() is None:
+                if time.monotonic() - start > timeout:
+                    raise HarnessError(f"lava-run did not finish within {timeout:.0f}s")
+                if watch is not None:
+                    watch(proc.pid)
+                time.sleep(0.5)
+        finally:
+            if proc.poll() is None:
+                for pid in [*descendants(proc.pid), proc.pid]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                proc.wait()
+    return proc.returncode, time.monotonic() - start
