@@ -29,19 +29,21 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from harness import __version__
+from harness.config import Registry
 from harness.config.models import Profile, Scenario, Target, Transport
 from harness.errors import ConfigError, HarnessError
+from harness.export.ci import _dump  # the same plain YAML as the CI pipelines
 from harness.logwatch import Event, LogWatcher
 from harness.machine.profile import MachineSpec, kernel_cmdline, reproducer_argv
 from harness.report.recorder import RunRecorder
-from harness.report.results import RunResult, TargetRecord, Verdict
+from harness.report.results import BootRecord, RunResult, TargetRecord, Verdict
 from harness.scenario.capabilities import CONSOLE_CAPABILITIES, PROBE_SCRIPT, guest_capabilities
 from harness.scenario.runner import ScenarioContext, run_scenario, scenario_result, skip_reason
 from harness.scenario.variables import substitute
@@ -395,18 +397,6 @@ def _inline_step(script: str) -> str:
     return f"cat > /tmp/pkvm-plan.sh <<'PKVM_PLAN_EOF'\n{script}PKVM_PLAN_EOF"
 
 
-def _dump(doc: Mapping[str, Any]) -> str:
-    class Dumper(yaml.SafeDumper):
-        def ignore_aliases(self, data: Any) -> bool:
-            return True
-
-    def literal(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
-        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|" if "\n" in data else None)
-
-    Dumper.add_representer(str, literal)
-    return yaml.dump(dict(doc), Dumper=Dumper, sort_keys=False, width=4096)
-
-
 def _place(src: Path, dest: Path) -> Path:
     """A copy in the export directory (never a link into the shared cache)."""
     dest.unlink(missing_ok=True)
@@ -512,7 +502,6 @@ def _entry(raw: str) -> dict[str, Any] | None:
 
 
 def _epoch(dt: object) -> float | None:
-    from datetime import datetime
 
     try:
         return datetime.fromisoformat(str(dt)).replace(tzinfo=UTC).timestamp()
@@ -711,7 +700,7 @@ def _left_out(meta: Mapping[str, str]) -> dict[str, str]:
     return dict(part.split(": ", 1) for part in raw.split(" | ") if ": " in part)
 
 
-def import_results(job_output: Path, output: Path, registry: Any) -> RunResult:
+def import_results(job_output: Path, output: Path, registry: Registry) -> RunResult:
     """lava-run's output directory -> OUTPUT/results.json (+ junit.xml and
     console.log), verdicts decided by the harness's runner on the replayed
     console."""
@@ -813,9 +802,7 @@ def _boot_record(
     guest: ReplayGuest,
     verdict: Verdict,
     reason: str,
-) -> Any:
-    from harness.report.results import BootRecord
-
+) -> BootRecord:
     ready = guest.line_of("PKVM-HARNESS-READY")
     seconds = 0.0
     if ready is not None and guest.console and guest.console[0].at is not None and guest.console[ready].at:
@@ -838,7 +825,7 @@ def _replay_scenarios(
     guest: ReplayGuest,
     scenarios: Sequence[Scenario],
     static_caps: frozenset[str],
-    ctx: Any,
+    ctx: Callable[[frozenset[str], bool], ScenarioContext],
     recorder: RunRecorder,
 ) -> None:
     """The pipeline's per-boot loop, on the replayed guest: probe, then each

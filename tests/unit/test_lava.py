@@ -186,6 +186,22 @@ def test_a_log_that_is_not_a_harness_job_is_a_one_line_error(tmp_path: Path, reg
         lava.import_results(tmp_path, tmp_path / "out2", reg)
 
 
+def test_left_out_scenarios_import_as_skips_with_the_reason(tmp_path: Path, reg: Registry) -> None:
+    def left_out(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for e in entries:
+            if e["lvl"] == "target" and "@@PKVM-LAVA:JOB:" in str(e["msg"]):
+                head, meta = str(e["msg"]).replace('\\"', '"').split(":JOB:", 1)
+                doc = json.loads(meta)
+                doc["pkvm-harness.left-out"] = "dma-hotplug: step add sends QMP device_add"
+                e["msg"] = f"{head}:JOB:{json.dumps(doc)}".replace('"', '\\"')
+        return entries
+
+    results = _import(tmp_path, reg, left_out)
+    assert results["dma-hotplug"].verdict == Verdict.SKIP
+    assert results["dma-hotplug"].reason == "left out of the LAVA job: step add sends QMP device_add"
+    assert results["dma-roundtrip"].verdict == Verdict.PASS
+
+
 # ---------------------------------------------------------------- export
 
 
@@ -233,5 +249,5 @@ def test_job_definition_urls(reg: Registry, tmp_path: Path) -> None:
     assert lab["actions"][0]["deploy"]["images"]["kernel"]["url"] == "https://lab.example/pkvm/Image"
     assert lab["device_type"] == "qemu" and lab["context"]["arch"] == "arm64"
     assert "-drive file={scratch},if=none,id=scratch,format=raw" not in lab["context"]["extra_options"]
-    text = lava._dump(lab)
+    text = yaml.safe_dump(lab)
     assert yaml.safe_load(text)["metadata"]["pkvm-harness.scenarios"] == ",".join(CELL)
