@@ -207,9 +207,8 @@ def plan_script(plan: Plan) -> str:
 
 # ---------------------------------------------------------------- QEMU and the job
 
-# A reproducer argv's options that LAVA itself supplies (images) or that
-# the job must not have (the console on stdio is LAVA's connection).
-_LAVA_OWNS = {"-kernel", "-initrd", "-append", "-serial"}
+# A reproducer argv's options that LAVA itself supplies (the images).
+_LAVA_OWNS = {"-kernel", "-initrd", "-append"}
 
 
 def qemu_context(target: Target, profile: Profile) -> dict[str, Any]:
@@ -234,6 +233,12 @@ def qemu_context(target: Target, profile: Profile) -> dict[str, Any]:
     i = 0
     while i < len(argv):
         opt, val = argv[i], argv[i + 1] if i + 1 < len(argv) else ""
+        if opt == "-serial":
+            # The console on stdio is LAVA's connection. Explicit, because
+            # -nodefaults drops the serial port -nographic would add.
+            extra.append("-serial stdio")
+            i += 2
+            continue
         if opt in _LAVA_OWNS:
             i += 2
             continue
@@ -269,7 +274,8 @@ def qemu_context(target: Target, profile: Profile) -> dict[str, Any]:
 def device_dictionary(context: Mapping[str, Any]) -> dict[str, Any]:
     """The device a lab's qemu.jinja2 renders from this job context (the
     options it derives from arch, cpu, machine, memory, no_kvm, no_network
-    and extra_options), for lava-run on this machine."""
+    and extra_options, as lava-server's and tuxlava's templates write them
+    for arm64), for lava-run on this machine."""
     return {
         "device_type": "qemu",
         "available_architectures": ["arm64", "aarch64"],
@@ -304,10 +310,10 @@ def device_dictionary(context: Mapping[str, Any]) -> dict[str, Any]:
                             "options": [
                                 f"-cpu {context['cpu']}",
                                 f"-machine {context['machine']}",
-                                *([] if context.get("no_network") else ["-net nic -net user"]),
+                                "-nographic",
+                                "-nic none" if context.get("no_network") else "-net nic -net user",
                                 f"-m {context['memory']}",
                                 "-monitor none",
-                                "-serial stdio",
                             ],
                             "extra": list(context.get("extra_options", [])),
                         }

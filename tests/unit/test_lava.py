@@ -227,12 +227,14 @@ def test_context_is_the_profiles_machine_without_host_ports(reg: Registry) -> No
     assert ctx["arch"] == "arm64" and ctx["cpu"] == "max" and ctx["memory"] == "1024"
     assert ctx["machine"] == "virt,virtualization=on,gic-version=3,iommu=smmuv3"
     extra = " ".join(ctx["extra_options"])
-    assert "hostfwd" not in extra and "-serial" not in extra and "-qmp" not in extra
+    assert "hostfwd" not in extra and "-qmp" not in extra and "-chardev" not in extra
+    assert "-serial stdio" in ctx["extra_options"]  # -nodefaults: the console must be explicit
     assert "-device edu,dma_mask=0xffffffffffffffff" in ctx["extra_options"]
     assert "kvm-arm.mode=protected" in ctx["kernel_cmdline"]
     device = lava.device_dictionary(ctx)
     params = device["actions"]["boot"]["methods"]["qemu"]["parameters"]
     assert params["command"] == "qemu-system-aarch64" and "-enable-kvm" not in params["options"]
+    assert "-nic none" in params["options"]  # no_network: no NIC of LAVA's shifts the PCI addresses
     assert params["extra"] == ctx["extra_options"]
 
 
