@@ -297,9 +297,9 @@ def cmd_lava(args: argparse.Namespace, reg: Registry) -> int:
     if args.lava_cmd == "export":
         target = _target(args, reg)
         profiles = [reg.profile(p) for p in (args.profile or DEFAULT_PROFILES)]
-        scenarios = [reg.scenario(n) for n in (args.scenario or ())]
+        scenarios = [reg.scenario(n) for n in (args.scenario or reg.scenario_names())]
         exported = lava.export(
-            target, profiles, scenarios, Path(args.output), args.artifact_url, args.device_dict
+            target, profiles, scenarios, Path(args.output), args.artifact_url, args.device_dict, args.upto
         )
         for job in exported.jobs:
             print(job)
@@ -419,7 +419,7 @@ def parser() -> argparse.ArgumentParser:
     lx = lvsub.add_parser("export", help="a LAVA job definition per target x profile")
     common(lx)
     lx.add_argument("--profile", action="append", help="repeatable (default: the default suite's)")
-    lx.add_argument("--scenario", action="append", help="repeatable")
+    lx.add_argument("--scenario", action="append", help="repeatable (default: all)")
     lx.add_argument("--artifact-url", metavar="BASE", help="artifacts under this URL (default: file://)")
     lx.add_argument("--device-dict", action="store_true", help="also a device for lava-run here")
     lx.add_argument("--output", required=True)

@@ -211,6 +211,24 @@ def plan_script(plan: Plan) -> str:
 _LAVA_OWNS = {"-kernel", "-initrd", "-append"}
 
 
+_LISTENERS = re.compile(r"^-(?:vnc|spice|gdb|incoming)\b|\b(?:tcp|telnet|websocket):|hostfwd=")
+
+
+def _listens_off_loopback(option: str) -> str | None:
+    """Why this QEMU option would listen on a host port not on loopback, or None."""
+    if not _LISTENERS.search(option):
+        return None
+    if option.startswith("-vnc") and ("127.0.0.1" in option or "localhost" in option or "unix:" in option):
+        return None
+    if re.search(r"(?:tcp|telnet|websocket):(?:127\.0\.0\.1|localhost|\[::1\]):", option):
+        return None
+    if "hostfwd=" in option and all(
+        re.match(r"(?:tcp|udp):127\.0\.0\.1:", f) for f in re.findall(r"hostfwd=([^,]+)", option)
+    ):
+        return None
+    return "opens a host port not bound to 127.0.0.1"
+
+
 def qemu_context(target: Target, profile: Profile) -> dict[str, Any]:
     """The profile's QEMU options as a LAVA job context: the argv the
     harness runs, minus what LAVA adds itself (kernel, initrd, append, the
@@ -233,7 +251,7 @@ def qemu_context(target: Target, profile: Profile) -> dict[str, Any]:
     i = 0
     while i < len(argv):
         opt, val = argv[i], argv[i + 1] if i + 1 < len(argv) else ""
-        if opt == "-serial":
+        if opt == "-serial" and val == "mon:stdio":  # the reproducer's console
             # The console on stdio is LAVA's connection. Explicit, because
             # -nodefaults drops the serial port -nographic would add.
             extra.append("-serial stdio")
@@ -259,6 +277,11 @@ def qemu_context(target: Target, profile: Profile) -> dict[str, Any]:
         else:
             extra.append(opt)
             i += 1
+    for option in extra:
+        if (bad := _listens_off_loopback(option)) is not None:
+            raise ConfigError(
+                f"{profile.path or profile.name}: {option!r}: {bad} (QEMU under LAVA binds 127.0.0.1 only)"
+            )
     return {
         "arch": "arm64",
         "machine": machine,
@@ -424,6 +447,7 @@ def export(
     output: Path,
     artifact_url: str | None = None,
     with_device: bool = False,
+    upto: int | None = None,
 ) -> Exported:
     """One job per target x profile under OUTPUT/<target>_<profile>/, the
     artifacts under OUTPUT/artifacts/, what was left out in left-out.txt."""
@@ -432,7 +456,7 @@ def export(
 
     if not scenarios:
         raise ConfigError("lava export: give at least one --scenario")
-    artifacts = build_all(target)
+    artifacts = build_all(target, upto=upto)
     store = output / "artifacts"
     store.mkdir(parents=True, exist_ok=True)
     kernel = _place(artifacts.kernel.image, store / "Image")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +237,19 @@ def test_context_is_the_profiles_machine_without_host_ports(reg: Registry) -> No
     assert params["command"] == "qemu-system-aarch64" and "-enable-kvm" not in params["options"]
     assert "-nic none" in params["options"]  # no_network: no NIC of LAVA's shifts the PCI addresses
     assert params["extra"] == ctx["extra_options"]
+
+
+@pytest.mark.parametrize(
+    "option", ["-vnc :0", "-gdb tcp::1234", "-monitor telnet::4444,server=on", "-serial tcp:0.0.0.0:5555"]
+)
+def test_a_profile_that_would_listen_off_loopback_is_refused(reg: Registry, option: str) -> None:
+    profile = replace(reg.profile("smmuv3-nested"), extra_args=tuple(option.split(" ", 1)))
+    with pytest.raises(ConfigError, match=r"not bound to 127\.0\.0\.1"):
+        lava.qemu_context(reg.target("mainline-7.3"), profile)
+    loopback = replace(profile, extra_args=("-gdb", "tcp:127.0.0.1:1234"))
+    assert (
+        "-gdb tcp:127.0.0.1:1234" in lava.qemu_context(reg.target("mainline-7.3"), loopback)["extra_options"]
+    )
 
 
 def test_job_definition_urls(reg: Registry, tmp_path: Path) -> None:
