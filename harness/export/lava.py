@@ -69,6 +69,7 @@ class PlannedCommand:
     command: str
     transport: Transport
     requires: frozenset[str]  # the step's (the scenario's are guarded around it)
+    timeout_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,7 @@ def make_plan(
                     command,
                     step.transport,
                     step.requires,
+                    step.timeout_s,
                 )
             )
     notes = []
@@ -147,17 +149,28 @@ def make_plan(
 
 _PLAN_HEAD = f"""# pkvm-harness plan: each guest command between console markers; the
 # harness's importer decides the verdicts from the console log.
-PKVM_CAPS=/tmp/pkvm-caps
+T=${{PKVM_TMP:-/tmp}}
+PKVM_CAPS=$T/pkvm-caps
 has() {{ grep -qx "$1" "$PKVM_CAPS"; }}
-pkvm_run() {{  # ID: the command comes on stdin
-  cat > /tmp/pkvm-cmd.sh
+pkvm_run() {{  # ID TIMEOUT_S: the command comes on stdin
+  cat > "$T/pkvm-cmd.sh"
   echo "{MARK}:BEGIN:$1"
-  sh /tmp/pkvm-cmd.sh </dev/null >/tmp/pkvm-out 2>&1
+  sh "$T/pkvm-cmd.sh" </dev/null >"$T/pkvm-out" 2>&1 &
+  pid=$!
+  # The step's timeout, as the harness applies it: killed, and said so.
+  (
+    trap 'kill "$s" 2>/dev/null; exit 0' TERM
+    sleep "$2" & s=$!
+    wait "$s" && kill -9 "$pid" 2>/dev/null && echo "{MARK}:TIMEOUT:$1"
+  ) &
+  dog=$!
+  wait "$pid"
   rc=$?
+  kill "$dog" 2>/dev/null
   echo "{MARK}:OUT:$1"
-  cat /tmp/pkvm-out
+  cat "$T/pkvm-out"
   printf '\\n{MARK}:END:%s:%d\\n' "$1" "$rc"
-  [ "$1" = {PROBE_ID} ] && cat /tmp/pkvm-out >> "$PKVM_CAPS"
+  [ "$1" = {PROBE_ID} ] && cat "$T/pkvm-out" >> "$PKVM_CAPS"
   if [ "$rc" = 0 ]; then r=pass; else r=fail; fi
   lava-test-case "$1" --result "$r"
 }}
@@ -192,7 +205,7 @@ def plan_script(plan: Plan) -> str:
     ]
 
     def run(cmd: PlannedCommand) -> list[str]:
-        return [f"pkvm_run {cmd.id} <<'PKVM_EOF'", cmd.command.rstrip("\n"), "PKVM_EOF"]
+        return [f"pkvm_run {cmd.id} {cmd.timeout_s:g} <<'PKVM_EOF'", cmd.command.rstrip("\n"), "PKVM_EOF"]
 
     lines += run(plan.commands[0])
     for scenario in plan.scenarios:
@@ -437,7 +450,6 @@ def _place(src: Path, dest: Path) -> Path:
 class Exported:
     jobs: tuple[Path, ...]
     left_out: Path
-    notes: tuple[str, ...] = field(default=())
 
 
 def export(
@@ -593,9 +605,12 @@ class _Record:
     out: int | None = None
     end: int | None = None
     status: int | None = None
+    timed_out: bool = False
 
 
-_MARKER = re.compile(re.escape(MARK) + r":(BEGIN|OUT|END|SCENARIO|SCENARIO-END):([^:\s]+)(?::(-?\d+))?")
+_MARKER = re.compile(
+    re.escape(MARK) + r":(BEGIN|OUT|END|TIMEOUT|SCENARIO|SCENARIO-END):([^:\s]+)(?::(-?\d+))?"
+)
 
 
 def _records(console: list[LogLine]) -> dict[str, _Record]:
@@ -609,6 +624,8 @@ def _records(console: list[LogLine]) -> dict[str, _Record]:
             records[ident] = _Record(ident, i)
         elif kind == "OUT" and ident in records:
             records[ident].out = i
+        elif kind == "TIMEOUT" and ident in records:
+            records[ident].timed_out = True
         elif kind == "END" and ident in records:
             records[ident].end = i
             records[ident].status = int(m[3]) if m[3] is not None else None
@@ -692,13 +709,20 @@ class ReplayGuest:
             ended = "kernel-fatal" if self.watcher.fatal is not None else "eof"
             return Completed(command, self._output(rec), None, self._seconds(rec.begin, None), ended_by=ended)
         self.advance(rec.end + 1)
-        return Completed(command, self._output(rec), rec.status, self._seconds(rec.begin, rec.end))
+        seconds = self._seconds(rec.begin, rec.end)
+        if rec.timed_out:
+            return Completed(command, self._output(rec), None, seconds, ended_by="timeout")
+        return Completed(command, self._output(rec), rec.status, seconds)
 
     def _output(self, rec: _Record) -> str:
         if rec.out is None:
             return ""
         stop = rec.end if rec.end is not None else len(self.console)
-        lines = [ln.text for ln in self.console[rec.out + 1 : stop] if not _KERNEL_RECORD.match(ln.text)]
+        lines = [
+            ln.text
+            for ln in self.console[rec.out + 1 : stop]
+            if not _KERNEL_RECORD.match(ln.text) and not _MARKER.search(ln.text)
+        ]
         while lines and not lines[-1]:
             lines.pop()  # the newline printed before the END marker
         return "".join(f"{ln}\n" for ln in lines)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -163,6 +164,47 @@ def test_a_missing_fault_report_is_a_fail(tmp_path: Path, reg: Registry) -> None
     assert r.verdict == Verdict.FAIL and "expected event smmuv3-event" in r.reason
     # boot-health's probe line went with them, so it fails too: the SMMU did not probe.
     assert results["boot-health"].verdict == Verdict.FAIL
+
+
+def test_a_step_killed_at_its_timeout_is_a_fail(tmp_path: Path, reg: Registry) -> None:
+    def timed_out(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        i = _target_index(entries, "@@PKVM-LAVA:END:dma-roundtrip.roundtrip:0")
+        entries[i] = _target("@@PKVM-LAVA:END:dma-roundtrip.roundtrip:137", entries[i]["dt"])
+        return [
+            *entries[:i],
+            _target("@@PKVM-LAVA:TIMEOUT:dma-roundtrip.roundtrip", entries[i]["dt"]),
+            *entries[i:],
+        ]
+
+    results = _import(tmp_path, reg, timed_out)
+    assert results["dma-roundtrip"].verdict == Verdict.FAIL
+    assert "timed out after 180s" in results["dma-roundtrip"].reason
+
+
+def test_the_plans_runner_kills_a_step_at_its_timeout(tmp_path: Path) -> None:
+    """pkvm_run, as the LAVA test shell runs it (here under the host's sh,
+    with a stub lava-test-case): markers, output, status, the watchdog."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    stub = bindir / "lava-test-case"
+    stub.write_text('#!/bin/sh\necho "CASE $1 $3"\n')
+    stub.chmod(0o755)
+    script = (
+        f"{lava._PLAN_HEAD}\n"
+        "pkvm_run quick 10 <<'PKVM_EOF'\necho hello; exit 3\nPKVM_EOF\n"
+        "pkvm_run slow 1 <<'PKVM_EOF'\necho started; exec sleep 20\nPKVM_EOF\n"
+    )
+    out = subprocess.run(
+        ["sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=15,
+        env={"PATH": f"{bindir}:/usr/bin:/bin", "PKVM_TMP": str(tmp_path)},
+    ).stdout
+    assert "@@PKVM-LAVA:OUT:quick\nhello\n\n@@PKVM-LAVA:END:quick:3" in out
+    assert "CASE quick fail" in out
+    assert "@@PKVM-LAVA:OUT:slow\nstarted\n" in out and "@@PKVM-LAVA:TIMEOUT:slow" in out
+    assert "@@PKVM-LAVA:END:slow:137" in out
 
 
 def test_a_panic_at_boot_fails_every_scenario(tmp_path: Path, reg: Registry) -> None:
