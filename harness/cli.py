@@ -292,9 +292,9 @@ def cmd_series_bisect(args: argparse.Namespace, reg: Registry) -> int:
 
 
 def cmd_lava(args: argparse.Namespace, reg: Registry) -> int:
-    from harness.export import lava
-
     if args.lava_cmd == "export":
+        from harness.export import lava
+
         target = _target(args, reg)
         profiles = [reg.profile(p) for p in (args.profile or DEFAULT_PROFILES)]
         scenarios = [reg.scenario(n) for n in (args.scenario or reg.scenario_names())]
@@ -304,7 +304,9 @@ def cmd_lava(args: argparse.Namespace, reg: Registry) -> int:
         for job in exported.jobs:
             print(job)
         return ExitCode.OK
-    result = lava.import_results(Path(args.job_output), Path(args.output), reg)
+    from harness.export.lava_import import import_results
+
+    result = import_results(Path(args.job_output), Path(args.output), reg)
     counts = result.counts()
     print(" ".join(f"{k}={v}" for k, v in counts.items() if v) + f"  ({args.output}/results.json)")
     return exit_code(result.results)

@@ -20,7 +20,7 @@ import yaml
 
 from harness.config import Registry
 from harness.errors import ConfigError, ExitCode
-from harness.export import lava
+from harness.export import lava, lava_import
 from harness.report import Verdict, exit_code, load_results
 from harness.scenario.capabilities import PROBE_SCRIPT
 
@@ -39,7 +39,7 @@ def reg() -> Registry:
 def _entries() -> list[dict[str, Any]]:
     out = []
     for raw in (DATA / "output.yaml").read_text().splitlines():
-        e = lava._entry(raw)
+        e = lava_import._entry(raw)
         if e is not None:
             out.append(e)
     return out
@@ -69,7 +69,7 @@ Edit = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
 
 def _import(tmp: Path, reg: Registry, edit: Edit | None = None) -> dict[str, Any]:
     out = tmp / "imported"
-    lava.import_results(_job_dir(tmp, edit), out, reg)
+    lava_import.import_results(_job_dir(tmp, edit), out, reg)
     run = load_results(out)  # through the loader: schema-valid
     return {r.scenario: r for r in run.results}
 
@@ -224,9 +224,9 @@ def test_a_log_that_is_not_a_harness_job_is_a_one_line_error(tmp_path: Path, reg
         return [e for e in entries if "@@PKVM-LAVA:JOB:" not in str(e["msg"])]
 
     with pytest.raises(ConfigError, match="not a pkvm-harness job"):
-        lava.import_results(_job_dir(tmp_path, strip_job), tmp_path / "out", reg)
+        lava_import.import_results(_job_dir(tmp_path, strip_job), tmp_path / "out", reg)
     with pytest.raises(ConfigError, match=r"output\.yaml: missing"):
-        lava.import_results(tmp_path, tmp_path / "out2", reg)
+        lava_import.import_results(tmp_path, tmp_path / "out2", reg)
 
 
 def test_left_out_scenarios_import_as_skips_with_the_reason(tmp_path: Path, reg: Registry) -> None:
