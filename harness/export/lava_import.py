@@ -239,9 +239,9 @@ class ReplayGuest:
             self.advance(len(self.console))
             self.gone = True
             ended = "kernel-fatal" if self.watcher.fatal is not None else "eof"
-            return Completed(command, self._output(rec), None, self._seconds(rec.begin, None), ended_by=ended)
+            return Completed(command, self._output(rec), None, self.seconds(rec.begin, None), ended_by=ended)
         self.advance(rec.end + 1)
-        seconds = self._seconds(rec.begin, rec.end)
+        seconds = self.seconds(rec.begin, rec.end)
         if rec.timed_out:
             return Completed(command, self._output(rec), None, seconds, ended_by="timeout")
         return Completed(command, self._output(rec), rec.status, seconds)
@@ -259,7 +259,8 @@ class ReplayGuest:
             lines.pop()  # the newline printed before the END marker
         return "".join(f"{ln}\n" for ln in lines)
 
-    def _seconds(self, first: int, last: int | None) -> float:
+    def seconds(self, first: int, last: int | None) -> float:
+        """Between two console lines, by LAVA's timestamps (last None: the end)."""
         a = self.console[first].at
         b = self.console[last if last is not None else -1].at
         return max(0.0, b - a) if a is not None and b is not None else 0.0
@@ -458,6 +459,6 @@ def _replay_scenarios(
         result = run_scenario(scenario, guest, c)
         end = guest.line_of(f"{MARK}:SCENARIO-END:{scenario.name}")
         if begin is not None:
-            result = replace(result, duration_s=guest._seconds(begin, end))
+            result = replace(result, duration_s=guest.seconds(begin, end))
         recorder.record(result)
         died_in = scenario.name
