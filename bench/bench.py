@@ -234,7 +234,7 @@ def main() -> int:
     ap.add_argument("--faults", action="store_true", help="also time hang -> FAIL (pvm-hang series)")
     ap.add_argument("--series", action="store_true", help="also time series check and bisect")
     ap.add_argument("--lava", action="store_true", help="also time the cell under lava-run vs direct")
-    ap.add_argument("--only-lava", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--only-lava", action="store_true", help="only the LAVA comparison (no boot medians)")
     args = ap.parse_args()
 
     qemu = subprocess.run(["qemu-system-aarch64", "--version"], capture_output=True, text=True)
