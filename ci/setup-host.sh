@@ -81,6 +81,11 @@ if ! dpkg -s lava-dispatcher >/dev/null 2>&1 || ! dpkg -s qemu-system-x86 >/dev/
   log "installing lava-dispatcher and qemu-system-x86 (bookworm-backports)"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     lava-dispatcher qemu-system-x86/bookworm-backports >/dev/null
+  # Only lava-run is used: the package's worker service (which would poll a
+  # LAVA server on localhost) is not wanted on a host we just set up.
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    systemctl disable --now lava-worker.service >/dev/null 2>&1 || true
+  fi
 fi
 qemu-system-aarch64 --version | head -1 | grep -q 'version 10\.' \
   || die "qemu-system-aarch64 is not 10.x after installing lava-dispatcher"
