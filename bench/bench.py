@@ -1,7 +1,7 @@
 """pkvm-harness benchmark: prints figures and ratios against the targets.
 
     .venv/bin/python bench/bench.py [--target mainline-7.3] [--profile smmuv3-nested]
-                                    [--boots 5] [--round-trips 50] [--cold]
+                                    [--boots 5] [--round-trips 50] [--cold] [--lava]
 
 Measured in one run:
 - build: cold (an empty harness cache; ccache stays warm unless --cold-ccache)
@@ -11,6 +11,9 @@ Measured in one run:
 - serial command round trip;
 - the same kernel + initramfs booted by a bare `qemu-system-aarch64` under
   pexpect, and the ratio harness/bare.
+- with --lava: the cell boot-health + dma-roundtrip + dma-fault-unmapped
+  run directly and as a LAVA job under lava-run (export, lava-run, import),
+  wall times side by side and their ratio.
 Targets (from the project's issue): boot <= 2 s, SSH <= 0.5 s after the
 marker, round trip <= 50 ms, ratio <= 1.10. Speed goals are reported here,
 not asserted in tests.
@@ -189,6 +192,37 @@ def series_costs() -> None:
         print(f"{'series bisect: builds / boots':<38} {counts['builds']:>5} / {counts['boots']}")
 
 
+def lava_vs_direct(target: str, profile: str) -> None:
+    """#8 §5: the same cell run by the harness and by LAVA's dispatcher
+    (export, lava-run with the generated device, import): wall times, ratio,
+    and whether the verdicts agree. Reported, not asserted."""
+    from harness.export.lava import run_job_locally
+    from harness.report import load_results
+
+    cell = ["boot-health", "dma-roundtrip", "dma-fault-unmapped"]
+    picks = [a for s in cell for a in ("--scenario", s)]
+    with tempfile.TemporaryDirectory(prefix="pkvm-bench-") as tmp:
+        _, direct = _cli("run", "--target", target, "--profile", profile, "--output", f"{tmp}/direct", *cell)
+        _, export = _cli(
+            "lava", "export", "--target", target, "--profile", profile, *picks, "--device-dict",
+            "--output", f"{tmp}/export",
+        )  # fmt: skip
+        rc, lava_run = run_job_locally(Path(tmp) / "export" / f"{target}_{profile}", Path(tmp) / "lava")
+        _, imported = _cli("lava", "import", f"{tmp}/lava", "--output", f"{tmp}/imported")
+        verdicts = [
+            {r.scenario: r.verdict for r in load_results(Path(tmp) / d).results}
+            for d in ("direct", "imported")
+        ]
+    print(f"LAVA vs direct: {target} x {profile} x {' + '.join(cell)}")
+    line("direct `pkvm-harness run` wall", direct, "s")
+    line("lava export wall (cached build)", export, "s")
+    line(f"lava-run wall (rc {rc})", lava_run, "s")
+    line("lava import wall", imported, "s")
+    line("ratio lava-run / direct", lava_run / direct, "x")
+    line("ratio export+lava-run+import / direct", (export + lava_run + imported) / direct, "x")
+    print(f"{'same verdicts via LAVA and direct':<38} {verdicts[0] == verdicts[1]!s:>10}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--target", default="mainline-7.3")
@@ -199,6 +233,8 @@ def main() -> int:
     ap.add_argument("--matrix", help="also time this matrix with -j 1 and -j 2 (e.g. smoke)")
     ap.add_argument("--faults", action="store_true", help="also time hang -> FAIL (pvm-hang series)")
     ap.add_argument("--series", action="store_true", help="also time series check and bisect")
+    ap.add_argument("--lava", action="store_true", help="also time the cell under lava-run vs direct")
+    ap.add_argument("--only-lava", action="store_true", help="only the LAVA comparison (no boot medians)")
     args = ap.parse_args()
 
     qemu = subprocess.run(["qemu-system-aarch64", "--version"], capture_output=True, text=True)
@@ -206,6 +242,9 @@ def main() -> int:
         f"pkvm-harness benchmark: {args.target} on {args.profile}, {os.cpu_count()} CPUs,"
         f" {qemu.stdout.splitlines()[0]}, medians of {args.boots} boots"
     )
+    if args.only_lava:  # the LAVA figures alone (no boot medians)
+        lava_vs_direct(args.target, args.profile)
+        return 0
     build_times(args.target, args.cold)
     artifacts = pipeline.build_all(Registry().target(args.target))
     launch, marker, ssh, rtt = harness_boots(artifacts, args.profile, args.boots, args.round_trips)
@@ -222,6 +261,8 @@ def main() -> int:
         hang_to_fail()
     if args.series:
         series_costs()
+    if args.lava:
+        lava_vs_direct(args.target, args.profile)
     return 0
 
 

@@ -73,6 +73,24 @@ fi
 qemu-system-aarch64 --version | head -1 | grep -q 'version 10\.' \
   || die "qemu-system-aarch64 is not 10.x after install"
 
+# LAVA (pkvm-harness lava, docs/lava.md): bookworm's lava-dispatcher, whose
+# libguestfs wants qemu-system-x86; take that from bookworm-backports so it
+# matches the QEMU 10 qemu-system-arm (same qemu-system-common) instead of
+# pulling bookworm's 7.2 over it.
+if ! dpkg -s lava-dispatcher >/dev/null 2>&1 || ! dpkg -s qemu-system-x86 >/dev/null 2>&1; then
+  log "installing lava-dispatcher and qemu-system-x86 (bookworm-backports)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    lava-dispatcher qemu-system-x86/bookworm-backports >/dev/null
+  # Only lava-run is used: the package's worker service (which would poll a
+  # LAVA server on localhost) is not wanted on a host we just set up.
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    systemctl disable --now lava-worker.service >/dev/null 2>&1 || true
+  fi
+fi
+qemu-system-aarch64 --version | head -1 | grep -q 'version 10\.' \
+  || die "qemu-system-aarch64 is not 10.x after installing lava-dispatcher"
+command -v lava-run >/dev/null || die "lava-run not found after installing lava-dispatcher"
+
 # Kernel sources as tarballs under SRC_DIR: the harness unpacks them itself.
 mkdir -p "$SRC_DIR"
 ln -sf /usr/src/linux-source-6.12.tar.xz "$SRC_DIR/linux-source-6.12.tar.xz"

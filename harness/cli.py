@@ -291,6 +291,27 @@ def cmd_series_bisect(args: argparse.Namespace, reg: Registry) -> int:
     return int(report.exit_code)
 
 
+def cmd_lava(args: argparse.Namespace, reg: Registry) -> int:
+    if args.lava_cmd == "export":
+        from harness.export import lava
+
+        target = _target(args, reg)
+        profiles = [reg.profile(p) for p in (args.profile or DEFAULT_PROFILES)]
+        scenarios = [reg.scenario(n) for n in (args.scenario or reg.scenario_names())]
+        exported = lava.export(
+            target, profiles, scenarios, Path(args.output), args.artifact_url, args.device_dict, args.upto
+        )
+        for job in exported.jobs:
+            print(job)
+        return ExitCode.OK
+    from harness.export.lava_import import import_results
+
+    result = import_results(Path(args.job_output), Path(args.output), reg)
+    counts = result.counts()
+    print(" ".join(f"{k}={v}" for k, v in counts.items() if v) + f"  ({args.output}/results.json)")
+    return exit_code(result.results)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pkvm-harness", description=__doc__)
     p.add_argument("--version", action="version", version=f"pkvm-harness {__version__}")
@@ -394,6 +415,21 @@ def parser() -> argparse.ArgumentParser:
     mg.add_argument("inputs", nargs="+", metavar="DIR")
     mg.add_argument("--output", required=True)
     mg.set_defaults(func=cmd_merge)
+
+    lv = sub.add_parser("lava", help="LAVA: export jobs for a lab; import lava-run's output")
+    lvsub = lv.add_subparsers(dest="lava_cmd", required=True)
+    lx = lvsub.add_parser("export", help="a LAVA job definition per target x profile")
+    common(lx)
+    lx.add_argument("--profile", action="append", help="repeatable (default: the default suite's)")
+    lx.add_argument("--scenario", action="append", help="repeatable (default: all)")
+    lx.add_argument("--artifact-url", metavar="BASE", help="artifacts under this URL (default: file://)")
+    lx.add_argument("--device-dict", action="store_true", help="also a device for lava-run here")
+    lx.add_argument("--output", required=True)
+    lx.set_defaults(func=cmd_lava)
+    li = lvsub.add_parser("import", help="lava-run's output directory into results.json")
+    li.add_argument("job_output", metavar="JOB_OUTPUT_DIR")
+    li.add_argument("--output", required=True)
+    li.set_defaults(func=cmd_lava)
 
     se = sub.add_parser("series", help="a reviewer's checks of a patch series")
     ssub = se.add_subparsers(dest="series_cmd", required=True)

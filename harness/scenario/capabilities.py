@@ -19,8 +19,9 @@ _CONFIG_CAPS = {
     "CONFIG_VIRTIO_BLK": "virtio-blk",
 }
 
-# One round trip; each line that a test prints is a token.
-_PROBE = r"""
+# One round trip; each line that a test prints is a token. Public: the LAVA
+# exporter runs the same script in a LAVA test shell.
+PROBE_SCRIPT = r"""
 test -c /dev/kvm && echo kvm
 test -d /sys/kernel/debug/tracing -o -d /sys/kernel/tracing && echo tracing
 for h in /usr/local/bin/*; do [ -x "$h" ] && echo "helper:${h##*/}"; done
@@ -40,7 +41,8 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def probe(guest: GuestControl, kernel: KernelBuild, features: frozenset[str]) -> frozenset[str]:
+def build_capabilities(kernel: KernelBuild, features: frozenset[str]) -> set[str]:
+    """What the profile and the build config say, without a guest."""
     caps = set(features)
     config = kernel.config.read_text()
     for option, token in _CONFIG_CAPS.items():
@@ -49,9 +51,19 @@ def probe(guest: GuestControl, kernel: KernelBuild, features: frozenset[str]) ->
     # pkvm_ownership_selftest() runs at hyp init under NVHE_EL2_DEBUG from 6.16.
     if "nvhe-el2-debug" in caps and _version(kernel.version) >= (6, 16):
         caps.add("pkvm-ownership-selftest")
+    return caps
+
+
+# Tokens only the harness's console watcher decides (no shell test can).
+CONSOLE_CAPABILITIES = frozenset({"pkvm-protected-mode"})
+
+
+def guest_capabilities(guest: GuestControl) -> set[str]:
+    """What the running guest says: its boot log and PROBE_SCRIPT's output."""
+    caps = set()
     if any(e.signature == "pkvm-init" for e in guest.watcher.events):
         caps.add("pkvm-protected-mode")
-    result = guest.run("serial", _PROBE, 60)
+    result = guest.run("serial", PROBE_SCRIPT, 60)
     fatal = guest.watcher.fatal
     if result.status is None and fatal is not None:
         raise GuestFailure(fatal.summary())  # the kernel died under the probe: its FAIL
@@ -62,4 +74,8 @@ def probe(guest: GuestControl, kernel: KernelBuild, features: frozenset[str]) ->
             f"capability probe did not finish ({result.ended_by} after {result.duration_s:.0f}s)"
         )
     caps.update(line.strip() for line in result.output.splitlines() if line.strip())
-    return frozenset(caps)
+    return caps
+
+
+def probe(guest: GuestControl, kernel: KernelBuild, features: frozenset[str]) -> frozenset[str]:
+    return frozenset(build_capabilities(kernel, features) | guest_capabilities(guest))

@@ -1,0 +1,464 @@
+"""`pkvm-harness lava import`: a LAVA job's output (lava-run's log, or a
+lab's output.yaml) back into results.json with the harness's verdicts.
+
+The console in the log is replayed through the scenario runner itself
+(`run_scenario` on a `ReplayGuest`): the same step checks, event windows,
+signature table and unclaimed-fault rule as a live run decide the verdicts;
+LAVA's own pass/fail per command is not used. The job's plan (what ran,
+between which markers) is rebuilt from the job metadata the plan printed
+first on the console, with `harness.export.lava.make_plan`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shlex
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness import __version__
+from harness.config import Registry
+from harness.config.models import Profile, Scenario, Target, Transport
+from harness.errors import ConfigError, GuestFailure, HarnessError
+from harness.export.lava import JOB_FILE, MARK, META_PREFIX, PlannedCommand, make_plan
+from harness.image.initramfs import READY_MARKER
+from harness.logwatch import Event, LogWatcher
+from harness.report.recorder import RunRecorder
+from harness.report.results import BootRecord, RunResult, TargetRecord, Verdict
+from harness.scenario.capabilities import guest_capabilities
+from harness.scenario.runner import ScenarioContext, run_scenario, scenario_result, skip_reason
+from harness.session.base import Completed
+
+
+@dataclass(frozen=True)
+class LogLine:
+    at: float | None  # seconds since the epoch (LAVA's "dt")
+    text: str
+
+
+@dataclass
+class JobLog:
+    """What lava-run left: the serial console (its "target" lines), the
+    results it reported, the job's metadata (from description.yaml or the
+    job definition) and the boot command."""
+
+    console: list[LogLine]
+    results: list[dict[str, Any]]
+    metadata: dict[str, str]
+    qemu_version: str = "unknown"
+    boot_command: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def job_result(self) -> dict[str, Any] | None:
+        return next((r for r in reversed(self.results) if r.get("case") == "job"), None)
+
+
+def _entry(raw: str) -> dict[str, Any] | None:
+    raw = raw.strip().removeprefix("- ")
+    if not raw.startswith("{"):
+        return None  # a Python warning or other noise among the log lines
+    try:
+        doc = json.loads(raw)
+    except json.JSONDecodeError:
+        try:  # LAVA writes a few results as YAML flow (tagged strings)
+            doc = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            return None
+    return doc if isinstance(doc, dict) and "lvl" in doc else None
+
+
+def _epoch(dt: object) -> float | None:
+
+    try:
+        return datetime.fromisoformat(str(dt)).replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
+
+
+_QEMU_VERSION = re.compile(r"qemu-system-\S+, installed at version: ([^\s,]+)")
+
+
+def read_job_log(job_output: Path) -> JobLog:
+    """lava-run's output directory: the log is output.yaml (lava-run's
+    stdout/stderr lines, or lava-server's output.yaml list)."""
+    log_file = job_output / "output.yaml"
+    if not job_output.is_dir():
+        raise ConfigError(f"lava import: {job_output}: not a directory")
+    if not log_file.is_file():
+        raise ConfigError(
+            f"lava import: {log_file}: missing (save lava-run's log there: lava-run ... > output.yaml 2>&1)"
+        )
+    log = JobLog([], [], {})
+    for raw in log_file.read_text(errors="replace").splitlines():
+        e = _entry(raw)
+        if e is None:
+            continue
+        lvl, msg = e["lvl"], e.get("msg")
+        if lvl == "target" and isinstance(msg, str):
+            # lava_dispatcher.shell escapes every '"' of the console as '\"'.
+            log.console.append(LogLine(_epoch(e.get("dt")), msg.replace('\\"', '"')))
+        elif lvl == "results" and isinstance(msg, dict):
+            log.results.append(msg)
+        elif lvl in ("error", "exception") and isinstance(msg, str):
+            log.errors.append(msg.strip().splitlines()[-1] if msg.strip() else msg)
+        elif lvl == "info" and isinstance(msg, str):
+            if m := _QEMU_VERSION.search(msg):
+                log.qemu_version = f"QEMU {m[1]} (under LAVA)"
+            elif msg.startswith("Boot command: "):
+                log.boot_command = msg.removeprefix("Boot command: ")
+    job_line = next((ln.text for ln in log.console if ln.text.startswith(f"{MARK}:JOB:")), None)
+    if job_line is not None:
+        with contextlib.suppress(json.JSONDecodeError):
+            log.metadata = {str(k): str(v) for k, v in json.loads(job_line.split(":JOB:", 1)[1]).items()}
+    elif (job_output / JOB_FILE).is_file():  # the job never got to its test shell
+        meta = yaml.safe_load((job_output / JOB_FILE).read_text()).get("metadata")
+        if isinstance(meta, dict):
+            log.metadata = {str(k): str(v) for k, v in meta.items()}
+    if f"{META_PREFIX}target" not in log.metadata:
+        raise ConfigError(
+            f"lava import: {log_file}: not a pkvm-harness job (no {MARK}:JOB: line on its console;"
+            f" if the job never reached its test shell, copy the exported {JOB_FILE} beside it)"
+        )
+    return log
+
+
+@dataclass
+class _Record:
+    id: str
+    begin: int  # console line index of BEGIN
+    out: int | None = None
+    end: int | None = None
+    status: int | None = None
+    timed_out: bool = False
+
+
+_MARKER = re.compile(
+    re.escape(MARK) + r":(BEGIN|OUT|END|TIMEOUT|SCENARIO|SCENARIO-END):([^:\s]+)(?::(-?\d+))?"
+)
+
+
+def _records(console: list[LogLine]) -> dict[str, _Record]:
+    records: dict[str, _Record] = {}
+    for i, line in enumerate(console):
+        m = _MARKER.search(line.text)
+        if m is None:
+            continue
+        kind, ident = m[1], m[2]
+        if kind == "BEGIN":
+            records[ident] = _Record(ident, i)
+        elif kind == "OUT" and ident in records:
+            records[ident].out = i
+        elif kind == "TIMEOUT" and ident in records:
+            records[ident].timed_out = True
+        elif kind == "END" and ident in records:
+            records[ident].end = i
+            records[ident].status = int(m[3]) if m[3] is not None else None
+    return records
+
+
+_KERNEL_RECORD = re.compile(r"^\s*(?:<\d+>)?\[\s*\d+\.\d+\]")
+
+
+class ReplayGuest:
+    """A finished LAVA job's console, replayed as a guest for the scenario
+    runner (harness.scenario.runner.GuestControl): a command returns what
+    the job's plan recorded for it, and the console (through a LogWatcher
+    with the harness's signature table) advances to where that command
+    ended, so step windows, forbidden events and unclaimed faults are
+    decided by the runner's own code, as in a live run."""
+
+    def __init__(self, console: list[LogLine], plan: Sequence[PlannedCommand]) -> None:
+        self.console = console
+        self.plan = list(plan)
+        self.records = _records(console)
+        self.watcher = LogWatcher()
+        self.scenario = ""  # the scenario now running: its commands are the candidates
+        self.pos = 0  # console lines fed to the watcher
+        self.gone = False  # a command never ended: the guest (or the job) died under it
+        self._used: set[str] = set()
+        # Where a scenario's output ends: the next scenario or command marker.
+        self._stops = sorted(
+            i
+            for i, ln in enumerate(console)
+            if (m := _MARKER.search(ln.text)) and m[1] in ("BEGIN", "SCENARIO")
+        )
+
+    def advance(self, upto: int) -> None:
+        upto = min(upto, len(self.console))
+        while self.pos < upto:
+            self.watcher.feed(self.console[self.pos].text + "\n")
+            self.pos += 1
+        if self.pos >= len(self.console):
+            self.watcher.finish()
+
+    def line_of(self, needle: str) -> int | None:
+        return next((i for i, ln in enumerate(self.console) if needle in ln.text), None)
+
+    @property
+    def dead(self) -> bool:
+        return self.gone or self.watcher.fatal is not None
+
+    def run(
+        self,
+        transport: Transport,
+        command: str,
+        timeout: float,
+        hang_probe_s: float | None = None,
+        hang_timeout_s: float | None = None,
+    ) -> Completed:
+        planned = next(
+            (
+                c
+                for c in self.plan
+                if c.scenario == self.scenario and c.command == command and c.id not in self._used
+            ),
+            None,
+        )
+        if planned is None:
+            raise HarnessError(
+                f"command not in the LAVA job's plan: {command.strip().splitlines()[0][:80]!r}"
+            )
+        self._used.add(planned.id)
+        rec = self.records.get(planned.id)
+        if rec is None:
+            if self.gone or self.pos >= len(self.console):
+                return Completed(command, "", None, 0.0, ended_by="eof")
+            raise HarnessError(
+                f"step {planned.step}: the LAVA job did not run it"
+                " (its capability guard disagreed with the harness)"
+            )
+        if rec.end is None:  # the job ended under this command
+            self.advance(len(self.console))
+            self.gone = True
+            ended = "kernel-fatal" if self.watcher.fatal is not None else "eof"
+            return Completed(command, self._output(rec), None, self.seconds(rec.begin, None), ended_by=ended)
+        self.advance(rec.end + 1)
+        seconds = self.seconds(rec.begin, rec.end)
+        if rec.timed_out:
+            return Completed(command, self._output(rec), None, seconds, ended_by="timeout")
+        return Completed(command, self._output(rec), rec.status, seconds)
+
+    def _output(self, rec: _Record) -> str:
+        if rec.out is None:
+            return ""
+        stop = rec.end if rec.end is not None else len(self.console)
+        lines = [
+            ln.text
+            for ln in self.console[rec.out + 1 : stop]
+            if not _KERNEL_RECORD.match(ln.text) and not _MARKER.search(ln.text)
+        ]
+        while lines and not lines[-1]:
+            lines.pop()  # the newline printed before the END marker
+        return "".join(f"{ln}\n" for ln in lines)
+
+    def seconds(self, first: int, last: int | None) -> float:
+        """Between two console lines, by LAVA's timestamps (last None: the end)."""
+        a = self.console[first].at
+        b = self.console[last if last is not None else -1].at
+        return max(0.0, b - a) if a is not None and b is not None else 0.0
+
+    def sync_console(self, timeout: float = 15.0) -> None:
+        pass  # the whole console is already there
+
+    def settle(self, quiet_s: float = 0.5, limit_s: float = 5.0) -> None:
+        """Late messages: everything up to the next command or scenario."""
+        nxt = next((i for i in self._stops if i >= self.pos), len(self.console))
+        self.advance(nxt)
+
+    def events_since(self, line: int) -> list[Event]:
+        return self.watcher.since(line)
+
+    def qmp(
+        self, command: str, arguments: Mapping[str, object], wait_event: str | None, timeout: float
+    ) -> dict[str, object] | None:
+        raise HarnessError(f"QMP {command}: not part of a LAVA job (the exporter leaves such scenarios out)")
+
+
+def _left_out(meta: Mapping[str, str]) -> dict[str, str]:
+    raw = meta.get(f"{META_PREFIX}left-out", "")
+    return dict(part.split(": ", 1) for part in raw.split(" | ") if ": " in part)
+
+
+def import_results(job_output: Path, output: Path, registry: Registry) -> RunResult:
+    """lava-run's output directory -> OUTPUT/results.json (+ junit.xml and
+    console.log), verdicts decided by the harness's runner on the replayed
+    console."""
+    log = read_job_log(job_output)
+    meta = log.metadata
+    target = registry.target(meta[f"{META_PREFIX}target"])
+    profile = registry.profile(meta[f"{META_PREFIX}profile"])
+    names = [n for n in meta.get(f"{META_PREFIX}scenarios", "").split(",") if n]
+    scenarios = [registry.scenario(n) for n in names]
+    left_out = _left_out(meta)
+    static_caps = frozenset(c for c in meta.get(f"{META_PREFIX}static-caps", "").split(",") if c)
+    plan = make_plan(target, profile, scenarios, static_caps)
+    command = shlex.join(["pkvm-harness", "lava", "import", str(job_output), "--output", str(output)])
+    recorder = RunRecorder(output, __version__, log.qemu_version, command)
+    cells = [(target.name, None, profile.name, n) for n in [*names, *left_out]]
+    recorder.plan(cells)
+    console_log = output / "console.log"
+    console_log.write_text("".join(f"{ln.text}\n" for ln in log.console))
+    recorder.add_target(
+        TargetRecord(
+            target.name,
+            kernel={
+                "lava_job": str(job_output),
+                "kernel_version": meta.get(f"{META_PREFIX}kernel", "unknown"),
+            },
+            image={"lava_overlay": True},
+        )
+    )
+    boot_id = f"{target.name}/lava-{profile.name}"
+    guest = ReplayGuest(log.console, plan.commands)
+    start = time.monotonic()
+
+    def ctx(caps: frozenset[str], first: bool) -> ScenarioContext:
+        return ScenarioContext(
+            target,
+            profile,
+            caps,
+            console_log=str(console_log),
+            faults_since=0 if first else None,
+            boot=boot_id,
+        )
+
+    for name, why in left_out.items():
+        recorder.record(
+            scenario_result(
+                registry.scenario(name),
+                ctx(frozenset(), False),
+                Verdict.SKIP,
+                f"left out of the LAVA job: {why}",
+            )
+        )
+    ready_line = guest.line_of(READY_MARKER)
+    boot_verdict, boot_reason = Verdict.PASS, ""
+    if ready_line is None:
+        guest.advance(len(log.console))
+        fatal = guest.watcher.fatal
+        if fatal is not None:
+            boot_verdict, boot_reason = Verdict.FAIL, f"boot: {fatal.summary()}"
+        elif any("Linux version" in ln.text for ln in log.console):
+            boot_verdict, boot_reason = Verdict.FAIL, "boot: no readiness marker in LAVA's console log"
+        else:
+            why = "; ".join(log.errors[-2:]) or str((log.job_result or {}).get("error_msg", "no console"))
+            boot_verdict, boot_reason = Verdict.ERROR, f"the LAVA job did not boot the kernel: {why}"
+    else:
+        guest.advance(ready_line + 1)
+    recorder.add_boot(
+        _boot_record(boot_id, target, profile, job_output, console_log, guest, boot_verdict, boot_reason)
+    )
+    if boot_verdict != Verdict.PASS:
+        events = [e for e in guest.watcher.events if e.severity != "info"]
+        for s in scenarios:
+            recorder.record(
+                scenario_result(s, ctx(frozenset(), False), boot_verdict, boot_reason, events=events)
+            )
+        return recorder.finish({"import_s": round(time.monotonic() - start, 3)})
+    _replay_scenarios(guest, scenarios, static_caps, ctx, recorder)
+    recorder.add_boot(
+        _boot_record(boot_id, target, profile, job_output, console_log, guest, boot_verdict, boot_reason)
+    )
+    job = log.job_result or {}
+    timings = {"import_s": round(time.monotonic() - start, 3)}
+    if log.console and log.console[0].at is not None and log.console[-1].at is not None:
+        timings["lava_console_s"] = round(log.console[-1].at - log.console[0].at, 3)
+    interrupted = (
+        None if job.get("result") in ("pass", None) else f"LAVA job: {job.get('error_msg', 'failed')}"
+    )
+    for r in recorder.snapshot().results:  # planned, never reached by the replay
+        if r.verdict == Verdict.NOT_RUN and r.reason == "not started":
+            recorder.record(replace(r, reason=interrupted or "the LAVA job ended before it"))
+    return recorder.finish(timings, interrupted)
+
+
+def _boot_record(
+    boot_id: str,
+    target: Target,
+    profile: Profile,
+    job_output: Path,
+    console_log: Path,
+    guest: ReplayGuest,
+    verdict: Verdict,
+    reason: str,
+) -> BootRecord:
+    ready = guest.line_of(READY_MARKER)
+    seconds = 0.0
+    if ready is not None and guest.console and guest.console[0].at is not None and guest.console[ready].at:
+        seconds = float(guest.console[ready].at or 0.0) - float(guest.console[0].at)
+    return BootRecord(
+        id=boot_id,
+        target=target.name,
+        profile=profile.name,
+        dir=str(job_output),
+        console_log=str(console_log),
+        ready=ready is not None,
+        verdict=verdict,
+        reason=reason,
+        boot_s=max(seconds, 0.0),
+        events=tuple(e.to_json() for e in guest.watcher.events),
+    )
+
+
+def _replay_scenarios(
+    guest: ReplayGuest,
+    scenarios: Sequence[Scenario],
+    static_caps: frozenset[str],
+    ctx: Callable[[frozenset[str], bool], ScenarioContext],
+    recorder: RunRecorder,
+) -> None:
+    """The pipeline's per-boot loop, on the replayed guest: probe, then each
+    scenario through run_scenario (its own skip rule, windows and checks)."""
+    try:
+        caps = frozenset(static_caps | guest_capabilities(guest))
+    except GuestFailure as exc:
+        if scenarios:
+            recorder.record(
+                scenario_result(
+                    scenarios[0], ctx(frozenset(), False), Verdict.FAIL, f"capability probe: {exc.reason}"
+                )
+            )
+        return
+    except HarnessError as exc:
+        for s in scenarios:
+            recorder.record(
+                scenario_result(s, ctx(frozenset(), False), Verdict.ERROR, f"capability probe: {exc}")
+            )
+        return
+    first = True
+    died_in = None
+    for scenario in scenarios:
+        if guest.dead:
+            recorder.record(
+                scenario_result(
+                    scenario,
+                    ctx(caps, False),
+                    Verdict.NOT_RUN,
+                    f"the guest died in {died_in}: a LAVA job boots once (a live run would boot again)",
+                )
+            )
+            continue
+        c = ctx(caps, first)
+        why = skip_reason(scenario, c)
+        if why is not None:
+            recorder.record(scenario_result(scenario, c, Verdict.SKIP, why))
+            continue
+        first = False
+        guest.scenario = scenario.name
+        begin = guest.line_of(f"{MARK}:SCENARIO:{scenario.name}")
+        if begin is not None:
+            guest.advance(begin + 1)
+        result = run_scenario(scenario, guest, c)
+        end = guest.line_of(f"{MARK}:SCENARIO-END:{scenario.name}")
+        if begin is not None:
+            result = replace(result, duration_s=guest.seconds(begin, end))
+        recorder.record(result)
+        died_in = scenario.name

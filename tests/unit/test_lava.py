@@ -1,0 +1,311 @@
+"""LAVA export and import. The importer is tested on a real lava-run log
+(tests/data/lava: mainline-7.3 x smmuv3-nested x boot-health,
+dma-roundtrip, dma-fault-unmapped, captured on this machine with
+lava-dispatcher 2023.01) and on copies of it with a kernel misbehaving:
+an IOMMU fault nobody expected, a panic mid-step, a missing fault report,
+a panic at boot. Each must import as FAIL."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from harness.config import Registry
+from harness.errors import ConfigError, ExitCode
+from harness.export import lava, lava_import
+from harness.report import Verdict, exit_code, load_results
+from harness.scenario.capabilities import PROBE_SCRIPT
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "lava" / "mainline-7.3-smmuv3-nested"
+CELL = ["boot-health", "dma-roundtrip", "dma-fault-unmapped"]
+
+
+@pytest.fixture(scope="module")
+def reg() -> Registry:
+    return Registry()
+
+
+# ---------------------------------------------------------------- helpers on the captured log
+
+
+def _entries() -> list[dict[str, Any]]:
+    out = []
+    for raw in (DATA / "output.yaml").read_text().splitlines():
+        e = lava_import._entry(raw)
+        if e is not None:
+            out.append(e)
+    return out
+
+
+def _target_index(entries: list[dict[str, Any]], needle: str) -> int:
+    return next(i for i, e in enumerate(entries) if e["lvl"] == "target" and needle in str(e["msg"]))
+
+
+def _target(msg: str, dt: str) -> dict[str, Any]:
+    return {"dt": dt, "lvl": "target", "msg": msg.replace('"', '\\"')}
+
+
+def _job_dir(tmp: Path, edit: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None) -> Path:
+    job = tmp / "lava-out"
+    job.mkdir()
+    entries = _entries()
+    if edit is not None:
+        entries = edit(entries)
+    (job / "output.yaml").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    shutil.copy(DATA / "result.yaml", job / "result.yaml")
+    return job
+
+
+Edit = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+
+
+def _import(tmp: Path, reg: Registry, edit: Edit | None = None) -> dict[str, Any]:
+    out = tmp / "imported"
+    lava_import.import_results(_job_dir(tmp, edit), out, reg)
+    run = load_results(out)  # through the loader: schema-valid
+    return {r.scenario: r for r in run.results}
+
+
+FAULT = [
+    "[   25.100000] arm-smmu-v3 9050000.smmuv3: event 0x10 received:",
+    "[   25.100001] arm-smmu-v3 9050000.smmuv3: \t0x0000001000000010",
+    "[   25.100002] arm-smmu-v3 9050000.smmuv3: \t0x0000020000000000",
+    "[   25.100003] arm-smmu-v3 9050000.smmuv3: \t0x0000000009000000",
+    "[   25.100004] arm-smmu-v3 9050000.smmuv3: \t0x0000000000000000",
+    "[   25.100005] arm-smmu-v3 9050000.smmuv3: event: F_TRANSLATION client: 0000:00:02.0 sid: 0x10"
+    " ssid: 0x0 iova: 0x9000000 ipa: 0x0",
+    '[   25.100006] arm-smmu-v3 9050000.smmuv3: unpriv data write s1 "Input address caused fault" stag: 0x0',
+]
+
+PANIC = [
+    "[   23.000000] Unable to handle kernel NULL pointer dereference at virtual address 0000000000000000",
+    "[   23.000001] Internal error: Oops: 0000000096000004 [#1]  SMP",
+    "[   23.000002] Kernel panic - not syncing: Oops: Fatal exception",
+    "[   23.000003] ---[ end Kernel panic - not syncing: Oops: Fatal exception ]---",
+]
+
+
+def _insert_after(needle: str, lines: list[str]) -> Callable[[list[dict[str, Any]]], list[dict[str, Any]]]:
+    def edit(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        i = _target_index(entries, needle)
+        dt = entries[i]["dt"]
+        return entries[: i + 1] + [_target(t, dt) for t in lines] + entries[i + 1 :]
+
+    return edit
+
+
+# ---------------------------------------------------------------- import
+
+
+def test_captured_lava_run_imports_with_the_harness_verdicts(tmp_path: Path, reg: Registry) -> None:
+    results = _import(tmp_path, reg)
+    assert {n: r.verdict for n, r in results.items()} == dict.fromkeys(CELL, Verdict.PASS)
+    steps = {s.name: s.verdict for s in results["dma-fault-unmapped"].steps}
+    # The fault report was decided from LAVA's console, by the signature table.
+    assert steps["smmu-reported-the-fault"] == Verdict.PASS
+    assert steps["virtio-iommu-reported-the-fault"] == Verdict.SKIP
+    assert any(e["signature"] == "smmuv3-event" for e in results["dma-fault-unmapped"].events)
+    assert results["dma-roundtrip"].metrics["dma_rate"] > 0  # outputs came through intact
+    ktap = next(s for s in results["dma-roundtrip"].steps if s.name == "roundtrip")
+    assert ktap.status == 0 and "ok 12 roundtrip" in ktap.output
+    run = load_results(tmp_path / "imported")
+    assert run.qemu_version.startswith("QEMU 1:10.")
+    assert (tmp_path / "imported" / "console.log").read_text().count("PKVM-HARNESS-READY") == 1
+    assert exit_code(run.results) == ExitCode.OK
+
+
+def test_an_unclaimed_iommu_fault_in_lavas_log_is_a_fail(tmp_path: Path, reg: Registry) -> None:
+    # A fault outside the range the step claims, during the faulting step.
+    results = _import(tmp_path, reg, _insert_after("@@PKVM-LAVA:BEGIN:dma-fault-unmapped.dma-to", FAULT))
+    r = results["dma-fault-unmapped"]
+    assert r.verdict == Verdict.FAIL
+    assert "unexpected IOMMU fault" in r.reason and "0x9000000" in r.reason
+    assert results["dma-roundtrip"].verdict == Verdict.PASS
+
+
+def test_a_fault_during_roundtrip_is_a_fail(tmp_path: Path, reg: Registry) -> None:
+    results = _import(tmp_path, reg, _insert_after("@@PKVM-LAVA:BEGIN:dma-roundtrip.roundtrip", FAULT))
+    assert results["dma-roundtrip"].verdict == Verdict.FAIL
+    assert "smmuv3-event" in results["dma-roundtrip"].reason
+
+
+def test_a_panic_mid_step_is_a_fail_and_the_rest_did_not_run(tmp_path: Path, reg: Registry) -> None:
+    def panic(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        i = _target_index(entries, "@@PKVM-LAVA:BEGIN:dma-roundtrip.roundtrip")
+        dt = entries[i]["dt"]
+        tail = [e for e in entries[i + 1 :] if e["lvl"] not in ("target", "results")]
+        return entries[: i + 1] + [_target(t, dt) for t in PANIC] + tail
+
+    results = _import(tmp_path, reg, panic)
+    assert results["boot-health"].verdict == Verdict.PASS
+    assert results["dma-roundtrip"].verdict == Verdict.FAIL
+    assert "panic" in results["dma-roundtrip"].reason.lower() or "Oops" in results["dma-roundtrip"].reason
+    # A LAVA job boots once: what came after the panic never ran, which
+    # leaves the run unproven (exit 2, as for any not-run cell).
+    assert results["dma-fault-unmapped"].verdict == Verdict.NOT_RUN
+    assert "a LAVA job boots once" in results["dma-fault-unmapped"].reason
+    assert exit_code(tuple(results.values())) == ExitCode.ERROR
+
+
+def test_a_missing_fault_report_is_a_fail(tmp_path: Path, reg: Registry) -> None:
+    def drop_reports(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [e for e in entries if not (e["lvl"] == "target" and "arm-smmu-v3" in str(e["msg"]))]
+
+    results = _import(tmp_path, reg, drop_reports)
+    r = results["dma-fault-unmapped"]
+    assert r.verdict == Verdict.FAIL and "expected event smmuv3-event" in r.reason
+    # boot-health's probe line went with them, so it fails too: the SMMU did not probe.
+    assert results["boot-health"].verdict == Verdict.FAIL
+
+
+def test_a_step_killed_at_its_timeout_is_a_fail(tmp_path: Path, reg: Registry) -> None:
+    def timed_out(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        i = _target_index(entries, "@@PKVM-LAVA:END:dma-roundtrip.roundtrip:0")
+        entries[i] = _target("@@PKVM-LAVA:END:dma-roundtrip.roundtrip:137", entries[i]["dt"])
+        return [
+            *entries[:i],
+            _target("@@PKVM-LAVA:TIMEOUT:dma-roundtrip.roundtrip", entries[i]["dt"]),
+            *entries[i:],
+        ]
+
+    results = _import(tmp_path, reg, timed_out)
+    assert results["dma-roundtrip"].verdict == Verdict.FAIL
+    assert "timed out after 180s" in results["dma-roundtrip"].reason
+
+
+def test_the_plans_runner_kills_a_step_at_its_timeout(tmp_path: Path) -> None:
+    """pkvm_run, as the LAVA test shell runs it (here under the host's sh,
+    with a stub lava-test-case): markers, output, status, the watchdog."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    stub = bindir / "lava-test-case"
+    stub.write_text('#!/bin/sh\necho "CASE $1 $3"\n')
+    stub.chmod(0o755)
+    script = (
+        f"{lava._PLAN_HEAD}\n"
+        "pkvm_run quick 10 <<'PKVM_EOF'\necho hello; exit 3\nPKVM_EOF\n"
+        "pkvm_run slow 1 <<'PKVM_EOF'\necho started; exec sleep 20\nPKVM_EOF\n"
+    )
+    out = subprocess.run(
+        ["sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=15,
+        env={"PATH": f"{bindir}:/usr/bin:/bin", "PKVM_TMP": str(tmp_path)},
+    ).stdout
+    assert "@@PKVM-LAVA:OUT:quick\nhello\n\n@@PKVM-LAVA:END:quick:3" in out
+    assert "CASE quick fail" in out
+    assert "@@PKVM-LAVA:OUT:slow\nstarted\n" in out and "@@PKVM-LAVA:TIMEOUT:slow" in out
+    assert "@@PKVM-LAVA:END:slow:137" in out
+
+
+def test_a_panic_at_boot_fails_every_scenario(tmp_path: Path, reg: Registry) -> None:
+    def boot_panic(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        i = _target_index(entries, "Linux version")
+        dt = entries[i]["dt"]
+        job_line = next(e for e in entries if "@@PKVM-LAVA:JOB:" in str(e["msg"]))
+        return [*entries[: i + 1], *(_target(t, dt) for t in PANIC), job_line]
+
+    results = _import(tmp_path, reg, boot_panic)
+    assert {r.verdict for r in results.values()} == {Verdict.FAIL}
+    assert all(r.reason.startswith("boot: ") for r in results.values())
+
+
+def test_a_log_that_is_not_a_harness_job_is_a_one_line_error(tmp_path: Path, reg: Registry) -> None:
+    def strip_job(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [e for e in entries if "@@PKVM-LAVA:JOB:" not in str(e["msg"])]
+
+    with pytest.raises(ConfigError, match="not a pkvm-harness job"):
+        lava_import.import_results(_job_dir(tmp_path, strip_job), tmp_path / "out", reg)
+    with pytest.raises(ConfigError, match=r"output\.yaml: missing"):
+        lava_import.import_results(tmp_path, tmp_path / "out2", reg)
+
+
+def test_left_out_scenarios_import_as_skips_with_the_reason(tmp_path: Path, reg: Registry) -> None:
+    def left_out(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for e in entries:
+            if e["lvl"] == "target" and "@@PKVM-LAVA:JOB:" in str(e["msg"]):
+                head, meta = str(e["msg"]).replace('\\"', '"').split(":JOB:", 1)
+                doc = json.loads(meta)
+                doc["pkvm-harness.left-out"] = "dma-hotplug: step add sends QMP device_add"
+                e["msg"] = f"{head}:JOB:{json.dumps(doc)}".replace('"', '\\"')
+        return entries
+
+    results = _import(tmp_path, reg, left_out)
+    assert results["dma-hotplug"].verdict == Verdict.SKIP
+    assert results["dma-hotplug"].reason == "left out of the LAVA job: step add sends QMP device_add"
+    assert results["dma-roundtrip"].verdict == Verdict.PASS
+
+
+# ---------------------------------------------------------------- export
+
+
+def test_plan_leaves_out_what_lava_cannot_do(reg: Registry) -> None:
+    scenarios = [reg.scenario(n) for n in [*CELL, "dma-hotplug"]]
+    plan = lava.make_plan(reg.target("mainline-7.3"), reg.profile("smmuv3-nested"), scenarios, frozenset())
+    assert [s.name for s in plan.scenarios] == CELL
+    assert "QMP" in plan.left_out["dma-hotplug"]
+    assert plan.commands[0].command == PROBE_SCRIPT  # the runner's own probe, replayed on import
+    ids = [c.id for c in plan.commands]
+    assert "dma-fault-unmapped.dma-to-unmapped-iova" in ids
+    assert not any(i.endswith("smmu-reported-the-fault") for i in ids)  # events-only: decided on import
+    # ${profile.*} is substituted as the runner would; nothing is left unresolved.
+    assert all("${profile." not in c.command for c in plan.commands)
+    script = lava.plan_script(plan)
+    assert "@@PKVM-LAVA:JOB:" in script and "has iommufd" in script
+    assert any("SSH steps run on the serial console" in n for n in plan.notes)
+
+
+def test_context_is_the_profiles_machine_without_host_ports(reg: Registry) -> None:
+    target, profile = reg.target("mainline-7.3"), reg.profile("smmuv3-nested")
+    ctx = lava.qemu_context(target, profile)
+    assert ctx["arch"] == "arm64" and ctx["cpu"] == "max" and ctx["memory"] == "1024"
+    assert ctx["machine"] == "virt,virtualization=on,gic-version=3,iommu=smmuv3"
+    extra = " ".join(ctx["extra_options"])
+    assert "hostfwd" not in extra and "-qmp" not in extra and "-chardev" not in extra
+    assert "-serial stdio" in ctx["extra_options"]  # -nodefaults: the console must be explicit
+    assert "-device edu,dma_mask=0xffffffffffffffff" in ctx["extra_options"]
+    assert "kvm-arm.mode=protected" in ctx["kernel_cmdline"]
+    device = lava.device_dictionary(ctx)
+    params = device["actions"]["boot"]["methods"]["qemu"]["parameters"]
+    assert params["command"] == "qemu-system-aarch64" and "-enable-kvm" not in params["options"]
+    assert "-nic none" in params["options"]  # no_network: no NIC of LAVA's shifts the PCI addresses
+    assert params["extra"] == ctx["extra_options"]
+
+
+@pytest.mark.parametrize(
+    "option", ["-vnc :0", "-gdb tcp::1234", "-monitor telnet::4444,server=on", "-serial tcp:0.0.0.0:5555"]
+)
+def test_a_profile_that_would_listen_off_loopback_is_refused(reg: Registry, option: str) -> None:
+    profile = replace(reg.profile("smmuv3-nested"), extra_args=tuple(option.split(" ", 1)))
+    with pytest.raises(ConfigError, match=r"not bound to 127\.0\.0\.1"):
+        lava.qemu_context(reg.target("mainline-7.3"), profile)
+    loopback = replace(profile, extra_args=("-gdb", "tcp:127.0.0.1:1234"))
+    assert (
+        "-gdb tcp:127.0.0.1:1234" in lava.qemu_context(reg.target("mainline-7.3"), loopback)["extra_options"]
+    )
+
+
+def test_job_definition_urls(reg: Registry, tmp_path: Path) -> None:
+    scenarios = [reg.scenario(n) for n in CELL]
+    plan = lava.make_plan(reg.target("mainline-7.3"), reg.profile("smmuv3-nested"), scenarios, frozenset())
+    kernel, initramfs, scratch = (tmp_path / n for n in ("Image", "initramfs.cpio", "scratch-16M.img"))
+    local = lava.job_definition(plan, kernel, initramfs, scratch, None)
+    images = local["actions"][0]["deploy"]["images"]
+    assert images["kernel"]["url"] == kernel.resolve().as_uri()
+    assert images["rootfs"]["format"] == "cpio.newc" and images["rootfs"]["overlays"] == {"lava": True}
+    assert images["scratch"]["image_arg"].startswith("-drive file={scratch},")
+    lab = lava.job_definition(plan, kernel, initramfs, scratch, "https://lab.example/pkvm/")
+    assert lab["actions"][0]["deploy"]["images"]["kernel"]["url"] == "https://lab.example/pkvm/Image"
+    assert lab["device_type"] == "qemu" and lab["context"]["arch"] == "arm64"
+    assert "-drive file={scratch},if=none,id=scratch,format=raw" not in lab["context"]["extra_options"]
+    text = yaml.safe_dump(lab)
+    assert yaml.safe_load(text)["metadata"]["pkvm-harness.scenarios"] == ",".join(CELL)
