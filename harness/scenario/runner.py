@@ -308,8 +308,12 @@ def scenario_result(
 
 def run_scenario(scenario: Scenario, guest: GuestControl, ctx: ScenarioContext) -> ScenarioResult:
     start = time.monotonic()
-    start_line = 0 if scenario.check_boot_log else guest.watcher.lines_seen
-    faults_since = start_line if ctx.faults_since is None else min(ctx.faults_since, start_line)
+    now = guest.watcher.lines_seen
+    start_line = 0 if scenario.check_boot_log else now
+    # IOMMU faults are answered for from now (or from boot by the first
+    # scenario on a boot), even by a scenario that reads the boot log:
+    # earlier scenarios' faults were theirs to claim.
+    faults_since = now if ctx.faults_since is None else min(ctx.faults_since, now)
     state = _State(variables=ctx.base_variables(), start_line=start_line)
     forbid = expand(scenario.forbid_events)
     steps: list[StepResult] = []

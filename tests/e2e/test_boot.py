@@ -112,3 +112,21 @@ def test_dropped_fragment_option_is_a_one_line_error(tmp_path: Path) -> None:
         " CONFIG_ARM_SMMU_V3_PKVM=n: this kernel source has no symbol ARM_SMMU_V3_PKVM"
         " (no Kconfig entry: does it come with a patch series?)"
     )
+
+
+@pytest.mark.usefixtures("no_leaked_qemu")
+def test_make_run_default_suite_is_green_in_one_boot(tmp_path: Path) -> None:
+    """`make run`'s promise, on one of its two profiles: every scenario in
+    one boot, in the order `run` uses, passes or is the declared known gap.
+    Scenarios on a shared boot must not answer for each other's events
+    (pkvm-ownership-selftest reads the boot log after the DMA scenarios'
+    expected faults)."""
+    run = run_scenarios(tmp_path, "mainline-7.3", ["smmuv3-nested"], [])
+    verdicts = run.verdicts()
+    assert len(verdicts) == len(list((Path(__file__).parents[2] / "scenarios").glob("*.yaml")))
+    assert set(verdicts.values()) <= {"pass", "xfail", "skip"}, {
+        (r["scenario"], r["reason"]) for r in run.results["results"] if r["verdict"] not in ("pass", "xfail")
+    }
+    assert verdicts[("pvm-dma-isolation", "smmuv3-nested")] == "xfail"
+    assert run.rc == 0
+    assert len(run.results["boots"]) == 1

@@ -329,8 +329,14 @@ def test_faults_during_boot_fail_the_first_scenario_on_that_boot(tmp_path: Path,
     guest = ScriptedGuest(booted_with_faults, _drivers_then(""))
     result = run_scenario(scenario, guest, first)
     assert result.verdict == Verdict.FAIL and result.reason.startswith("unexpected IOMMU fault:")
-    # A later scenario on the same boot looks only at its own window.
+    # A later scenario on the same boot looks only at its own window, also
+    # one that reads the boot log (pkvm-ownership-selftest after the DMA
+    # scenarios in `make run`).
     assert run_scenario(scenario, guest, ctx()).verdict == Verdict.PASS
+    reads_boot_log = load_scenario(
+        write(tmp_path, "name: s\ncheck_boot_log: true\nsteps:\n  - {name: t, run: 'true'}\n")
+    )
+    assert run_scenario(reads_boot_log, guest, ctx()).verdict == Verdict.PASS
 
 
 def test_a_guest_failure_in_a_step_is_a_fail_with_its_evidence(tmp_path: Path, data_dir: Path) -> None:
