@@ -67,7 +67,7 @@
 #define FAULT_SIZE 16u
 
 /* viommu: "guest RAM" at IPA GUEST_IPA, mapped through the parent. */
-#define GUEST_IPA 0x8000000ull
+#define GUEST_IPA 0x20000000ull /* clear of the SMMU MSI window at 0x8000000 */
 enum { PG_CD, PG_L1, PG_L2, PG_L3, PG_SRC, PG_A, PG_B, GUEST_PAGES };
 /* Stage-1 VAs: neither is mapped in the stage 2, so a DMA that skipped the
  * stage 1 would fault instead of landing anywhere. */
