@@ -40,6 +40,13 @@ def test_mainline_nests_on_nested_refuses_elsewhere_and_skips_the_viommu(tmp_pat
     for n in range(1, 5):
         assert f"ok {n} viommu: " in viommu
     assert viommu.count("# SKIP kernel refused the vIOMMU (Operation not supported): SMMU_IDR3.FWB=0") == 4
+    steps = {s["name"]: s for s in nested["steps"]}
+    assert steps["viommu"]["verdict"] == "skip"
+    assert steps["viommu"]["reason"].startswith(
+        "step viommu: all 4 KTAP tests skipped: kernel refused the vIOMMU (Operation not supported):"
+        " SMMU_IDR3.FWB=0, no S2FWB"
+    )
+    assert steps["s2-parent-fault-reported"]["verdict"] == "pass"
     for profile in ("smmuv3-s1", "smmuv3-s2"):
         s2 = _step_output(by_profile[profile], "s2-parent")
         assert "ok 1 s2-parent: NEST_PARENT stage 2 given where the SMMU nests, refused where not" in s2
