@@ -79,13 +79,26 @@ def test_viommu_runs_through_both_stages_with_the_test_enablement_series(tmp_pat
         assert f"ok {n} viommu: {name}" in viommu.splitlines()
 
 
-@pytest.mark.usefixtures("no_leaked_qemu")
-def test_nest_parent_that_ignores_unmap_fails_iommufd_nesting(tmp_path: Path) -> None:
-    result = run_broken(tmp_path, "nest-parent-unmap-ignored.patch", "smmuv3-nested", "iommufd-nesting")
-    assert str(result["reason"]).startswith(
+BROKEN = [
+    # (series, start of the reason)
+    (
+        "nest-parent-unmap-ignored.patch",
         "step s2-parent: the NEST_PARENT stage 2 did not isolate (or was given without nesting):"
-        " s2-parent: DMA after unmap changes nothing: unmapped page:"
-    ), result["reason"]
+        " s2-parent: DMA after unmap changes nothing: unmapped page:",
+    ),
+    (
+        "hw-info-hides-s2.patch",
+        "step hw-info: IOMMU_GET_HW_INFO's SMMUv3 ID registers disagree with the profile:"
+        " hw-info: IDR0.S2P agrees with the profile: IDR0.S2P=0, profile says stage 2 present",
+    ),
+]
+
+
+@pytest.mark.usefixtures("no_leaked_qemu")
+@pytest.mark.parametrize(("series", "reason"), BROKEN, ids=[b[0].removesuffix(".patch") for b in BROKEN])
+def test_broken_nesting_fails_iommufd_nesting(tmp_path: Path, series: str, reason: str) -> None:
+    result = run_broken(tmp_path, series, "smmuv3-nested", "iommufd-nesting")
+    assert str(result["reason"]).startswith(reason), result["reason"]
 
 
 @pytest.mark.usefixtures("no_leaked_qemu")
