@@ -92,6 +92,11 @@ class _StepFailed(Exception):
         self.reason = reason
 
 
+class _StepSkipped(_StepFailed):
+    """Every KTAP test of the step was a SKIP: the step did not test anything
+    (e.g. the kernel refused a feature the helper names), so it is not a pass."""
+
+
 _FAULT_SIGNATURES = frozenset(GROUPS["iommu-fault"])
 
 
@@ -168,6 +173,9 @@ def _check_ktap(step: Step, result: Completed) -> None:
         raise _StepFailed(f"{first.name}: {first.reason or 'not ok'}{more}")
     if report.planned and len(report.results) < report.planned:
         raise _StepFailed(f"KTAP plan 1..{report.planned} but only {len(report.results)} results")
+    if all(r.skipped for r in report.results):
+        first = report.results[0]
+        raise _StepSkipped(f"all {len(report.results)} KTAP tests skipped: {first.reason or first.name}")
 
 
 def _check_events(
@@ -213,6 +221,8 @@ def _run_step(step: Step, guest: GuestControl, state: _State, scenario_forbid: s
     except GuestFailure as failed:  # hung, or its network died: the kernel's FAIL
         state.evidence.update(failed.evidence)
         return _step_result(step, Verdict.FAIL, f"step {step.name}: {failed.reason}", start, command, result)
+    except _StepSkipped as skipped:
+        return _step_result(step, Verdict.SKIP, f"step {step.name}: {skipped.reason}", start, command, result)
     except _StepFailed as failed:
         reason = f"{step.fail_reason}: {failed.reason}" if step.fail_reason else failed.reason
         return _step_result(step, Verdict.FAIL, f"step {step.name}: {reason}", start, command, result)

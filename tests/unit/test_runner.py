@@ -161,6 +161,29 @@ steps:
     assert xfail.verdict == Verdict.XFAIL and "known gap" in xfail.reason
 
 
+def test_a_step_whose_ktap_tests_all_skip_is_a_skip_not_a_pass(tmp_path: Path, data_dir: Path) -> None:
+    scenario = load_scenario(
+        write(
+            tmp_path,
+            "name: s\nsteps:\n  - {name: a, run: a, expect_ktap: true}\n"
+            "  - {name: b, run: b, expect_ktap: true}\n",
+        )
+    )
+    outputs = {
+        "a": "KTAP version 1\n1..1\nok 1 first\n",
+        "b": "KTAP version 1\n1..2\nok 1 viommu # SKIP kernel refused: IDR3.FWB=0\n"
+        "ok 2 dma # SKIP no vIOMMU\n",
+    }
+    result = run_scenario(scenario, ScriptedGuest(boot_log(data_dir), lambda c: (outputs[c], 0, "")), ctx())
+    assert result.verdict == Verdict.PASS
+    assert [(s.name, s.verdict) for s in result.steps] == [("a", Verdict.PASS), ("b", Verdict.SKIP)]
+    assert result.steps[1].reason == "step b: all 2 KTAP tests skipped: kernel refused: IDR3.FWB=0"
+    # One test that ran makes the step a pass again.
+    outputs["b"] = "KTAP version 1\n1..2\nok 1 viommu\nok 2 dma # SKIP no vIOMMU\n"
+    result = run_scenario(scenario, ScriptedGuest(boot_log(data_dir), lambda c: (outputs[c], 0, "")), ctx())
+    assert [s.verdict for s in result.steps] == [Verdict.PASS, Verdict.PASS]
+
+
 def test_ktap_bail_out_is_an_error_not_a_fail(tmp_path: Path, data_dir: Path) -> None:
     scenario = load_scenario(write(tmp_path, "name: s\nsteps:\n  - {name: t, run: x, expect_ktap: true}\n"))
     guest = ScriptedGuest(boot_log(data_dir), lambda c: ("1..3\nBail out! no /dev/vfio\n", 2, ""))
