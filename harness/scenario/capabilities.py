@@ -19,11 +19,16 @@ _CONFIG_CAPS = {
     "CONFIG_VIRTIO_BLK": "virtio-blk",
 }
 
+# `kselftest:<suite>`: the suite's selftests are in the image (and a scenario
+# that requires it makes the pipeline build and pack them).
+KSELFTEST_CAP = "kselftest:"
+
 # One round trip; each line that a test prints is a token.
 _PROBE = r"""
 test -c /dev/kvm && echo kvm
 test -d /sys/kernel/debug/tracing -o -d /sys/kernel/tracing && echo tracing
 for h in /usr/local/bin/*; do [ -x "$h" ] && echo "helper:${h##*/}"; done
+for d in /usr/lib/kselftests/*; do [ -d "$d" ] && echo "kselftest:${d##*/}"; done
 if [ -x /usr/local/bin/pkvm-vmm ] && [ -c /dev/kvm ]; then
   pkvm-vmm probe 2>/dev/null | sed -n -e 's/^# protected_vm=1$/protected-vm/p' \
                                       -e 's/^# pkvm_hypercalls=1$/pkvm-guest-hypercalls/p'
