@@ -15,6 +15,7 @@ _CONFIG_CAPS = {
     "CONFIG_DMA_MAP_BENCHMARK": "dma-map-benchmark",
     "CONFIG_VFIO": "vfio",
     "CONFIG_IOMMUFD": "iommufd",
+    "CONFIG_IOMMUFD_TEST": "iommufd-test",
     "CONFIG_ARM_SMMU_V3_PKVM": "pkvm-smmuv3",
     "CONFIG_VIRTIO_BLK": "virtio-blk",
 }

@@ -30,7 +30,9 @@ def verdicts(cases: list[kselftest.Case]) -> dict[str, Verdict]:
     return {c.result.name: c.result.verdict for c in cases}
 
 
-def known(case: str, targets: tuple[str, ...] = ("mainline-7.3*",), profiles: tuple[str, ...] = ("*",)) -> KnownFailure:
+def known(
+    case: str, targets: tuple[str, ...] = ("mainline-7.3*",), profiles: tuple[str, ...] = ("*",)
+) -> KnownFailure:
     return KnownFailure("kvm", case, targets, profiles, "a reason long enough", "list.yaml:3")
 
 
@@ -115,7 +117,11 @@ def case(name: str, verdict: Verdict, parent: str | None = None) -> kselftest.Ca
 
 
 def test_listed_failure_is_xfail_listed_pass_is_xpass_unlisted_failure_is_fail() -> None:
-    found = [case("listed-fails", Verdict.FAIL), case("listed-passes", Verdict.PASS), case("other", Verdict.FAIL)]
+    found = [
+        case("listed-fails", Verdict.FAIL),
+        case("listed-passes", Verdict.PASS),
+        case("other", Verdict.FAIL),
+    ]
     results, applied = kselftest.classify(
         found, [known("listed-fails"), known("listed-passes")], "kvm", "mainline-7.3", "smmuv3-nested"
     )
@@ -136,12 +142,17 @@ def test_scope_target_profile_and_suite() -> None:
     ]:
         results, applied = kselftest.classify(found, [entry], "kvm", target, profile)
         assert results[0].verdict == Verdict.FAIL and applied == []
-    results, _ = kselftest.classify(found, [known("t", profiles=("smmuv3-*",))], "kvm", "mainline-7.3", "smmuv3-s2")
+    entry = known("t", profiles=("smmuv3-*",))
+    results, _ = kselftest.classify(found, [entry], "kvm", "mainline-7.3", "smmuv3-s2")
     assert results[0].verdict == Verdict.XFAIL
 
 
 def test_binary_failing_only_through_listed_subtests_is_xfail_not_otherwise() -> None:
-    found = [case("bin", Verdict.FAIL), case("bin/a", Verdict.FAIL, "bin"), case("bin/b", Verdict.PASS, "bin")]
+    found = [
+        case("bin", Verdict.FAIL),
+        case("bin/a", Verdict.FAIL, "bin"),
+        case("bin/b", Verdict.PASS, "bin"),
+    ]
     results, _ = kselftest.classify(found, [known("bin/a")], "kvm", "mainline-7.3", "p")
     assert [r.verdict for r in results] == [Verdict.XFAIL, Verdict.XFAIL, Verdict.PASS]
     found.append(case("bin/c", Verdict.FAIL, "bin"))
