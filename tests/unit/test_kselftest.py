@@ -220,3 +220,20 @@ def test_kselftest_step_schema(tmp_path: Path) -> None:
     f.write_text("name: s\nsteps:\n  - name: k\n    kselftest: {suite: nope, tests: [a]}\n")
     with pytest.raises(ConfigError, match=r"s\.yaml:4"):
         load_scenario(f)
+
+
+def test_report_shows_every_case_and_the_known_failure_list(data_dir: Path, tmp_path: Path) -> None:
+    from harness.report import RunResult
+    from harness.report.html import render
+    from harness.report.results import ScenarioResult
+
+    result = run_kvm(load_known_failures(), data_dir)
+    assert isinstance(result, ScenarioResult)
+    page = render(RunResult("0.2.0", "qemu", "pkvm-harness run", (), (result,)), tmp_path)
+    cases = page.split('<table class="cases">', 1)[1].split("</table>", 1)[0]
+    assert cases.count("<tr class=") == len(result.cases)
+    first = cases.split('<tr class="', 2)[1]
+    assert first.startswith("xfail") and "arm64/vgic_init" in first  # not-passed first
+    known_table = page.split('<table class="known">', 1)[1].split("</table>", 1)[0]
+    assert "kvm: arm64/vgic_init" in known_table and "arm64/vgic_init: fail" in known_table
+    assert "kvm_init_ipa_range" in known_table and "known-failures.yaml:" in known_table
