@@ -89,6 +89,9 @@ _SOURCE_LINE = re.compile(r"^\s*#?\s*(\S+\.[ch]:\d+:.*)$")
 _STACK = re.compile(r"^\s+\d+\t0x|^\s+\d+\s+0x[0-9a-f]+")
 _PID_ERRNO = re.compile(r"pid=\d+ tid=\d+ errno=(\d+ - .*)$")
 _SKIP_REASON = re.compile(r"#\s*SKIP\b\s*-?\s*(.*)$", re.IGNORECASE)
+# Lines that differ from run to run, and the runner's own header: never
+# part of a reason.
+_NOISE = re.compile(r"^\s*#?\s*(Random seed:|Terminated$|Killed$|selftests: \S+: )")
 _KTAP_LINE = re.compile(r"^\s*(ok|not ok)\s+\d+|^\s*1\.\.\d+|^\s*(K?TAP version)|^\s*#\s*Totals", re.I)
 
 
@@ -120,7 +123,7 @@ def failure_detail(lines: Sequence[str]) -> str:
     for ln in lines:
         if m := _SOURCE_LINE.match(ln):
             return _clip(m.group(1))
-    tail = [ln for ln in lines if ln.strip() and not _KTAP_LINE.match(ln)]
+    tail = [ln for ln in lines if ln.strip() and not _KTAP_LINE.match(ln) and not _NOISE.match(ln)]
     return _clip(tail[-1].lstrip("# ")) if tail else ""
 
 
