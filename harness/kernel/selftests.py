@@ -31,7 +31,7 @@ from harness.kernel.source import prepare_source, source_identity
 
 RECIPE_VERSION = "kselftest-recipe-v1"
 # What headers_install and the selftests' makefiles read of the source tree.
-_TREE_PARTS = ("Makefile", "scripts", "include", "arch/arm64", "usr", "tools")
+_TREE_PARTS = ("Makefile", "scripts", "include", "arch/arm64", "usr", "tools", "drivers/iommu/iommufd")
 GUEST_DIR = "usr/lib/kselftests"  # /usr/lib/kselftests/<suite>/<test> in the guest
 
 

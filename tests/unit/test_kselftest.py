@@ -77,6 +77,24 @@ def test_real_kvm_run_gives_one_case_per_binary_and_per_subtest() -> None:
     assert skipped.result.reason  # the test's own SKIP reason, not just "skipped"
 
 
+def test_real_kselftest_harness_output_gives_every_fixture_test_its_case() -> None:
+    # The iommufd binary on a 7.3 kernel WITHOUT CONFIG_IOMMUFD_TEST (its
+    # mock IOMMU): every test fails at its first IOMMU_TEST_CMD.
+    run = KselftestRun("iommu", ("iommufd",), 300)
+    found = kselftest.cases((DATA / "iommufd-7.3-without-iommufd-test.log").read_text(), run)
+    binary, *subs = found
+    assert binary.result.name == "iommufd" and binary.result.verdict == Verdict.FAIL
+    first = "exit 1: iommufd_utils.h:811:simple_close:Expected 0 (0) == ioctl("
+    assert binary.result.reason.startswith(first)
+    assert len(subs) == 246 and all(c.parent == "iommufd" for c in subs)
+    assert subs[0].result.name == "iommufd/iommufd.simple_close"
+    assert subs[-1].result.name == "iommufd/iommufd_device_pasid.has_pasid.pasid_attach"
+    assert all(c.result.verdict == Verdict.FAIL for c in subs)
+    # each subtest's reason is its own diagnostic, not its neighbour's
+    assert subs[-1].result.reason.startswith("not ok: iommufd.c:3332:pasid_attach:Expected 0 (0) ==")
+    assert all(c.result.name.rsplit(".", 1)[1] + ":" in c.result.reason for c in subs[:20])
+
+
 def test_timeout_is_that_cases_fail_and_the_run_goes_on() -> None:
     # Real guest output: both binaries killed at a 10 s timeout on a loaded host.
     run = KselftestRun("kvm", ("arm64/page_fault_test", "arm64/psci_test"), 10)
