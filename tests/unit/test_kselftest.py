@@ -250,3 +250,17 @@ def test_report_shows_every_case_and_the_known_failure_list(data_dir: Path, tmp_
     known_table = page.split('<table class="known">', 1)[1].split("</table>", 1)[0]
     assert "kvm: arm64/vgic_init" in known_table and "arm64/vgic_init: fail" in known_table
     assert "kvm_init_ipa_range" in known_table and "known-failures.yaml:" in known_table
+
+
+def test_every_data_directory_is_installed_by_pip() -> None:
+    """kselftests/ joins the data search path; `pip install .` must ship it
+    like the other data directories ([tool.setuptools.data-files])."""
+    import tomllib
+
+    from harness import paths
+
+    pyproject = tomllib.loads((paths.REPO_ROOT / "pyproject.toml").read_text())
+    shipped = pyproject["tool"]["setuptools"]["data-files"]
+    for name in paths.DATA_DIRS:
+        assert f"share/pkvm-harness/{name}" in shipped, name
+    assert shipped["share/pkvm-harness/kselftests"] == ["kselftests/*.yaml"]
