@@ -124,7 +124,7 @@ def _step(raw: dict[str, Any]) -> Step:
 
 
 def _default_timeout(raw: dict[str, Any]) -> float:
-    if "kselftest" in raw:  # every binary's own timeout, plus margin
+    if "kselftest" in raw:  # every binary's own timeout, plus its kill grace and a margin
         run = _kselftest(raw["kselftest"])
         return len(run.tests) * (run.timeout_s + 5) + 60
     return 60.0

@@ -70,11 +70,6 @@ def command(run: KselftestRun) -> str:
     )
 
 
-def step_timeout(run: KselftestRun) -> float:
-    """The whole step's timeout: every binary's, plus the kill grace and margin."""
-    return len(run.tests) * (run.timeout_s + KILL_GRACE_S + 3) + 60
-
-
 @dataclass(frozen=True)
 class Case:
     """A case with where it sits: `parent` is the binary's case for a subtest."""
