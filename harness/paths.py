@@ -11,9 +11,9 @@ from harness.errors import ConfigError
 
 # The repository root: in a checkout (or an editable install) the data
 # directories (targets/, profiles/, scenarios/, kernel-configs/, images/,
-# matrices/) sit beside the package.
+# matrices/, kselftests/) sit beside the package.
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DATA_DIRS = ("targets", "profiles", "scenarios", "kernel-configs", "images", "matrices")
+DATA_DIRS = ("targets", "profiles", "scenarios", "kernel-configs", "images", "matrices", "kselftests")
 
 
 def data_search_path() -> list[Path]:

@@ -12,7 +12,7 @@ import shlex
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from harness.config.models import Profile, Scenario, Target
 from harness.errors import GuestFailure, HarnessError, Interrupted, MachineError
 from harness.image import GuestImage, build_image
 from harness.kernel import KernelBuild, build_kernel
+from harness.kernel.selftests import build_selftests
 from harness.kernel.symbols import SymbolTable
 from harness.machine import qemu_version
 from harness.machine.qemu import kill_all_machines
@@ -30,6 +31,7 @@ from harness.report.recorder import Cell
 # Modules, not their functions: looked up at call time, so that a test (and
 # the pytest plugin's own tests) can replace probing and running.
 from harness.scenario import capabilities, runner
+from harness.scenario.capabilities import KSELFTEST_CAP
 from harness.scenario.runner import ScenarioContext, scenario_result, skip_reason
 from harness.session.guest import Guest, booted_guest
 from harness.session.liveness import LivenessPolicy
@@ -42,9 +44,11 @@ class Artifacts:
     seconds: float
 
 
-def build_all(target: Target, jobs: int | None = None, upto: int | None = None) -> Artifacts:
+def build_all(
+    target: Target, jobs: int | None = None, upto: int | None = None, suites: Sequence[str] = ()
+) -> Artifacts:
     """The kernel (at patch `upto` of the target's series, all when None)
-    and the initramfs."""
+    and the initramfs, with the kernel selftest `suites` packed in."""
     start = time.monotonic()
     kernel = build_kernel(target, jobs=jobs, upto=upto)
     ui.info("kernel", f"{target.name}: {kernel.version} {'(cached)' if kernel.cached else ''} {kernel.image}")
@@ -54,7 +58,32 @@ def build_all(target: Target, jobs: int | None = None, upto: int | None = None) 
         f"initramfs {image.key[:16]} {'(cached)' if image.cached else ''}"
         f" helpers: {', '.join(image.helpers) or 'none'}",
     )
-    return Artifacts(kernel, image, time.monotonic() - start)
+    artifacts = Artifacts(kernel, image, time.monotonic() - start)
+    return with_selftests(artifacts, target, upto, suites, jobs)
+
+
+def selftest_suites(scenarios: Iterable[Scenario]) -> tuple[str, ...]:
+    """The kernel selftest suites the scenarios need: `requires: [kselftest:kvm]`
+    asks for the suite to be built and packed into the image."""
+    wanted = {req for s in scenarios for req in s.requires if req.startswith(KSELFTEST_CAP)}
+    return tuple(sorted(req.removeprefix(KSELFTEST_CAP) for req in wanted))
+
+
+def with_selftests(
+    artifacts: Artifacts, target: Target, upto: int | None, suites: Sequence[str], jobs: int | None = None
+) -> Artifacts:
+    """`artifacts` whose image also carries the selftest `suites` (built from
+    the target's own source at the same series prefix; cached)."""
+    missing = [s for s in suites if s not in artifacts.image.metadata.get("kselftests", {})]
+    if not missing:
+        return artifacts
+    start = time.monotonic()
+    builds = [build_selftests(target, suite, upto=upto, jobs=jobs) for suite in missing]
+    for b in builds:
+        state = "(cached)" if b.cached else f"built in {b.metadata.get('build_seconds')}s"
+        ui.info("kselftest", f"{target.name}: {b.suite}: {len(b.tests)} binaries {state}")
+    image = artifacts.image.with_selftests(builds)
+    return replace(artifacts, image=image, seconds=artifacts.seconds + time.monotonic() - start)
 
 
 @dataclass(frozen=True)
@@ -387,17 +416,23 @@ def _build_each(
     cells ERRORs (bad input) or FAILs (a series' own defect); the others run."""
     failed: set[BuildId] = set()
     distinct = {_build_id(r) for r in requests}
+    suites: dict[BuildId, tuple[str, ...]] = {}
+    for r in requests:
+        suites[_build_id(r)] = tuple(sorted({*suites.get(_build_id(r), ()), *selftest_suites(r.scenarios)}))
     for request in requests:
         key = _build_id(request)
         if key in failed:
             continue
-        if key in built:
-            if not any(t.name == request.target.name and t.side == request.side for t in recorder.targets()):
-                recorder.add_target(_target_record(built[key], request.side))
-            continue
         side = f" ({request.side})" if request.side else ""
         try:
-            built[key] = build_all(request.target, upto=request.upto)
+            if key in built:
+                built[key] = with_selftests(built[key], request.target, request.upto, suites[key])
+                if not any(
+                    t.name == request.target.name and t.side == request.side for t in recorder.targets()
+                ):
+                    recorder.add_target(_target_record(built[key], request.side))
+                continue
+            built[key] = build_all(request.target, upto=request.upto, suites=suites[key])
         except HarnessError as exc:
             failed.add(key)
             if not exc.series_defect and len(distinct) == 1:

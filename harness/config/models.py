@@ -3,6 +3,7 @@ consumes these, never raw YAML."""
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +108,52 @@ class QmpAction:
 
 
 @dataclass(frozen=True)
+class KselftestRun:
+    """Kernel selftests of one suite (a directory of tools/testing/selftests,
+    built from the target's own source and packed into the image), run in
+    the guest one binary at a time, each under its own timeout."""
+
+    suite: str  # "kvm" | "iommu"
+    tests: tuple[str, ...]  # binaries, relative to the suite (e.g. arm64/psci_test)
+    timeout_s: float = 120.0  # per binary: past it the binary is killed, its case FAILs
+
+
+@dataclass(frozen=True)
+class KnownFailure:
+    """A selftest case that fails for a reason outside the kernel under test
+    (pKVM's restrictions on normal VMs, TCG limits), scoped to targets (and
+    profiles): its FAIL becomes an xfail with this reason, and a pass an
+    XPASS, so the list cannot rot."""
+
+    suite: str
+    case: str  # fnmatch glob on the case name (binary, or binary/subtest)
+    targets: tuple[str, ...]  # fnmatch globs on target names
+    profiles: tuple[str, ...]  # fnmatch globs on profile names ("*": all)
+    reason: str
+    where: str = ""  # file:line, for the report
+
+    def applies(self, suite: str, target: str, profile: str) -> bool:
+        return (
+            suite == self.suite
+            and any(fnmatch.fnmatchcase(target, t) for t in self.targets)
+            and any(fnmatch.fnmatchcase(profile, p) for p in self.profiles)
+        )
+
+    def matches(self, case: str) -> bool:
+        return fnmatch.fnmatchcase(case, self.case)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "suite": self.suite,
+            "case": self.case,
+            "targets": list(self.targets),
+            "profiles": list(self.profiles),
+            "reason": self.reason,
+            "where": self.where,
+        }
+
+
+@dataclass(frozen=True)
 class Step:
     name: str
     requires: frozenset[str] = frozenset()
@@ -129,6 +176,7 @@ class Step:
     # does not answer within hang_timeout_s while it had CPU.
     hang_probe_s: float | None = None
     hang_timeout_s: float | None = None
+    kselftest: KselftestRun | None = None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ from harness import paths
 from harness.config import schemas
 from harness.config.models import (
     EventExpectation,
+    KnownFailure,
+    KselftestRun,
     Profile,
     QmpAction,
     Scenario,
@@ -95,13 +97,13 @@ def _step(raw: dict[str, Any]) -> Step:
     has_run = "run" in raw
     # A step that only checks events looks at the whole boot by default; a
     # step that does something (a command, a QMP action) at what it caused.
-    acts = has_run or "qmp" in raw
+    acts = has_run or "qmp" in raw or "kselftest" in raw
     return Step(
         name=raw["name"],
         requires=frozenset(raw.get("requires", ())),
         transport=raw.get("transport", "serial"),
         run=raw.get("run"),
-        timeout_s=float(raw.get("timeout_s", 60.0)),
+        timeout_s=float(raw.get("timeout_s", _default_timeout(raw))),
         expect_status=raw.get("expect_status", 0 if has_run else None),
         expect_output=raw.get("expect_output"),
         forbid_output=raw.get("forbid_output"),
@@ -117,6 +119,20 @@ def _step(raw: dict[str, Any]) -> Step:
         fail_reason=raw.get("fail_reason"),
         hang_probe_s=raw.get("hang_probe_s"),
         hang_timeout_s=raw.get("hang_timeout_s"),
+        kselftest=_kselftest(raw["kselftest"]) if "kselftest" in raw else None,
+    )
+
+
+def _default_timeout(raw: dict[str, Any]) -> float:
+    if "kselftest" in raw:  # every binary's own timeout, plus its kill grace and a margin
+        run = _kselftest(raw["kselftest"])
+        return len(run.tests) * (run.timeout_s + 5) + 60
+    return 60.0
+
+
+def _kselftest(raw: dict[str, Any]) -> KselftestRun:
+    return KselftestRun(
+        suite=raw["suite"], tests=tuple(raw["tests"]), timeout_s=float(raw.get("timeout_s", 120.0))
     )
 
 
@@ -158,6 +174,28 @@ def _scenario(doc: LoadedYaml) -> Scenario:
         check_boot_log=bool(d.get("check_boot_log", False)),
         path=doc.path,
         tags=tuple(d.get("tags", ())),
+    )
+
+
+def _known_failures(doc: LoadedYaml) -> tuple[KnownFailure, ...]:
+    return tuple(
+        KnownFailure(
+            suite=e["suite"],
+            case=e["case"],
+            targets=tuple(e["targets"]),
+            profiles=tuple(e.get("profiles", ["*"])),
+            reason=" ".join(e["reason"].split()),
+            where=f"{doc.path}:{doc.line_of(('known_failures', i))}",
+        )
+        for i, e in enumerate(doc.data["known_failures"])
+    )
+
+
+def load_known_failures(path: Path | None = None) -> tuple[KnownFailure, ...]:
+    """The kernel selftests' known-failure list (kselftests/known-failures.yaml
+    on the data search path, unless `path`)."""
+    return load_file(
+        path or paths.data_dir("kselftests") / "known-failures.yaml", schemas.KNOWN_FAILURES, _known_failures
     )
 
 

@@ -101,6 +101,20 @@ STEP: dict[str, Any] = {
         "fail_reason": {"type": "string"},
         "hang_probe_s": _TIMEOUT,
         "hang_timeout_s": _TIMEOUT,
+        "kselftest": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["suite", "tests"],
+            "properties": {
+                "suite": {"enum": ["kvm", "iommu"]},
+                "tests": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9_./-]*$"},
+                },
+                "timeout_s": _TIMEOUT,
+            },
+        },
         "qmp": {
             "type": "object",
             "additionalProperties": False,
@@ -127,5 +141,28 @@ SCENARIO: dict[str, Any] = {
         "forbid_events": _STR_LIST,
         "check_boot_log": {"type": "boolean"},
         "steps": {"type": "array", "minItems": 1, "items": STEP},
+    },
+}
+
+KNOWN_FAILURES: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["known_failures"],
+    "properties": {
+        "known_failures": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["suite", "case", "targets", "reason"],
+                "properties": {
+                    "suite": {"enum": ["kvm", "iommu"]},
+                    "case": {"type": "string", "minLength": 1},
+                    "targets": {**_STR_LIST, "minItems": 1},
+                    "profiles": {**_STR_LIST, "minItems": 1},
+                    "reason": {"type": "string", "minLength": 10},
+                },
+            },
+        }
     },
 }

@@ -11,13 +11,16 @@ import json
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from harness import paths, ui
 from harness.cache import ContentStore, digest, write_json
+from harness.debs import fetch_debs
 from harness.errors import ImageError, ToolMissingError
+from harness.kernel.selftests import GUEST_DIR, SelftestBuild
 
 RECIPE_VERSION = "image-recipe-v1"
 CROSS_COMPILE = "aarch64-linux-gnu-"
@@ -41,10 +44,13 @@ class GuestImage:
     helpers: tuple[str, ...]
     metadata: dict[str, Any] = field(hash=False, compare=False)
     cached: bool = False
+    # More archives appended after the base, on demand (kernel selftests).
+    extras: tuple[Path, ...] = ()
 
     def with_overlay(self, files: dict[str, tuple[bytes, int]], dest: Path) -> Path:
-        """base cpio + a small cpio of `files` (path -> (data, mode)). The
-        kernel unpacks concatenated archives in order, later ones winning."""
+        """base cpio + extras + a small cpio of `files` (path -> (data,
+        mode)). The kernel unpacks concatenated archives in order, later ones
+        winning."""
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
             for rel, (data, mode) in files.items():
@@ -53,10 +59,39 @@ class GuestImage:
                 p.write_bytes(data)
                 p.chmod(mode)
             overlay = _cpio(root)
-        with dest.open("wb") as out, self.initramfs.open("rb") as base:
-            shutil.copyfileobj(base, out)
+        with dest.open("wb") as out:
+            for part in (self.initramfs, *self.extras):
+                with part.open("rb") as f:
+                    shutil.copyfileobj(f, out)
             out.write(overlay)
         return dest
+
+    def with_selftests(self, builds: Sequence[SelftestBuild]) -> GuestImage:
+        """This image plus the selftest binaries of `builds`, each as a cpio
+        of its own (cached by the build's key) under /usr/lib/kselftests/<suite>."""
+        extras, info = list(self.extras), dict(self.metadata.get("kselftests", {}))
+        for build in builds:
+            extras.append(_selftest_cpio(build))
+            info[build.suite] = {
+                "key": build.key,
+                "tests": len(build.tests),
+                "size_bytes": build.metadata.get("size_bytes"),
+                "cached": build.cached,
+                "build_seconds": build.metadata.get("build_seconds"),
+            }
+        return replace(self, extras=tuple(extras), metadata={**self.metadata, "kselftests": info})
+
+
+def _selftest_cpio(build: SelftestBuild) -> Path:
+    key = digest(["kselftest-cpio-v1", build.key])
+    store = ContentStore(paths.cache_root() / "images")
+    with store.lock(key):
+        if store.get(key) is None:
+            with store.stage(key) as stage, tempfile.TemporaryDirectory() as tmp:
+                dest = Path(tmp) / GUEST_DIR / build.suite
+                shutil.copytree(build.bin, dest)
+                (stage / "kselftests.cpio").write_bytes(_cpio(Path(tmp)))
+    return store.path(key) / "kselftests.cpio"
 
 
 def _cpio(root: Path) -> bytes:
@@ -95,34 +130,6 @@ def _cross_version() -> str:
             " e.g. with: sudo ci/setup-host.sh)"
         )
     return subprocess.run([gcc, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
-
-
-def _fetch_debs(packages: list[str], debs: Path) -> list[Path]:
-    debs.mkdir(parents=True, exist_ok=True)
-    missing = [p for p in packages if not list(debs.glob(f"{p}_*_arm64.deb"))]
-    if missing:
-        if shutil.which("apt-get") is None:
-            raise ToolMissingError("apt-get not found: guest packages come from Debian")
-        ui.info("image", f"downloading arm64 packages: {' '.join(missing)}")
-        result = subprocess.run(
-            ["apt-get", "download", "-q", *(f"{p}:arm64" for p in missing)],
-            cwd=debs,
-            capture_output=True,
-            text=True,
-        )
-        if result.returncode != 0:
-            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-            raise ImageError(
-                f"apt-get download of arm64 packages failed: {last}"
-                " (is the arm64 architecture added? run: sudo ci/setup-host.sh)"
-            )
-    found = []
-    for p in packages:
-        matches = sorted(debs.glob(f"{p}_*_arm64.deb"))
-        if not matches:
-            raise ImageError(f"package {p}:arm64 not found after download")
-        found.append(matches[-1])
-    return found
 
 
 def _build_helpers(guest_dir: Path, out: Path) -> list[Path]:
@@ -172,7 +179,7 @@ def build_image(images_dir: Path | None = None) -> GuestImage:
 
 
 def _assemble(stage: Path, packages: list[str], init: Path, guest: Path) -> None:
-    debs = _fetch_debs(packages, paths.cache_root() / "debs")
+    debs = fetch_debs(packages, paths.cache_root() / "debs", ImageError)
     root = stage / "root"
     root.mkdir()
     for deb in debs:

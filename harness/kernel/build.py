@@ -170,6 +170,23 @@ def _run_make(argv: list[str], cwd: Path, log: Path, expected: int | None) -> in
     return steps
 
 
+def target_series(target: Target, upto: int | None) -> PatchSeries | None:
+    """The target's series, cut to its first `upto` patches (None: all of
+    them; 0: none, the base)."""
+    series = load_series(target.series) if target.series else None
+    if series is not None and upto is not None:
+        series = series.prefix(upto) if upto > 0 else None
+    return series
+
+
+def work_dir(source_id: str, tc_version: str) -> Path:
+    """The persistent O= directory of a source built with a toolchain."""
+    work_key = digest(["work-v1", source_id, "", tc_version])
+    outdir = paths.cache_root() / "work" / work_key[:24]
+    outdir.mkdir(parents=True, exist_ok=True)
+    return outdir
+
+
 def build_kernel(
     target: Target, *, jobs: int | None = None, upto: int | None = None, warnings_level: str | None = None
 ) -> KernelBuild:
@@ -184,9 +201,7 @@ def build_kernel(
     tc_version = toolchain.check()
     memo = DigestMemo(cache / "digests.json")
     source_id = source_identity(target.source, memo)
-    series = load_series(target.series) if target.series else None
-    if series is not None and upto is not None:
-        series = series.prefix(upto) if upto > 0 else None
+    series = target_series(target, upto)
     extra = [f"W={warnings_level}"] if warnings_level else []
     input_key = _input_key(target, source_id, series, tc_version) + (f"+W={warnings_level}" if extra else "")
 
@@ -199,9 +214,7 @@ def build_kernel(
     base = prepare_source(target.source, source_id, sources)
     # One persistent O= directory per source and toolchain, shared by every
     # series built on it: switching series rebuilds only what changed.
-    work_key = digest(["work-v1", source_id, "", tc_version])
-    outdir = cache / "work" / work_key[:24]
-    outdir.mkdir(parents=True, exist_ok=True)
+    outdir = work_dir(source_id, tc_version)
     log = outdir / "build.log"
     make = ["make", f"O={outdir}", *toolchain.make_vars(), "LOCALVERSION=", *extra]
     try:

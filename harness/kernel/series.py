@@ -503,6 +503,14 @@ def _branch(series: PatchSeries) -> str:
     return f"harness/series-{series.identity[:16]}"
 
 
+def applied_commit(tree: Path, series: PatchSeries | None) -> str | None:
+    """The commit of the base, or of base + series when that was applied
+    before, without touching the work tree (None: not applied yet)."""
+    ref = f"refs/heads/{_branch(series)}" if series is not None else f"refs/tags/{BASE_TAG}"
+    got = git(tree, "rev-parse", "-q", "--verify", f"{ref}^{{commit}}", check=False)
+    return got.stdout.strip() if got.returncode == 0 else None
+
+
 def checkout(tree: Path, series: PatchSeries | None) -> str:
     """Check out the base, or base + series (one commit per patch, applied
     once and kept as a branch), in the source's shared work tree; returns

@@ -275,6 +275,7 @@ class BootManager:
         self._target: Target | None = None
         self._profiles: dict[str, Profile] = {}
         self._artifacts: Artifacts | None = None
+        self.suites: tuple[str, ...] = ()  # kernel selftest suites the collected scenarios need
         self._build_error: HarnessError | None = None
         self._symbols: SymbolTable | None = None
         self._boots: dict[str, _Boot] = {}  # profile -> the shared boot
@@ -301,7 +302,7 @@ class BootManager:
             raise self._build_error
         if self._artifacts is None:
             try:
-                self._artifacts = pipeline.build_all(self.target())
+                self._artifacts = pipeline.build_all(self.target(), suites=self.suites)
             except HarnessError as exc:
                 self._build_error = exc
                 raise
@@ -580,6 +581,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     scenario_items = [item for item in items if isinstance(item, ScenarioItem)]
     if not scenario_items:
         return
+    from harness.pipeline import selftest_suites
+
+    _manager(scenario_items[0].config).suites = selftest_suites(item.scenario for item in scenario_items)
     order: dict[str, int] = {}
     for item in scenario_items:
         order.setdefault(item.profile_name, len(order))

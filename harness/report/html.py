@@ -107,6 +107,13 @@ def _result(r: ScenarioResult, base: Path) -> str:
             f"<details open><summary>event {_e(ev.get('signature'))}: {_e(ev.get('message'))}</summary>"
             f"<pre>{_e(chr(10).join(map(str, trace)))}</pre></details>"
         )
+    if r.cases:
+        parts.append(_cases(r))
+    known = r.evidence.get("known_failures")
+    if isinstance(known, list):
+        parts.append(_known_failures(known))
+    for log in r.evidence.get("kselftest_logs") or ():
+        parts.append(f"<p>{_link(str(log), base, 'kselftest output: ' + Path(str(log)).name)}</p>")
     if r.evidence:
         tail = r.evidence.get("console_tail")
         if isinstance(tail, list):
@@ -117,6 +124,46 @@ def _result(r: ScenarioResult, base: Path) -> str:
         if vcpus:
             parts.append(f"<details><summary>vCPUs</summary><pre>{_e(vcpus)}</pre></details>")
     return "\n".join(parts)
+
+
+def _cases(r: ScenarioResult) -> str:
+    """Every case with its verdict and reason, the ones that did not pass
+    first; open when any case failed."""
+    order = {Verdict.FAIL: 0, Verdict.ERROR: 0, Verdict.XPASS: 1, Verdict.NOT_RUN: 2, Verdict.XFAIL: 3}
+    ranked = sorted(r.cases, key=lambda c: order.get(c.verdict, 4))
+    counts: dict[str, int] = {}
+    for c in r.cases:
+        counts[str(c.verdict)] = counts.get(str(c.verdict), 0) + 1
+    summary = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
+    rows = "".join(
+        f'<tr class="{_e(c.verdict)}"><td>{_e(c.name)}</td>'
+        f"<td>{_e(c.verdict)}</td><td>{_e(c.reason)}</td></tr>"
+        for c in ranked
+    )
+    opened = " open" if any(c.verdict in (Verdict.FAIL, Verdict.XPASS) for c in r.cases) else ""
+    return (
+        f"<details{opened}><summary>{len(r.cases)} cases: {_e(summary)}</summary>"
+        f'<table class="cases"><tr><th>case</th><th>verdict</th><th>reason</th></tr>{rows}</table></details>'
+    )
+
+
+def _known_failures(entries: list[object]) -> str:
+    """The known-failure list in scope for this result, applied or not."""
+    rows = []
+    for e in entries:
+        if not isinstance(e, dict):
+            continue
+        matched = "; ".join(map(str, e.get("matched") or [])) or "no case matched"
+        rows.append(
+            f"<tr><td>{_e(e.get('suite'))}: {_e(e.get('case'))}</td><td>{_e(matched)}</td>"
+            f"<td>{_e(e.get('reason'))}</td><td>{_e(e.get('where'))}</td></tr>"
+        )
+    body = "".join(rows) or '<tr><td colspan="4">none in scope</td></tr>'
+    return (
+        f'<details open><summary>known failures in scope: {len(rows)}</summary><table class="known">'
+        "<tr><th>case</th><th>matched here</th><th>reason</th><th>listed at</th></tr>"
+        f"{body}</table></details>"
+    )
 
 
 def _comparison(c: Comparison, before: str, after: str) -> str:

@@ -16,9 +16,14 @@ _CONFIG_CAPS = {
     "CONFIG_VFIO": "vfio",
     "CONFIG_IOMMUFD": "iommufd",
     "CONFIG_ARM_SMMU_V3_IOMMUFD": "smmuv3-iommufd",
+    "CONFIG_IOMMUFD_TEST": "iommufd-test",
     "CONFIG_ARM_SMMU_V3_PKVM": "pkvm-smmuv3",
     "CONFIG_VIRTIO_BLK": "virtio-blk",
 }
+
+# `kselftest:<suite>`: the suite's selftests are in the image (and a scenario
+# that requires it makes the pipeline build and pack them).
+KSELFTEST_CAP = "kselftest:"
 
 # One round trip; each line that a test prints is a token. Public: the LAVA
 # exporter runs the same script in a LAVA test shell.
@@ -26,6 +31,7 @@ PROBE_SCRIPT = r"""
 test -c /dev/kvm && echo kvm
 test -d /sys/kernel/debug/tracing -o -d /sys/kernel/tracing && echo tracing
 for h in /usr/local/bin/*; do [ -x "$h" ] && echo "helper:${h##*/}"; done
+for d in /usr/lib/kselftests/*; do [ -d "$d" ] && echo "kselftest:${d##*/}"; done
 if [ -x /usr/local/bin/pkvm-vmm ] && [ -c /dev/kvm ]; then
   pkvm-vmm probe 2>/dev/null | sed -n -e 's/^# protected_vm=1$/protected-vm/p' \
                                       -e 's/^# pkvm_hypercalls=1$/pkvm-guest-hypercalls/p'

@@ -10,15 +10,26 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
-from harness.config.models import EventExpectation, Profile, Scenario, Step, Target, Transport
+from harness.config.models import (
+    EventExpectation,
+    KnownFailure,
+    KselftestRun,
+    Profile,
+    Scenario,
+    Step,
+    Target,
+    Transport,
+)
+from harness.config.registry import load_known_failures
 from harness.errors import GuestFailure, HarnessError
 from harness.logwatch import Event, LogWatcher
 from harness.logwatch.decoders import describe_fault
 from harness.logwatch.signatures import GROUPS, expand
-from harness.report.results import ScenarioResult, StepResult, Verdict
-from harness.scenario import ktap
+from harness.report.results import CaseResult, ScenarioResult, StepResult, Verdict
+from harness.scenario import kselftest, ktap
 from harness.scenario import variables as V
 from harness.session.base import Completed
 
@@ -69,6 +80,8 @@ class ScenarioContext:
     faults_since: int | None = None
     boot: str | None = None  # the boot's id, for the result
     side: str | None = None
+    # The kernel selftests' known failures (None: kselftests/known-failures.yaml).
+    known_failures: tuple[KnownFailure, ...] | None = None
 
     def base_variables(self) -> dict[str, str]:
         out = {
@@ -110,6 +123,8 @@ class _State:
     # fails the scenario.
     claims: list[tuple[EventExpectation, dict[str, str]]] = field(default_factory=list)
     evidence: dict[str, object] = field(default_factory=dict)
+    cases: list[CaseResult] = field(default_factory=list)
+    known: list[dict[str, object]] = field(default_factory=list)
 
 
 def _event_matches(e: Event, exp: EventExpectation, variables: Mapping[str, str]) -> bool:
@@ -127,14 +142,21 @@ def _describe(exp: EventExpectation, variables: Mapping[str, str]) -> str:
     return f"{exp.signature}({fields})"
 
 
-def _check_command(step: Step, result: Completed, guest: GuestControl) -> None:
+def _ended_early(step: Step, result: Completed, guest: GuestControl) -> str | None:
+    """Why the command did not finish (a FAIL's reason), or None."""
     if result.ended_by == "timeout":
-        raise _StepFailed(f"timed out after {step.timeout_s:.0f}s")
+        return f"timed out after {step.timeout_s:.0f}s"
     if result.ended_by in ("kernel-fatal", "eof"):
         fatal = guest.watcher.fatal
         if fatal is None:
             raise HarnessError(f"guest went away during step {step.name} (no kernel message)")
-        raise _StepFailed(fatal.summary())
+        return fatal.summary()
+    return None
+
+
+def _check_command(step: Step, result: Completed, guest: GuestControl) -> None:
+    if (why := _ended_early(step, result, guest)) is not None:
+        raise _StepFailed(why)
     if step.expect_ktap:
         _check_ktap(step, result)
     if step.expect_status is not None and result.status != step.expect_status:
@@ -178,6 +200,60 @@ def _check_ktap(step: Step, result: Completed) -> None:
         raise _StepSkipped(f"all {len(report.results)} KTAP tests skipped: {first.reason or first.name}")
 
 
+def _run_kselftests(
+    step: Step, run: KselftestRun, guest: GuestControl, state: _State, ctx: ScenarioContext
+) -> tuple[str, Completed | None]:
+    """Run a suite's binaries in the guest; every case goes to state.cases
+    (known failures applied). Fails the step when a case FAILed."""
+    command = kselftest.command(run)
+    try:
+        result = guest.run(step.transport, command, step.timeout_s, step.hang_probe_s, step.hang_timeout_s)
+    except GuestFailure as exc:  # hung: no output to read, every case is unproven
+        found = kselftest.cases("", run, exc.reason)
+        _record_cases(found, run, state, ctx)
+        raise
+    if step.transport == "ssh":
+        guest.sync_console()
+    _save_log(ctx, step, result.output, state)
+    cut = _ended_early(step, result, guest)
+    try:
+        found = kselftest.cases(result.output, run, cut)
+    except ValueError as exc:  # the runner's "Bail out!"
+        raise HarnessError(f"step {step.name}: kselftest runner bailed out: {exc}") from None
+    results = _record_cases(found, run, state, ctx)
+    if cut is not None:
+        raise _StepFailed(cut)
+    failed = [c for c in results if c.verdict == Verdict.FAIL]
+    if failed:
+        raise _StepFailed(
+            f"kselftest {run.suite}: {len(failed)} of {len(results)} cases failed:"
+            f" {kselftest.describe(results, Verdict.FAIL)}"
+        )
+    return command, result
+
+
+def _record_cases(
+    found: list[kselftest.Case], run: KselftestRun, state: _State, ctx: ScenarioContext
+) -> list[CaseResult]:
+    known = ctx.known_failures if ctx.known_failures is not None else load_known_failures()
+    results, applied = kselftest.classify(found, known, run.suite, ctx.target.name, ctx.profile.name)
+    state.cases += results
+    state.known += applied
+    return results
+
+
+def _save_log(ctx: ScenarioContext, step: Step, output: str, state: _State) -> None:
+    """The runner's whole output beside the console log (a step keeps only
+    its tail)."""
+    if ctx.console_log is None:
+        return
+    path = Path(ctx.console_log).parent / f"kselftest-{step.name}.log"
+    path.write_text(output)
+    logs = state.evidence.setdefault("kselftest_logs", [])
+    assert isinstance(logs, list)
+    logs.append(str(path))
+
+
 def _check_events(
     step: Step, events: list[Event], scenario_forbid: set[str], variables: Mapping[str, str]
 ) -> None:
@@ -193,7 +269,9 @@ def _check_events(
             raise _StepFailed(f"forbidden event {e.summary()}")
 
 
-def _run_step(step: Step, guest: GuestControl, state: _State, scenario_forbid: set[str]) -> StepResult:
+def _run_step(
+    step: Step, guest: GuestControl, state: _State, scenario_forbid: set[str], ctx: ScenarioContext
+) -> StepResult:
     start = time.monotonic()
     mark = guest.watcher.lines_seen
     result: Completed | None = None
@@ -201,7 +279,9 @@ def _run_step(step: Step, guest: GuestControl, state: _State, scenario_forbid: s
     try:
         if step.qmp is not None:
             _do_qmp(step, guest, state)
-        if step.run is not None:
+        if step.kselftest is not None:
+            command, result = _run_kselftests(step, step.kselftest, guest, state, ctx)
+        elif step.run is not None:
             command = V.substitute(step.run, state.variables)
             result = guest.run(
                 step.transport, command, step.timeout_s, step.hang_probe_s, step.hang_timeout_s
@@ -292,6 +372,7 @@ def scenario_result(
     steps: tuple[StepResult, ...] = (),
     metrics: Mapping[str, float] | None = None,
     evidence: Mapping[str, object] | None = None,
+    cases: tuple[CaseResult, ...] = (),
 ) -> ScenarioResult:
     """The one place a ScenarioResult is made: a target's declared known gap
     turns its FAIL into an xfail here, whoever produced the verdict."""
@@ -313,6 +394,7 @@ def scenario_result(
         console_log=ctx.console_log,
         reproducer=ctx.reproducer,
         boot=ctx.boot,
+        cases=cases,
     )
 
 
@@ -337,7 +419,7 @@ def run_scenario(scenario: Scenario, guest: GuestControl, ctx: ScenarioContext) 
             if time.monotonic() - start > scenario.timeout_s:
                 verdict, reason = Verdict.FAIL, f"scenario timed out after {scenario.timeout_s}s"
                 break
-            res = _run_step(step, guest, state, forbid)
+            res = _run_step(step, guest, state, forbid, ctx)
             steps.append(res)
             if res.verdict == Verdict.FAIL:
                 verdict, reason = Verdict.FAIL, res.reason
@@ -355,11 +437,16 @@ def run_scenario(scenario: Scenario, guest: GuestControl, ctx: ScenarioContext) 
                 verdict, reason = Verdict.FAIL, _fault_reason(faults, guest)
         if verdict == Verdict.PASS and steps and all(s.verdict == Verdict.SKIP for s in steps):
             verdict, reason = Verdict.SKIP, "no step applies: " + steps[0].reason
+        if verdict == Verdict.PASS and state.cases:
+            verdict, reason = _cases_verdict(state.cases)
     except GuestFailure as exc:  # from settle/sync between steps
         state.evidence.update(exc.evidence)
         verdict, reason = Verdict.FAIL, exc.reason
     except HarnessError as exc:
         verdict, reason = Verdict.ERROR, str(exc)
+    if state.cases:
+        state.evidence["kselftest_counts"] = kselftest.counts(state.cases)
+        state.evidence["known_failures"] = state.known
     return scenario_result(
         scenario,
         ctx,
@@ -370,4 +457,20 @@ def run_scenario(scenario: Scenario, guest: GuestControl, ctx: ScenarioContext) 
         steps=tuple(steps),
         metrics=state.metrics,
         evidence=state.evidence,
+        cases=tuple(state.cases),
     )
+
+
+def _cases_verdict(cases: list[CaseResult]) -> tuple[Verdict, str]:
+    """A scenario whose steps passed, judged by its cases: a known failure
+    that passed makes it XPASS (the list is stale and must be updated),
+    known failures alone make it an xfail, all skipped a skip."""
+    if any(c.verdict == Verdict.XPASS for c in cases):
+        stale = kselftest.describe(cases, Verdict.XPASS)
+        return Verdict.XPASS, f"listed as known failures but passed: {stale}"
+    xfails = [c for c in cases if c.verdict == Verdict.XFAIL]
+    if xfails:
+        return Verdict.XFAIL, f"{len(xfails)} known failures: {kselftest.describe(cases, Verdict.XFAIL)}"
+    if all(c.verdict == Verdict.SKIP for c in cases):
+        return Verdict.SKIP, "every case skipped: " + kselftest.describe(cases, Verdict.SKIP, 1)
+    return Verdict.PASS, ""

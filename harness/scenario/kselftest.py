@@ -1,0 +1,245 @@
+"""Kernel selftests in the guest: the runner script, per-case results, and
+the known-failure list.
+
+The guest runs each test binary of a suite (packed under
+/usr/lib/kselftests/<suite> by the image stage) one at a time, under its own
+timeout, and prints what the kernel's own kselftest runner prints: a
+top-level KTAP line per binary, decided by its exit code (0 pass, 4 skip,
+anything else fail; a binary killed at its timeout is "# TIMEOUT"), with the
+binary's output before it, each line prefixed with "# ". Binaries that print
+KTAP themselves (kselftest_harness, ksft_test_result) thus nest one level
+deeper, and each of their subtests becomes a case of its own
+("binary/subtest"); binaries that print TAP only partly are judged by their
+exit code alone."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from harness.config.models import KnownFailure, KselftestRun
+from harness.kernel.selftests import GUEST_DIR
+from harness.report.results import CaseResult, Verdict
+from harness.scenario import ktap
+
+# Seconds between SIGTERM and SIGKILL for a binary past its timeout.
+KILL_GRACE_S = 2
+
+# The in-guest runner (busybox ash). Each binary runs in a session of its own
+# (setsid keeps its pid), so that at the timeout its whole process group is
+# killed; its output goes through a FIFO to a reader that prefixes "# " line
+# by line, so it streams as it comes. The watchdog leaves a mark before it
+# kills: a binary killed by SIGTERM for another reason is not a timeout.
+_SCRIPT = """\
+cd /{dir} 2>/dev/null || {{ echo "Bail out! kselftest suite {suite} is not in the image"; exit 2; }}
+f=/tmp/ksft-$$.fifo; m=/tmp/ksft-$$.timeout; rm -f "$f" "$m"
+mkfifo "$f" || {{ echo "Bail out! mkfifo failed"; exit 2; }}
+echo "TAP version 13"; echo "1..{count}"; n=0
+for t in {tests}; do
+  n=$((n+1)); h="selftests: {suite}: $t"; echo "# $h"
+  if [ ! -x "./$t" ]; then echo "not ok $n $h # missing from the image"; continue; fi
+  (while IFS= read -r l || [ -n "$l" ]; do echo "# $l"; done) < "$f" &
+  r=$!
+  setsid "./$t" > "$f" 2>&1 < /dev/null &
+  p=$!
+  (sleep {timeout}; echo > "$m"; kill -TERM -$p || kill -TERM $p; sleep {grace};
+   kill -KILL -$p || kill -KILL $p) > /dev/null 2>&1 &
+  w=$!
+  wait $p; rc=$?
+  kill $w 2>/dev/null; wait $r
+  if [ -e "$m" ]; then rm -f "$m"; echo "not ok $n $h # TIMEOUT {timeout} seconds"
+  elif [ $rc -eq 0 ]; then echo "ok $n $h"
+  elif [ $rc -eq 4 ]; then echo "ok $n $h # SKIP"
+  else echo "not ok $n $h # exit=$rc"; fi
+done
+rm -f "$f"
+"""
+
+
+def command(run: KselftestRun) -> str:
+    """The guest shell command that runs `run` and prints nested KTAP."""
+    return _SCRIPT.format(
+        dir=f"{GUEST_DIR}/{run.suite}",
+        suite=run.suite,
+        count=len(run.tests),
+        tests=" ".join(shlex.quote(t) for t in run.tests),
+        timeout=int(run.timeout_s),
+        grace=KILL_GRACE_S,
+    )
+
+
+@dataclass(frozen=True)
+class Case:
+    """A case with where it sits: `parent` is the binary's case for a subtest."""
+
+    result: CaseResult
+    parent: str | None = None
+    timed_out: bool = False
+
+
+_ASSERT_HEAD = "==== Test Assertion Failure ===="
+_SOURCE_LINE = re.compile(r"^\s*#?\s*(\S+\.[ch]:\d+:.*)$")
+_STACK = re.compile(r"^\s+\d+\t0x|^\s+\d+\s+0x[0-9a-f]+")
+_PID_ERRNO = re.compile(r"pid=\d+ tid=\d+ errno=(\d+ - .*)$")
+_SKIP_REASON = re.compile(r"#\s*SKIP\b\s*-?\s*(.*)$", re.IGNORECASE)
+# Lines that differ from run to run, and the runner's own header: never
+# part of a reason.
+_NOISE = re.compile(r"^\s*#?\s*(Random seed:|Terminated$|Killed$|selftests: \S+: )")
+_KTAP_LINE = re.compile(r"^\s*(ok|not ok)\s+\d+|^\s*1\.\.\d+|^\s*(K?TAP version)|^\s*#\s*Totals", re.I)
+
+
+def _clip(text: str, n: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def failure_detail(lines: Sequence[str]) -> str:
+    """What a failed test said about its failure, without run-specific noise
+    (pids, addresses): a KVM selftest's assertion (file:line: expression:
+    message, and the errno it printed), or the first file:line diagnostic
+    (kselftest_harness), or its last line of output."""
+    lines = [ln.rstrip() for ln in lines]
+    if _ASSERT_HEAD in "\n".join(lines):
+        start = next(i for i, ln in enumerate(lines) if _ASSERT_HEAD in ln)
+        where, errno, message = "", "", []
+        for ln in lines[start + 1 :]:
+            if not ln.strip() or _STACK.match(ln) or _KTAP_LINE.match(ln) or "addr2line" in ln:
+                continue  # (the stack trace's symboliser is not in the guest)
+            if not where and _SOURCE_LINE.match(ln):
+                where = ln.strip()
+            elif m := _PID_ERRNO.search(ln):
+                errno = m.group(1).strip()
+            elif "(stack trace empty)" not in ln:
+                message.append(ln.strip())
+        text = f"{where}: {' '.join(message)}" if message else where
+        return _clip(f"{text} (errno={errno})" if errno else text)
+    for ln in lines:
+        if m := _SOURCE_LINE.match(ln):
+            return _clip(m.group(1))
+    tail = [ln for ln in lines if ln.strip() and not _KTAP_LINE.match(ln) and not _NOISE.match(ln)]
+    return _clip(tail[-1].lstrip("# ")) if tail else ""
+
+
+def _with_output(why: str, lines: Sequence[str]) -> str:
+    detail = failure_detail(lines)
+    return f"{why}; last output: {detail}" if detail else why
+
+
+def _skip_detail(lines: Sequence[str]) -> str:
+    for ln in lines:
+        if m := _SKIP_REASON.search(ln):
+            return _clip(m.group(1))
+    return ""
+
+
+def _node_case(node: ktap.KtapNode, name: str, parent: str | None) -> Case:
+    r = node.result
+    if r.directive == "SKIP":
+        why = r.reason or _skip_detail(node.output)
+        return Case(CaseResult(name, Verdict.SKIP, why or "skipped"), parent)
+    if r.directive in ("XFAIL", "TODO"):
+        says = f"the test says {r.directive}: {r.reason}".strip()
+        return Case(CaseResult(name, Verdict.XFAIL, says), parent)
+    if r.ok:
+        return Case(CaseResult(name, Verdict.PASS), parent)
+    if m := re.match(r"TIMEOUT\s+(\d+)", r.reason):
+        why = _with_output(f"timed out after {m.group(1)}s (killed)", node.output)
+        return Case(CaseResult(name, Verdict.FAIL, why), parent, True)
+    detail = failure_detail(node.output)
+    head = f"exit {m.group(1)}" if (m := re.match(r"exit=(\d+)", r.reason)) else r.reason or "not ok"
+    return Case(CaseResult(name, Verdict.FAIL, f"{head}: {detail}" if detail else head), parent)
+
+
+def _subcases(nodes: Sequence[ktap.KtapNode], prefix: str, parent: str) -> list[Case]:
+    out: list[Case] = []
+    for node in nodes:
+        name = f"{prefix}/{node.result.name or node.result.number}"
+        out.append(_node_case(node, name, parent))
+        out += _subcases(node.children, name, parent)
+    return out
+
+
+def cases(output: str, run: KselftestRun, cut_short: str | None = None) -> list[Case]:
+    """Per-case results of `run` from the runner's output. A binary whose
+    result never came is a FAIL with `cut_short` (why the output ended: the
+    kernel died, the step timed out) when it was running, and the ones after
+    it are not-run."""
+    tree = ktap.parse_tree(output)
+    if tree.bail_out is not None:
+        raise ValueError(tree.bail_out)
+    header = f"selftests: {run.suite}: "
+    by_name = {n.result.name.removeprefix(header): n for n in tree.nodes}
+    out: list[Case] = []
+    started = {ln.removeprefix(header) for ln in tree.trailing if ln.startswith(header)}
+    for test in run.tests:
+        node = by_name.get(test)
+        if node is not None:
+            out.append(_node_case(node, test, None))
+            out += _subcases(node.children, test, test)
+        elif test in started:
+            why = _with_output(cut_short or "no result (the runner's output ended)", tree.trailing)
+            out.append(Case(CaseResult(test, Verdict.FAIL, why)))
+        else:
+            why = f"not run: {cut_short or 'the runner stopped'}"
+            out.append(Case(CaseResult(test, Verdict.NOT_RUN, why)))
+    return out
+
+
+def classify(
+    found: Sequence[Case], known: Sequence[KnownFailure], suite: str, target: str, profile: str
+) -> tuple[list[CaseResult], list[dict[str, object]]]:
+    """Apply the known-failure list: a listed case that fails is an xfail
+    with the list's reason, a listed case that passes is an XPASS (the list
+    is stale); unlisted failures stay FAILs. A binary that failed only
+    because of listed subtests is an xfail too. Returns the cases and the
+    entries in scope here, each with the cases it matched (for the report:
+    the list is shown, never applied silently)."""
+    entries = [k for k in known if k.applies(suite, target, profile)]
+    matched: dict[int, list[str]] = {i: [] for i in range(len(entries))}
+    results: list[CaseResult] = []
+    for case in found:
+        c = case.result
+        hit = next((i for i, k in enumerate(entries) if k.matches(c.name)), None)
+        if hit is not None:
+            matched[hit].append(f"{c.name}: {c.verdict}")
+            k = entries[hit]
+            if c.verdict == Verdict.FAIL:
+                c = CaseResult(c.name, Verdict.XFAIL, f"known failure: {k.reason} (got: {c.reason})")
+            elif c.verdict == Verdict.PASS:
+                c = CaseResult(c.name, Verdict.XPASS, f"listed as a known failure ({k.where}) but passed")
+        results.append(c)
+    by_parent: dict[str, list[CaseResult]] = {}
+    for case, res in zip(found, results, strict=True):
+        if case.parent is not None:
+            by_parent.setdefault(case.parent, []).append(res)
+    for i, (case, res) in enumerate(zip(found, results, strict=True)):
+        subs = by_parent.get(res.name, [])
+        known_subs = [s.name for s in subs if s.verdict == Verdict.XFAIL]
+        if (
+            res.verdict == Verdict.FAIL
+            and not case.timed_out
+            and known_subs
+            and not any(s.verdict == Verdict.FAIL for s in subs)
+        ):
+            results[i] = CaseResult(
+                res.name, Verdict.XFAIL, f"only known failures among its subtests: {', '.join(known_subs)}"
+            )
+    applied = [{**k.to_json(), "matched": matched[i]} for i, k in enumerate(entries)]
+    return results, applied
+
+
+def counts(results: Sequence[CaseResult]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in results:
+        out[str(r.verdict)] = out.get(str(r.verdict), 0) + 1
+    return out
+
+
+def describe(results: Sequence[CaseResult], verdict: Verdict, limit: int = 3) -> str:
+    """'arm64/a (reason); arm64/b (reason) and 2 more' for the cases with `verdict`."""
+    picked = [r for r in results if r.verdict == verdict]
+    shown = "; ".join(f"{r.name} ({r.reason})" if r.reason else r.name for r in picked[:limit])
+    more = f" and {len(picked) - limit} more" if len(picked) > limit else ""
+    return shown + more

@@ -1,0 +1,266 @@
+"""Kernel selftests in the guest: the nested-KTAP parser and the per-case
+verdicts on real captured guest output (tests/data/kselftest/), and the
+known-failure mapping (xfail, XPASS, unlisted FAIL)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from harness.config import Registry
+from harness.config.models import KnownFailure, KselftestRun
+from harness.config.registry import load_known_failures, load_scenario
+from harness.errors import ConfigError
+from harness.report import Verdict
+from harness.scenario import ScenarioContext, kselftest, ktap, run_scenario
+from tests.unit.test_runner import ScriptedGuest, boot_log
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "kselftest"
+
+
+def kvm_run() -> KselftestRun:
+    step = Registry().scenario("kselftest-kvm").steps[0]
+    assert step.kselftest is not None
+    return step.kselftest
+
+
+def verdicts(cases: list[kselftest.Case]) -> dict[str, Verdict]:
+    return {c.result.name: c.result.verdict for c in cases}
+
+
+def known(
+    case: str, targets: tuple[str, ...] = ("mainline-7.3*",), profiles: tuple[str, ...] = ("*",)
+) -> KnownFailure:
+    return KnownFailure("kvm", case, targets, profiles, "a reason long enough", "list.yaml:3")
+
+
+# ---- the parser on real guest output ---------------------------------------
+
+
+def test_nested_ktap_kselftest_runner_prefix_and_kunit_indent() -> None:
+    text = (
+        "TAP version 13\n1..2\n# selftests: s: a\n# TAP version 13\n# 1..2\n# ok 1 x\n"
+        "# not ok 2 y # boom\nnot ok 1 selftests: s: a # exit=1\n"
+        "  KTAP version 1\n  1..1\n  ok 1 z # SKIP no device\nok 2 b\n"
+    )
+    tree = ktap.parse_tree(text)
+    assert tree.planned == 2 and not tree.trailing
+    a, b = tree.nodes
+    assert [(n.result.name, n.result.ok, n.result.reason) for n in a.children] == [
+        ("x", True, ""),
+        ("y", False, "boom"),
+    ]
+    assert a.result.reason == "exit=1"
+    (z,) = b.children
+    assert z.result.skipped and z.result.reason == "no device"
+
+
+def test_real_kvm_run_gives_one_case_per_binary_and_per_subtest() -> None:
+    run = kvm_run()
+    found = kselftest.cases((DATA / "kvm-7.3-smmuv3-nested.log").read_text(), run)
+    v = verdicts(found)
+    # every binary asked for has its case, in order, before its subtests
+    assert [c.result.name for c in found if c.parent is None] == list(run.tests)
+    assert v["arm64/hypercalls"] == Verdict.PASS
+    assert v["arm64/hello_el2"] == Verdict.SKIP  # exit 4: SKIP stays skip
+    assert v["arm64/vgic_init"] == Verdict.FAIL
+    reason = next(c.result.reason for c in found if c.result.name == "arm64/vgic_init")
+    assert reason.startswith("exit 254: arm64/vgic_init.c:179: ret && errno == E2BIG")
+    assert "dist address beyond IPA limit" in reason and "pid=" not in reason
+    # set_id_regs prints KTAP itself: its subtests are cases of their own
+    subs = [c for c in found if c.parent == "arm64/set_id_regs"]
+    assert len(subs) > 50 and all(c.result.name.startswith("arm64/set_id_regs/") for c in subs)
+    assert {c.result.verdict for c in subs} <= {Verdict.PASS, Verdict.SKIP}
+    skipped = next(c for c in found if c.result.name == "arm64/hello_el2")
+    assert skipped.result.reason  # the test's own SKIP reason, not just "skipped"
+
+
+def test_real_kselftest_harness_output_gives_every_fixture_test_its_case() -> None:
+    # The iommufd binary on a 7.3 kernel WITHOUT CONFIG_IOMMUFD_TEST (its
+    # mock IOMMU): every test fails at its first IOMMU_TEST_CMD.
+    run = KselftestRun("iommu", ("iommufd",), 300)
+    found = kselftest.cases((DATA / "iommufd-7.3-without-iommufd-test.log").read_text(), run)
+    binary, *subs = found
+    assert binary.result.name == "iommufd" and binary.result.verdict == Verdict.FAIL
+    first = "exit 1: iommufd_utils.h:811:simple_close:Expected 0 (0) == ioctl("
+    assert binary.result.reason.startswith(first)
+    assert len(subs) == 246 and all(c.parent == "iommufd" for c in subs)
+    assert subs[0].result.name == "iommufd/iommufd.simple_close"
+    assert subs[-1].result.name == "iommufd/iommufd_device_pasid.has_pasid.pasid_attach"
+    assert all(c.result.verdict == Verdict.FAIL for c in subs)
+    # each subtest's reason is its own diagnostic, not its neighbour's
+    assert subs[-1].result.reason.startswith("not ok: iommufd.c:3332:pasid_attach:Expected 0 (0) ==")
+    assert all(c.result.name.rsplit(".", 1)[1] + ":" in c.result.reason for c in subs[:20])
+
+
+def test_timeout_is_that_cases_fail_and_the_run_goes_on() -> None:
+    # Real guest output: both binaries killed at a 10 s timeout on a loaded host.
+    run = KselftestRun("kvm", ("arm64/page_fault_test", "arm64/psci_test"), 10)
+    found = kselftest.cases((DATA / "kvm-timeout-7.3-smmuv3-nested.log").read_text(), run)
+    assert verdicts(found) == {"arm64/page_fault_test": Verdict.FAIL, "arm64/psci_test": Verdict.FAIL}
+    assert all(c.timed_out for c in found)
+    # the random seed (and the shell's "Terminated") are not in the reason:
+    # the same kernel gives the same words on every run
+    assert [c.result.reason for c in found] == ["timed out after 10s (killed)"] * 2
+
+
+def test_output_cut_short_fails_the_running_case_and_the_rest_are_not_run() -> None:
+    run = KselftestRun("kvm", ("a", "b", "c"), 60)
+    text = "TAP version 13\n1..3\n# selftests: kvm: a\nok 1 selftests: kvm: a\n# selftests: kvm: b\n# half\n"
+    found = kselftest.cases(text, run, "kernel panic: Oops")
+    assert verdicts(found) == {"a": Verdict.PASS, "b": Verdict.FAIL, "c": Verdict.NOT_RUN}
+    assert found[1].result.reason == "kernel panic: Oops; last output: half"
+    assert found[2].result.reason == "not run: kernel panic: Oops"
+
+
+def test_bail_out_is_raised() -> None:
+    with pytest.raises(ValueError, match="not in the image"):
+        kselftest.cases("Bail out! kselftest suite kvm is not in the image\n", kvm_run())
+
+
+# ---- the known-failure mapping ---------------------------------------------
+
+
+def case(name: str, verdict: Verdict, parent: str | None = None) -> kselftest.Case:
+    from harness.report.results import CaseResult
+
+    return kselftest.Case(CaseResult(name, verdict, "why" if verdict == Verdict.FAIL else ""), parent)
+
+
+def test_listed_failure_is_xfail_listed_pass_is_xpass_unlisted_failure_is_fail() -> None:
+    found = [
+        case("listed-fails", Verdict.FAIL),
+        case("listed-passes", Verdict.PASS),
+        case("other", Verdict.FAIL),
+    ]
+    results, applied = kselftest.classify(
+        found, [known("listed-fails"), known("listed-passes")], "kvm", "mainline-7.3", "smmuv3-nested"
+    )
+    by = {r.name: r for r in results}
+    assert by["listed-fails"].verdict == Verdict.XFAIL
+    assert by["listed-fails"].reason == "known failure: a reason long enough (got: why)"
+    assert by["listed-passes"].verdict == Verdict.XPASS and "list.yaml:3" in by["listed-passes"].reason
+    assert by["other"].verdict == Verdict.FAIL
+    assert [a["matched"] for a in applied] == [["listed-fails: fail"], ["listed-passes: pass"]]
+
+
+def test_scope_target_profile_and_suite() -> None:
+    found = [case("t", Verdict.FAIL)]
+    for entry, target, profile in [
+        (known("t", targets=("stable-6.12",)), "mainline-7.3", "smmuv3-nested"),
+        (known("t", profiles=("virtio-iommu",)), "mainline-7.3", "smmuv3-nested"),
+        (replace(known("t"), suite="iommu"), "mainline-7.3", "smmuv3-nested"),
+    ]:
+        results, applied = kselftest.classify(found, [entry], "kvm", target, profile)
+        assert results[0].verdict == Verdict.FAIL and applied == []
+    entry = known("t", profiles=("smmuv3-*",))
+    results, _ = kselftest.classify(found, [entry], "kvm", "mainline-7.3", "smmuv3-s2")
+    assert results[0].verdict == Verdict.XFAIL
+
+
+def test_binary_failing_only_through_listed_subtests_is_xfail_not_otherwise() -> None:
+    found = [
+        case("bin", Verdict.FAIL),
+        case("bin/a", Verdict.FAIL, "bin"),
+        case("bin/b", Verdict.PASS, "bin"),
+    ]
+    results, _ = kselftest.classify(found, [known("bin/a")], "kvm", "mainline-7.3", "p")
+    assert [r.verdict for r in results] == [Verdict.XFAIL, Verdict.XFAIL, Verdict.PASS]
+    found.append(case("bin/c", Verdict.FAIL, "bin"))
+    results, _ = kselftest.classify(found, [known("bin/a")], "kvm", "mainline-7.3", "p")
+    assert [r.verdict for r in results] == [Verdict.FAIL, Verdict.XFAIL, Verdict.PASS, Verdict.FAIL]
+
+
+def test_shipped_list_loads_and_a_bad_entry_names_file_and_line(tmp_path: Path) -> None:
+    entries = load_known_failures()
+    assert any(e.case == "arm64/vgic_init" and "kvm_init_ipa_range" in e.reason for e in entries)
+    bad = tmp_path / "kf.yaml"
+    bad.write_text("known_failures:\n  - suite: kvm\n    case: x\n    targets: [a]\n    reasn: typo\n")
+    with pytest.raises(ConfigError, match=r"kf\.yaml:\d+"):
+        load_known_failures(bad)
+
+
+# ---- the scenario, end to end on a scripted guest --------------------------
+
+
+def scenario_ctx(known_failures: tuple[KnownFailure, ...]) -> ScenarioContext:
+    reg = Registry()
+    p = reg.profile("smmuv3-nested")
+    return ScenarioContext(
+        target=reg.target("mainline-7.3"),
+        profile=p,
+        capabilities=p.features | {"kvm", "kselftest:kvm"},
+        known_failures=known_failures,
+    )
+
+
+def run_kvm(known_failures: tuple[KnownFailure, ...], data_dir: Path, output: str | None = None) -> object:
+    text = output if output is not None else (DATA / "kvm-7.3-smmuv3-nested.log").read_text()
+    guest = ScriptedGuest(boot_log(data_dir), lambda cmd: (text, 0, ""))
+    return run_scenario(Registry().scenario("kselftest-kvm"), guest, scenario_ctx(known_failures))
+
+
+def test_scenario_with_the_shipped_list_is_xfail_with_every_non_pass_explained(data_dir: Path) -> None:
+    from harness.report.results import ScenarioResult
+
+    result = run_kvm(load_known_failures(), data_dir)
+    assert isinstance(result, ScenarioResult)
+    assert result.verdict == Verdict.XFAIL, result.reason
+    assert "arm64/vgic_init" in result.reason
+    assert all(c.reason for c in result.cases if c.verdict != Verdict.PASS)
+    assert any(e["case"] == "arm64/vgic_init" for e in result.evidence["known_failures"])
+
+
+def test_scenario_goes_red_without_the_list_and_xpass_when_a_listed_case_passes(data_dir: Path) -> None:
+    from harness.report.results import ScenarioResult
+
+    red = run_kvm((), data_dir)
+    assert isinstance(red, ScenarioResult) and red.verdict == Verdict.FAIL
+    assert "arm64/vgic_init (exit 254" in red.reason
+    stale = run_kvm((*load_known_failures(), known("arm64/psci_test")), data_dir)
+    assert isinstance(stale, ScenarioResult) and stale.verdict == Verdict.XPASS
+    assert "arm64/psci_test" in stale.reason
+
+
+def test_kselftest_step_schema(tmp_path: Path) -> None:
+    f = tmp_path / "s.yaml"
+    f.write_text("name: s\nsteps:\n  - name: k\n    kselftest: {suite: kvm, tests: [a], timeout_s: 10}\n")
+    step = load_scenario(f).steps[0]
+    assert step.kselftest == KselftestRun("kvm", ("a",), 10.0)
+    assert step.timeout_s == 75.0 and step.events_since == "step"
+    f.write_text("name: s\nsteps:\n  - name: k\n    kselftest: {suite: nope, tests: [a]}\n")
+    with pytest.raises(ConfigError, match=r"s\.yaml:4"):
+        load_scenario(f)
+
+
+def test_report_shows_every_case_and_the_known_failure_list(data_dir: Path, tmp_path: Path) -> None:
+    from harness.report import RunResult
+    from harness.report.html import render
+    from harness.report.results import ScenarioResult
+
+    result = run_kvm(load_known_failures(), data_dir)
+    assert isinstance(result, ScenarioResult)
+    page = render(RunResult("0.2.0", "qemu", "pkvm-harness run", (), (result,)), tmp_path)
+    cases = page.split('<table class="cases">', 1)[1].split("</table>", 1)[0]
+    assert cases.count("<tr class=") == len(result.cases)
+    first = cases.split('<tr class="', 2)[1]
+    assert first.startswith("xfail") and "arm64/vgic_init" in first  # not-passed first
+    known_table = page.split('<table class="known">', 1)[1].split("</table>", 1)[0]
+    assert "kvm: arm64/vgic_init" in known_table and "arm64/vgic_init: fail" in known_table
+    assert "kvm_init_ipa_range" in known_table and "known-failures.yaml:" in known_table
+
+
+def test_every_data_directory_is_installed_by_pip() -> None:
+    """kselftests/ joins the data search path; `pip install .` must ship it
+    like the other data directories ([tool.setuptools.data-files])."""
+    import tomllib
+
+    from harness import paths
+
+    pyproject = tomllib.loads((paths.REPO_ROOT / "pyproject.toml").read_text())
+    shipped = pyproject["tool"]["setuptools"]["data-files"]
+    for name in paths.DATA_DIRS:
+        assert f"share/pkvm-harness/{name}" in shipped, name
+    assert shipped["share/pkvm-harness/kselftests"] == ["kselftests/*.yaml"]
