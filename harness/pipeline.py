@@ -31,7 +31,7 @@ from harness.report.recorder import Cell
 # Modules, not their functions: looked up at call time, so that a test (and
 # the pytest plugin's own tests) can replace probing and running.
 from harness.scenario import capabilities, runner
-from harness.scenario.capabilities import KSELFTEST_CAP
+from harness.scenario.capabilities import CONFIG_TOKENS, KSELFTEST_CAP
 from harness.scenario.runner import ScenarioContext, scenario_result, skip_reason
 from harness.session.guest import Guest, booted_guest
 from harness.session.liveness import LivenessPolicy
@@ -45,10 +45,11 @@ class Artifacts:
 
 
 def build_all(
-    target: Target, jobs: int | None = None, upto: int | None = None, suites: Sequence[str] = ()
+    target: Target, jobs: int | None = None, upto: int | None = None, suites: Sequence[SuiteNeed] = ()
 ) -> Artifacts:
     """The kernel (at patch `upto` of the target's series, all when None)
-    and the initramfs, with the kernel selftest `suites` packed in."""
+    and the initramfs, with the kernel selftest `suites` packed in (those
+    that a scenario able to run on this kernel needs)."""
     start = time.monotonic()
     kernel = build_kernel(target, jobs=jobs, upto=upto)
     ui.info("kernel", f"{target.name}: {kernel.version} {'(cached)' if kernel.cached else ''} {kernel.image}")
@@ -62,18 +63,39 @@ def build_all(
     return with_selftests(artifacts, target, upto, suites, jobs)
 
 
-def selftest_suites(scenarios: Iterable[Scenario]) -> tuple[str, ...]:
-    """The kernel selftest suites the scenarios need: `requires: [kselftest:kvm]`
-    asks for the suite to be built and packed into the image."""
-    wanted = {req for s in scenarios for req in s.requires if req.startswith(KSELFTEST_CAP)}
-    return tuple(sorted(req.removeprefix(KSELFTEST_CAP) for req in wanted))
+@dataclass(frozen=True)
+class SuiteNeed:
+    """A kernel selftest suite a scenario needs (`requires: [kselftest:kvm]`),
+    with the build options (config tokens) the same scenario requires:
+    on a kernel without them the scenario skips, so the suite is not built
+    for it (kselftest-iommufd on a kernel without CONFIG_IOMMUFD_TEST)."""
+
+    suite: str
+    config: frozenset[str]
+
+
+def selftest_suites(scenarios: Iterable[Scenario]) -> tuple[SuiteNeed, ...]:
+    needs = {
+        SuiteNeed(req.removeprefix(KSELFTEST_CAP), frozenset(s.requires & CONFIG_TOKENS))
+        for s in scenarios
+        for req in s.requires
+        if req.startswith(KSELFTEST_CAP)
+    }
+    return tuple(sorted(needs, key=lambda n: (n.suite, sorted(n.config))))
 
 
 def with_selftests(
-    artifacts: Artifacts, target: Target, upto: int | None, suites: Sequence[str], jobs: int | None = None
+    artifacts: Artifacts,
+    target: Target,
+    upto: int | None,
+    needs: Sequence[SuiteNeed],
+    jobs: int | None = None,
 ) -> Artifacts:
-    """`artifacts` whose image also carries the selftest `suites` (built from
-    the target's own source at the same series prefix; cached)."""
+    """`artifacts` whose image also carries the selftest suites `needs` asks
+    for (built from the target's own source at the same series prefix;
+    cached)."""
+    config = capabilities.build_capabilities(artifacts.kernel, frozenset()) if needs else set()
+    suites = sorted({n.suite for n in needs if n.config <= config})
     missing = [s for s in suites if s not in artifacts.image.metadata.get("kselftests", {})]
     if not missing:
         return artifacts
@@ -416,9 +438,9 @@ def _build_each(
     cells ERRORs (bad input) or FAILs (a series' own defect); the others run."""
     failed: set[BuildId] = set()
     distinct = {_build_id(r) for r in requests}
-    suites: dict[BuildId, tuple[str, ...]] = {}
+    suites: dict[BuildId, tuple[SuiteNeed, ...]] = {}
     for r in requests:
-        suites[_build_id(r)] = tuple(sorted({*suites.get(_build_id(r), ()), *selftest_suites(r.scenarios)}))
+        suites[_build_id(r)] = (*suites.get(_build_id(r), ()), *selftest_suites(r.scenarios))
     for request in requests:
         key = _build_id(request)
         if key in failed:

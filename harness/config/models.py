@@ -51,6 +51,11 @@ class Target:
     # scenario name -> reason: a failure there is an expected, declared gap.
     known_gaps: Mapping[str, str] = field(default_factory=dict)
     path: Path | None = None
+    # A persistent O= directory of its own (by this name) instead of the
+    # one shared by every target on the same source and toolchain: for a
+    # configuration so far from the others (e.g. one that changes struct
+    # task_struct) that alternating in the shared one rebuilds everything.
+    build_dir: str = ""
 
     def cli_args(self, upto: int | None = None) -> list[str]:
         """The command-line arguments that select exactly this kernel

@@ -59,6 +59,7 @@ def _target(doc: LoadedYaml, fragment_dir: Path) -> Target:
         cmdline=tuple(d.get("cmdline", ())),
         known_gaps=dict(d.get("known_gaps", {})),
         path=doc.path,
+        build_dir=d.get("build_dir", ""),
     )
 
 

@@ -34,6 +34,7 @@ TARGET: dict[str, Any] = {
         "toolchain": {"enum": ["gcc", "llvm"]},
         "cmdline": _STR_LIST,
         "known_gaps": {"type": "object", "additionalProperties": {"type": "string"}},
+        "build_dir": _NAME,
     },
 }
 

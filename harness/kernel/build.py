@@ -179,9 +179,10 @@ def target_series(target: Target, upto: int | None) -> PatchSeries | None:
     return series
 
 
-def work_dir(source_id: str, tc_version: str) -> Path:
-    """The persistent O= directory of a source built with a toolchain."""
-    work_key = digest(["work-v1", source_id, "", tc_version])
+def work_dir(source_id: str, tc_version: str, name: str = "") -> Path:
+    """The persistent O= directory of a source built with a toolchain (and
+    a target's own `build_dir` name, if it has one)."""
+    work_key = digest(["work-v1", source_id, name, tc_version])
     outdir = paths.cache_root() / "work" / work_key[:24]
     outdir.mkdir(parents=True, exist_ok=True)
     return outdir
@@ -214,7 +215,7 @@ def build_kernel(
     base = prepare_source(target.source, source_id, sources)
     # One persistent O= directory per source and toolchain, shared by every
     # series built on it: switching series rebuilds only what changed.
-    outdir = work_dir(source_id, tc_version)
+    outdir = work_dir(source_id, tc_version, target.build_dir)
     log = outdir / "build.log"
     make = ["make", f"O={outdir}", *toolchain.make_vars(), "LOCALVERSION=", *extra]
     try:

@@ -56,7 +56,7 @@ from harness.scenario import runner as scenario_runner
 if TYPE_CHECKING:
     from harness.kernel.symbols import SymbolTable
     from harness.logwatch import Event
-    from harness.pipeline import Artifacts, BootedCells
+    from harness.pipeline import Artifacts, BootedCells, SuiteNeed
     from harness.scenario.runner import GuestControl, ScenarioContext
     from harness.session.guest import Guest
 
@@ -275,7 +275,7 @@ class BootManager:
         self._target: Target | None = None
         self._profiles: dict[str, Profile] = {}
         self._artifacts: Artifacts | None = None
-        self.suites: tuple[str, ...] = ()  # kernel selftest suites the collected scenarios need
+        self.suites: tuple[SuiteNeed, ...] = ()  # kernel selftest suites the collected scenarios need
         self._build_error: HarnessError | None = None
         self._symbols: SymbolTable | None = None
         self._boots: dict[str, _Boot] = {}  # profile -> the shared boot

@@ -21,6 +21,9 @@ _CONFIG_CAPS = {
     "CONFIG_VIRTIO_BLK": "virtio-blk",
 }
 
+# The tokens a kernel's build config decides (known before it boots).
+CONFIG_TOKENS = frozenset(_CONFIG_CAPS.values())
+
 # `kselftest:<suite>`: the suite's selftests are in the image (and a scenario
 # that requires it makes the pipeline build and pack them).
 KSELFTEST_CAP = "kselftest:"

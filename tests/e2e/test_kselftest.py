@@ -70,6 +70,9 @@ def test_a_binary_past_its_timeout_is_killed_and_fails_and_the_run_goes_on(tmp_p
     assert cases["arm64/kvm-uuid"].verdict == Verdict.PASS  # after the killed one
 
 
+# A configuration of its own (FAULT_INJECTION for CONFIG_IOMMUFD_TEST): a
+# cold build, so only in `make test-full`.
+@pytest.mark.cold
 @pytest.mark.usefixtures("no_leaked_qemu")
 def test_kselftest_iommufd_on_the_selftests_target(tmp_path: Path) -> None:
     run = run_scenarios(tmp_path, "mainline-7.3-selftests", ["smmuv3-nested"], ["kselftest-iommufd"])

@@ -264,3 +264,39 @@ def test_every_data_directory_is_installed_by_pip() -> None:
     for name in paths.DATA_DIRS:
         assert f"share/pkvm-harness/{name}" in shipped, name
     assert shipped["share/pkvm-harness/kselftests"] == ["kselftests/*.yaml"]
+
+
+def test_a_suite_is_built_only_for_scenarios_the_kernel_can_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # kselftest-iommufd needs CONFIG_IOMMUFD_TEST: on mainline-7.3 it skips,
+    # so `make run` must not spend minutes building the iommu suite for it.
+    from types import SimpleNamespace
+    from typing import Any
+
+    from harness import pipeline
+
+    reg = Registry()
+    needs = pipeline.selftest_suites([reg.scenario("kselftest-kvm"), reg.scenario("kselftest-iommufd")])
+    assert {n.suite for n in needs} == {"kvm", "iommu"}
+    built: list[str] = []
+
+    def build_selftests(target: object, suite: str, upto: int | None = None, jobs: int | None = None) -> Any:
+        built.append(suite)
+        return SimpleNamespace(suite=suite, tests=(), cached=True, metadata={})
+
+    monkeypatch.setattr(pipeline, "build_selftests", build_selftests)
+    config = tmp_path / ".config"
+    image: Any = SimpleNamespace(metadata={})
+    image.with_selftests = lambda builds: image
+    kernel: Any = SimpleNamespace(config=config, version="7.3.4")
+    artifacts = pipeline.Artifacts(kernel=kernel, image=image, seconds=0.0)  # type: ignore[arg-type]
+    target = reg.target("mainline-7.3")
+    config.write_text("CONFIG_VFIO=y\nCONFIG_IOMMUFD=y\n")
+    pipeline.with_selftests(artifacts, target, None, needs)
+    assert built == ["kvm"]
+    built.clear()
+    config.write_text("CONFIG_VFIO=y\nCONFIG_IOMMUFD=y\nCONFIG_IOMMUFD_TEST=y\n")
+    pipeline.with_selftests(artifacts, target, None, needs)
+    assert built == ["iommu", "kvm"]
+
