@@ -290,7 +290,7 @@ def test_a_suite_is_built_only_for_scenarios_the_kernel_can_run(
     image: Any = SimpleNamespace(metadata={})
     image.with_selftests = lambda builds: image
     kernel: Any = SimpleNamespace(config=config, version="7.3.4")
-    artifacts = pipeline.Artifacts(kernel=kernel, image=image, seconds=0.0)  # type: ignore[arg-type]
+    artifacts = pipeline.Artifacts(kernel=kernel, image=image, seconds=0.0)
     target = reg.target("mainline-7.3")
     config.write_text("CONFIG_VFIO=y\nCONFIG_IOMMUFD=y\n")
     pipeline.with_selftests(artifacts, target, None, needs)
