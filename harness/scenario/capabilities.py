@@ -17,6 +17,8 @@ _CONFIG_CAPS = {
     "CONFIG_IOMMUFD": "iommufd",
     "CONFIG_ARM_SMMU_V3_PKVM": "pkvm-smmuv3",
     "CONFIG_VIRTIO_BLK": "virtio-blk",
+    # Test enablement: tests/data/series/test-enable-cacheable-pfnmap.patch.
+    "CONFIG_TEST_CACHEABLE_PFNMAP": "test-cacheable-pfnmap",
 }
 
 # One round trip; each line that a test prints is a token.

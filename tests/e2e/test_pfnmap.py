@@ -1,0 +1,58 @@
+"""PFNMAP memslots (scenarios/pfnmap-memslots.yaml) on mainline-7.3, with
+and without pKVM: green with the TEST ENABLEMENT series that provides a
+cacheable VM_PFNMAP region, red on a kernel whose
+KVM_CAP_ARM_CACHEABLE_PFNMAP_SUPPORTED answers wrongly (NEGATIVE TEST)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import SERIES, run_broken, run_scenarios
+
+PROFILES = ["smmuv3-nested", "smmuv3-nested-nvhe"]
+# Step verdicts per profile: pKVM runs both VM types; nvhe has no pVMs
+# (the profile lacks `pkvm`) and checks that it really booted nVHE.
+STEPS = {
+    "smmuv3-nested": {
+        "kvm-mode": "skip",
+        "normal-vm": "pass",
+        "normal-vm-cacheable": "pass",
+        "protected-vm": "pass",
+        "protected-vm-cacheable": "pass",
+    },
+    "smmuv3-nested-nvhe": {
+        "kvm-mode": "pass",
+        "normal-vm": "pass",
+        "normal-vm-cacheable": "pass",
+        "protected-vm": "skip",
+        "protected-vm-cacheable": "skip",
+    },
+}
+
+
+@pytest.mark.usefixtures("no_leaked_qemu")
+def test_pfnmap_memslots_pass_with_and_without_pkvm(tmp_path: Path) -> None:
+    series = SERIES / "test-enable-cacheable-pfnmap.patch"
+    run = run_scenarios(tmp_path, "mainline-7.3", PROFILES, ["pfnmap-memslots"], "--series", str(series))
+    assert run.rc == 0, (run.rc, run.stderr[-2000:])
+    patches = run.results["targets"][0]["kernel"]["series"]["patches"]
+    assert [("TEST ENABLEMENT" in p["subject"]) for p in patches] == [True]
+    by_profile = {r["profile"]: r for r in run.results["results"]}
+    assert set(by_profile) == set(PROFILES)
+    for profile, want in STEPS.items():
+        result = by_profile[profile]
+        assert result["verdict"] == "pass", (profile, result["reason"])
+        assert {s["name"]: s["verdict"] for s in result["steps"]} == want, profile
+    skipped = [s for s in by_profile["smmuv3-nested-nvhe"]["steps"] if s["name"].startswith("protected")]
+    assert all(s["reason"] == "needs protected-vm" for s in skipped), skipped
+
+
+@pytest.mark.usefixtures("no_leaked_qemu")
+def test_wrong_cacheable_pfnmap_cap_fails_pfnmap_memslots(tmp_path: Path) -> None:
+    result = run_broken(tmp_path, "pfnmap-cap-inverted.patch", "smmuv3-nested", "pfnmap-memslots")
+    assert str(result["reason"]).startswith(
+        "step normal-vm: PFNMAP memslot misbehaved in a normal VM: pfnmap cap agrees with S2FWB && DIC:"
+        " KVM_CAP_ARM_CACHEABLE_PFNMAP_SUPPORTED=0 but the kernel detected S2FWB=1 DIC=1"
+    ), result["reason"]
