@@ -83,5 +83,15 @@ def test_nvhe_profile_is_smmuv3_nested_without_pkvm() -> None:
     append = kernel_cmdline(nvhe)
     assert "kvm-arm.mode=nvhe" in append and "kvm-arm.mode=protected" not in append
     # The same machine otherwise: only the mode differs.
-    assert replace(nvhe, name=nested.name, description=nested.description, features=nested.features,
-                   kvm_mode="protected", expect=nested.expect, path=nested.path) == nested
+    assert (
+        replace(
+            nvhe,
+            name=nested.name,
+            description=nested.description,
+            features=nested.features,
+            kvm_mode="protected",
+            expect=nested.expect,
+            path=nested.path,
+        )
+        == nested
+    )
