@@ -1,5 +1,5 @@
 """PFNMAP memslots (scenarios/pfnmap-memslots.yaml) on mainline-7.3, with
-and without pKVM: green with the TEST ENABLEMENT series that provides a
+and without pKVM, and on a CPU without S2FWB/DIC: green with the TEST ENABLEMENT series that provides a
 cacheable VM_PFNMAP region, red on a kernel whose
 KVM_CAP_ARM_CACHEABLE_PFNMAP_SUPPORTED answers wrongly (NEGATIVE TEST)."""
 
@@ -11,11 +11,19 @@ import pytest
 
 from tests.e2e.conftest import SERIES, run_broken, run_scenarios
 
-PROFILES = ["smmuv3-nested", "smmuv3-nested-nvhe"]
+PROFILES = ["smmuv3-nested", "smmuv3-nested-nvhe", "smmuv3-nested-nofwb"]
 # Step verdicts per profile: pKVM runs both VM types; nvhe has no pVMs
 # (the profile lacks `pkvm`) and checks that it really booted nVHE.
 STEPS = {
     "smmuv3-nested": {
+        "kvm-mode": "skip",
+        "normal-vm": "pass",
+        "normal-vm-cacheable": "pass",
+        "protected-vm": "pass",
+        "protected-vm-cacheable": "pass",
+    },
+    # cortex-a72: no S2FWB/DIC, so the cacheable slot must be refused (EINVAL).
+    "smmuv3-nested-nofwb": {
         "kvm-mode": "skip",
         "normal-vm": "pass",
         "normal-vm-cacheable": "pass",
@@ -45,6 +53,15 @@ def test_pfnmap_memslots_pass_with_and_without_pkvm(tmp_path: Path) -> None:
         result = by_profile[profile]
         assert result["verdict"] == "pass", (profile, result["reason"])
         assert {s["name"]: s["verdict"] for s in result["steps"]} == want, profile
+    # Which way the cacheable slot went is the CPU's: shared where S2FWB &&
+    # DIC, refused with EINVAL where not.
+    for profile, outcome in [
+        ("smmuv3-nested", "shares writes"),
+        ("smmuv3-nested-nvhe", "shares writes"),
+        ("smmuv3-nested-nofwb", "refused with EINVAL"),
+    ]:
+        (step,) = [s for s in by_profile[profile]["steps"] if s["name"] == "normal-vm-cacheable"]
+        assert f"ok 1 pfnmap cacheable memslot {outcome}" in step["output"].splitlines(), profile
     skipped = [s for s in by_profile["smmuv3-nested-nvhe"]["steps"] if s["name"].startswith("protected")]
     assert all(s["reason"] == "needs protected-vm" for s in skipped), skipped
 
@@ -55,4 +72,15 @@ def test_wrong_cacheable_pfnmap_cap_fails_pfnmap_memslots(tmp_path: Path) -> Non
     assert str(result["reason"]).startswith(
         "step normal-vm: PFNMAP memslot misbehaved in a normal VM: pfnmap cap agrees with S2FWB && DIC:"
         " KVM_CAP_ARM_CACHEABLE_PFNMAP_SUPPORTED=0 but the kernel detected S2FWB=1 DIC=1"
+    ), result["reason"]
+
+
+@pytest.mark.usefixtures("no_leaked_qemu")
+def test_refused_device_pfnmap_slot_fails_pfnmap_memslots_without_pkvm(tmp_path: Path) -> None:
+    # Without pKVM a normal VM must map device memory; under pKVM a refusal
+    # is what 7.3 does anyway (KVM_RUN: EINVAL), so nvhe is the profile here.
+    result = run_broken(tmp_path, "pfnmap-device-slot-refused.patch", "smmuv3-nested-nvhe", "pfnmap-memslots")
+    assert str(result["reason"]).startswith(
+        "step normal-vm: PFNMAP memslot misbehaved in a normal VM: pfnmap device memslot over vfio-pci BAR0:"
+        " refused without pKVM: KVM_SET_USER_MEMORY_REGION(PFNMAP slot): EINVAL"
     ), result["reason"]
