@@ -3,8 +3,10 @@
  *
  * The guest is payload.S, a command interpreter driven over MMIO exits
  * (protocol: vmm_protocol.h, README.md). Subcommands: probe, lifecycle,
- * normal-vm, pvm-donate, pvm-teardown, pvm-rules, pvm-dma-isolation (the
- * last one also drives QEMU's edu PCI device through sysfs).
+ * normal-vm, pvm-donate, pvm-teardown, pvm-rules, pvm-dma-isolation (which
+ * also drives QEMU's edu PCI device through sysfs) and pfnmap (memslots over
+ * VM_PFNMAP memory: the edu's BAR0 through vfio-pci, and a cacheable region
+ * from a test-only driver).
  *
  * Exit status: 0 all ok/skip, 1 some test not ok, 2 bail out (bad
  * environment: no /dev/kvm, a setup ioctl failing unexpectedly, no edu
