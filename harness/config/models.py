@@ -87,12 +87,19 @@ class Profile:
     smp: int = 2
     memory_mb: int = 1024
     scratch_disk_mb: int = 16  # a virtio-blk disk behind the IOMMU; 0 for none
-    pkvm: bool = True
+    # kvm-arm.mode= on the kernel command line: "protected" (pKVM), "nvhe"
+    # (the same machine without pKVM, for comparison) or "default" (no
+    # kvm-arm.mode at all: VHE on a VHE CPU such as -cpu max).
+    kvm_mode: Literal["protected", "nvhe", "default"] = "protected"
     cmdline: tuple[str, ...] = ()
     extra_args: tuple[str, ...] = ()
     # Values scenarios compare against, e.g. smmu_stage1: true.
     expect: Mapping[str, ExpectValue] = field(default_factory=dict)
     path: Path | None = None
+
+    @property
+    def pkvm(self) -> bool:
+        return self.kvm_mode == "protected"
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ def _profile(doc: LoadedYaml) -> Profile:
         smp=d.get("smp", 2),
         memory_mb=d.get("memory_mb", 1024),
         scratch_disk_mb=d.get("scratch_disk_mb", 16),
-        pkvm=d.get("pkvm", True),
+        kvm_mode=d.get("kvm_mode", "protected"),
         cmdline=tuple(d.get("cmdline", ())),
         extra_args=tuple(d.get("extra_args", ())),
         expect=dict(d.get("expect", {})),

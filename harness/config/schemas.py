@@ -52,7 +52,7 @@ PROFILE: dict[str, Any] = {
         "smp": {"type": "integer", "minimum": 1, "maximum": 8},
         "memory_mb": {"type": "integer", "minimum": 128, "maximum": 8192},
         "scratch_disk_mb": {"type": "integer", "minimum": 0, "maximum": 4096},
-        "pkvm": {"type": "boolean"},
+        "kvm_mode": {"enum": ["protected", "nvhe", "default"]},
         "features": _STR_LIST,
         "cmdline": _STR_LIST,
         "extra_args": _STR_LIST,

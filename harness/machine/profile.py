@@ -42,8 +42,8 @@ def kernel_cmdline(profile: Profile, extra: tuple[str, ...] = ()) -> tuple[str, 
     # panic=-1 + -no-reboot: a panic makes QEMU exit, so a dead kernel is
     # seen at once as EOF instead of waiting for a timeout.
     args = ["console=ttyAMA0", "panic=-1"]
-    if profile.pkvm:
-        args.append("kvm-arm.mode=protected")
+    if profile.kvm_mode != "default":
+        args.append(f"kvm-arm.mode={profile.kvm_mode}")
     return (*args, *profile.cmdline, *extra)
 
 

@@ -19,6 +19,8 @@ _CONFIG_CAPS = {
     "CONFIG_IOMMUFD_TEST": "iommufd-test",
     "CONFIG_ARM_SMMU_V3_PKVM": "pkvm-smmuv3",
     "CONFIG_VIRTIO_BLK": "virtio-blk",
+    # Test enablement: tests/data/series/test-enable-cacheable-pfnmap.patch.
+    "CONFIG_TEST_CACHEABLE_PFNMAP": "test-cacheable-pfnmap",
 }
 
 # The tokens a kernel's build config decides (known before it boots).

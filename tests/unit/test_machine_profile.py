@@ -71,5 +71,27 @@ def test_reproducer_runs_unpaused_on_stdio() -> None:
 def test_no_pkvm_profile_cmdline() -> None:
     from dataclasses import replace
 
-    profile = replace(Registry().profile("no-iommu"), pkvm=False)
-    assert "kvm-arm.mode=protected" not in kernel_cmdline(profile)
+    profile = replace(Registry().profile("no-iommu"), kvm_mode="default")
+    assert not any(a.startswith("kvm-arm.mode=") for a in kernel_cmdline(profile))
+
+
+def test_nvhe_profile_is_smmuv3_nested_without_pkvm() -> None:
+    from dataclasses import replace
+
+    nested, nvhe = Registry().profile("smmuv3-nested"), Registry().profile("smmuv3-nested-nvhe")
+    assert nvhe.kvm_mode == "nvhe" and not nvhe.pkvm and "pkvm" not in nvhe.features
+    append = kernel_cmdline(nvhe)
+    assert "kvm-arm.mode=nvhe" in append and "kvm-arm.mode=protected" not in append
+    # The same machine otherwise: only the mode differs.
+    assert (
+        replace(
+            nvhe,
+            name=nested.name,
+            description=nested.description,
+            features=nested.features,
+            kvm_mode="protected",
+            expect=nested.expect,
+            path=nested.path,
+        )
+        == nested
+    )

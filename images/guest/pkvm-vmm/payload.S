@@ -68,6 +68,10 @@ next_cmd:
 	b.eq	op_share
 	cmp	x24, #OP_UNSHARE
 	b.eq	op_unshare
+	cmp	x24, #OP_LOAD32
+	b.eq	op_load32
+	cmp	x24, #OP_STORE32
+	b.eq	op_store32
 	ldr	x0, =RESULT_BAD_OP
 
 report:
@@ -113,6 +117,23 @@ op_verify:
 op_read:
 	madd	x12, x25, x20, x19
 	ldr	x0, [x12]
+	b	report
+
+/* 32-bit load/store at an IPA fetched from VMM_MMIO_ARG (then the value).
+ * Plain register-offset-free forms, so that an MMIO exit has ISV=1. */
+op_load32:
+	ldr	x13, =VMM_MMIO_ARG
+	ldr	x12, [x13]
+	ldr	w0, [x12]
+	b	report
+
+op_store32:
+	ldr	x13, =VMM_MMIO_ARG
+	ldr	x12, [x13]
+	ldr	x10, [x13]
+	str	w10, [x12]
+	dsb	sy
+	mov	x0, xzr
 	b	report
 
 op_features:

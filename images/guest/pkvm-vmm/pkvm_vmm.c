@@ -3,8 +3,10 @@
  *
  * The guest is payload.S, a command interpreter driven over MMIO exits
  * (protocol: vmm_protocol.h, README.md). Subcommands: probe, lifecycle,
- * normal-vm, pvm-donate, pvm-teardown, pvm-rules, pvm-dma-isolation (the
- * last one also drives QEMU's edu PCI device through sysfs).
+ * normal-vm, pvm-donate, pvm-teardown, pvm-rules, pvm-dma-isolation (which
+ * also drives QEMU's edu PCI device through sysfs) and pfnmap (memslots over
+ * VM_PFNMAP memory: the edu's BAR0 through vfio-pci, and a cacheable region
+ * from a test-only driver).
  *
  * Exit status: 0 all ok/skip, 1 some test not ok, 2 bail out (bad
  * environment: no /dev/kvm, a setup ioctl failing unexpectedly, no edu
@@ -16,6 +18,7 @@
 #include <inttypes.h>
 #include <linux/capability.h>
 #include <linux/kvm.h>
+#include <linux/vfio.h>
 #include <linux/pci_regs.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -27,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/klog.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -1603,6 +1607,432 @@ out:
 	return ktap_exit_code();
 }
 
+/* pfnmap --------------------------------------------------------------- */
+
+/* KVM memslots over VM_PFNMAP VMAs: device memory (a vfio-pci mmap of the
+ * edu's BAR0, mapped non-cacheable as device memory) and, with the test
+ * enablement driver, a cacheable VM_PFNMAP region of normal RAM, which 7.3
+ * maps only when the CPU has S2FWB and DIC. */
+#ifndef KVM_CAP_ARM_CACHEABLE_PFNMAP_SUPPORTED
+#define KVM_CAP_ARM_CACHEABLE_PFNMAP_SUPPORTED 243
+#endif
+#define PFNMAP_SLOT		1
+#define PFNMAP_IPA		0x40000000ULL	/* above the MMIO protocol addresses */
+#define EDU_REG_LIVENESS	0x04		/* reads back ~(last value written) */
+#define LIVENESS_VALUE		0x5a5aa5a5U
+#define CACHEABLE_DEV		"/dev/test_cacheable_pfnmap"
+#define CACHEABLE_PAGES		4		/* what the driver maps at most */
+#define GUEST_VALUE32		0x9e570001U	/* what the guest stores */
+#define HOST_VALUE32		0x40570002U	/* what the host stores */
+/* kernel log lines of the two CPU capabilities (arch/arm64/kernel/cpufeature.c) */
+#define LOG_S2FWB		"CPU features: detected: Stage-2 Force Write-Back"
+#define LOG_DIC			"CPU features: detected: Instruction cache invalidation not required for I/D coherence"
+
+/* CPU features as the kernel detected them: its own "CPU features:
+ * detected:" lines, read with klogctl (the kernel sanitises ID registers
+ * for EL0 and hides ID_AA64MMFR2_EL1.FWB; the log is what its
+ * cpus_have_final_cap() decided). Bails if the log has no such lines at
+ * all (wrapped or restricted): then nothing can be compared. */
+static void kernel_cpu_features(bool *fwb, bool *dic)
+{
+	int len = klogctl(10 /* SYSLOG_ACTION_SIZE_BUFFER */, NULL, 0);
+	char *buf;
+
+	if (len <= 0)
+		ktap_bail("klogctl(SIZE_BUFFER): %s", strerror(errno));
+	buf = calloc(1, (size_t)len + 1);
+	if (!buf)
+		ktap_bail("out of memory");
+	len = klogctl(3 /* SYSLOG_ACTION_READ_ALL */, buf, len);
+	if (len < 0)
+		ktap_bail("klogctl(READ_ALL): %s", strerror(errno));
+	buf[len] = '\0';
+	if (!strstr(buf, "CPU features: detected:"))
+		ktap_bail("no 'CPU features: detected:' line in the kernel log (wrapped?)");
+	*fwb = strstr(buf, LOG_S2FWB) != NULL;
+	*dic = strstr(buf, LOG_DIC) != NULL;
+	free(buf);
+}
+
+/* CTR_EL0.DIC as EL0 reads it (the kernel may trap and emulate CTR_EL0):
+ * a cross-check printed as a diagnostic only. */
+static int ctr_el0_dic(void)
+{
+	uint64_t ctr;
+
+	__asm__ __volatile__("mrs %0, ctr_el0" : "=r"(ctr));
+	return (ctr >> 29) & 1;
+}
+
+/* The edu's BAR0 mmapped through vfio-pci (VFIO group/container API, the
+ * steps of ../edu-dma/edu_dma.c's bind_vfio_pci() and type1_setup(), cut
+ * down: no DMA, so no mappings and no bus mastering). */
+struct vfio_bar {
+	int container, group, device;
+	void *map;
+	size_t size;
+};
+
+static void vfio_bind(const char *bdf)
+{
+	char path[PATH_MAX], drv[64];
+	int rc;
+
+	pci_link_name(bdf, "driver", drv, sizeof(drv));
+	ktap_diag("edu_driver_before=%s", drv[0] ? drv : "none");
+	if (!strcmp(drv, "vfio-pci"))
+		return;
+	if (access("/sys/bus/pci/drivers/vfio-pci", F_OK))
+		ktap_bail("vfio-pci driver not available: %s", strerror(errno));
+	rc = sysfs_write(pci_dev_path(path, sizeof(path), bdf, "driver_override"), "vfio-pci");
+	if (rc)
+		ktap_bail("write %s: %s", path, strerror(-rc));
+	if (drv[0]) {
+		rc = sysfs_write(pci_dev_path(path, sizeof(path), bdf, "driver/unbind"), bdf);
+		if (rc)
+			ktap_bail("unbind %s from %s: %s", bdf, drv, strerror(-rc));
+	}
+	rc = sysfs_write("/sys/bus/pci/drivers_probe", bdf);
+	if (rc)
+		ktap_bail("probe %s with vfio-pci: %s", bdf, strerror(-rc));
+	pci_link_name(bdf, "driver", drv, sizeof(drv));
+	if (strcmp(drv, "vfio-pci"))
+		ktap_bail("vfio-pci did not bind to %s (driver now '%s')", bdf, drv);
+}
+
+static void vfio_map_bar0(struct vfio_bar *b)
+{
+	struct vfio_group_status status = { .argsz = sizeof(status) };
+	struct vfio_region_info bar = { .argsz = sizeof(bar), .index = VFIO_PCI_BAR0_REGION_INDEX };
+	char bdf[32], group[32], path[64];
+
+	if (!pci_find_lowest(EDU_VENDOR, EDU_DEVICE, bdf, sizeof(bdf)))
+		ktap_bail("no edu device (%04x:%04x) in /sys/bus/pci/devices", EDU_VENDOR, EDU_DEVICE);
+	ktap_diag("edu_bdf=%s", bdf);
+	vfio_bind(bdf);
+	if (!pci_link_name(bdf, "iommu_group", group, sizeof(group)))
+		ktap_bail("no IOMMU group for %s", bdf);
+	ktap_diag("iommu_group=%s", group);
+
+	b->container = open("/dev/vfio/vfio", O_RDWR | O_CLOEXEC);
+	if (b->container < 0)
+		ktap_bail("open /dev/vfio/vfio: %s", strerror(errno));
+	snprintf(path, sizeof(path), "/dev/vfio/%s", group);
+	for (int i = 0; i < 100 && (b->group = open(path, O_RDWR | O_CLOEXEC)) < 0 && errno == ENOENT; i++)
+		usleep(10000);	/* devtmpfs creates the node after the bind */
+	if (b->group < 0)
+		ktap_bail("open %s: %s", path, strerror(errno));
+	if (ioctl(b->group, VFIO_GROUP_GET_STATUS, &status))
+		ktap_bail("VFIO_GROUP_GET_STATUS: %s", strerror(errno));
+	if (!(status.flags & VFIO_GROUP_FLAGS_VIABLE))
+		ktap_bail("IOMMU group %s not viable", group);
+	if (ioctl(b->group, VFIO_GROUP_SET_CONTAINER, &b->container))
+		ktap_bail("VFIO_GROUP_SET_CONTAINER: %s", strerror(errno));
+	if (ioctl(b->container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU))
+		ktap_bail("VFIO_SET_IOMMU(TYPE1v2): %s", strerror(errno));
+	b->device = ioctl(b->group, VFIO_GROUP_GET_DEVICE_FD, bdf);
+	if (b->device < 0)
+		ktap_bail("VFIO_GROUP_GET_DEVICE_FD(%s): %s", bdf, strerror(errno));
+	if (ioctl(b->device, VFIO_DEVICE_GET_REGION_INFO, &bar))
+		ktap_bail("VFIO_DEVICE_GET_REGION_INFO(BAR0): %s", strerror(errno));
+	if (!(bar.flags & VFIO_REGION_INFO_FLAG_MMAP) || bar.size < (uint64_t)page_size)
+		ktap_bail("BAR0 not mmappable (flags 0x%x, size 0x%llx)", bar.flags,
+			  (unsigned long long)bar.size);
+	b->size = bar.size;
+	b->map = mmap(NULL, b->size, PROT_READ | PROT_WRITE, MAP_SHARED, b->device, bar.offset);
+	if (b->map == MAP_FAILED)
+		ktap_bail("mmap BAR0: %s", strerror(errno));
+	ktap_diag("bar0_size=0x%zx", b->size);
+	ktap_diag("host_edu_id=0x%08x", *(volatile uint32_t *)b->map);
+}
+
+static void vfio_unmap_bar0(struct vfio_bar *b)
+{
+	munmap(b->map, b->size);
+	close(b->device);
+	close(b->group);
+	close(b->container);
+}
+
+/* Run one LOAD32/STORE32 on vCPU 0: the command word, then its arguments
+ * at the guest's ARG loads, then the result store. */
+static int vcpu_access32(struct vm *vm, unsigned int op, uint64_t ipa, uint32_t val,
+			 uint64_t *result)
+{
+	struct vcpu *v = &vm->vcpu[0];
+	uint64_t args[2] = { ipa, val }, cmd = op;
+	unsigned int nargs = op == OP_STORE32 ? 2 : 1;
+	int rc = vcpu_run(v);
+
+	if (rc)
+		return rc;
+	if (!is_mmio(v->run, VMM_MMIO_CMD, false))
+		return unexpected_exit(v, "command fetch");
+	memcpy(v->run->mmio.data, &cmd, sizeof(cmd));
+	for (unsigned int i = 0; i < nargs; i++) {
+		rc = vcpu_run(v);
+		if (rc)
+			return rc;
+		if (!is_mmio(v->run, VMM_MMIO_ARG, false))
+			return unexpected_exit(v, "argument fetch");
+		memcpy(v->run->mmio.data, &args[i], sizeof(args[i]));
+	}
+	rc = vcpu_run(v);
+	if (rc)
+		return rc;
+	if (!is_mmio(v->run, VMM_MMIO_RESULT, true))
+		return unexpected_exit(v, op == OP_LOAD32 ? "32-bit load" : "32-bit store");
+	memcpy(result, v->run->mmio.data, sizeof(*result));
+	return 0;
+}
+
+/* A VM (RAM slot 0, one vCPU) plus slot PFNMAP_SLOT over host memory at
+ * hva. 0 if the slot was accepted; -errno of KVM_SET_USER_MEMORY_REGION
+ * (*slot_refused set) or of the VM setup otherwise. */
+static int pfnmap_vm(struct vm *vm, bool protected, void *hva, size_t size, bool *slot_refused)
+{
+	struct kvm_userspace_memory_region r = {
+		.slot = PFNMAP_SLOT,
+		.guest_phys_addr = PFNMAP_IPA,
+		.memory_size = size,
+		.userspace_addr = (uintptr_t)hva,
+	};
+	int rc = vm_setup(vm, protected, 1, 1);
+
+	*slot_refused = false;
+	if (rc)
+		return rc;
+	if (ioctl(vm->fd, KVM_SET_USER_MEMORY_REGION, &r)) {
+		*slot_refused = true;
+		return set_err(errno, "KVM_SET_USER_MEMORY_REGION(PFNMAP slot): %s", errname(errno));
+	}
+	return 0;
+}
+
+/* Outcome of a guest access over a PFNMAP slot that the kernel may refuse
+ * (pKVM): refused cleanly (the memslot ioctl or KVM_RUN failed with an
+ * errno), or an error the protocol did not expect (guest exception,
+ * stray exit, timeout): never clean. */
+static bool clean_refusal(int rc)
+{
+	return rc != -EPROTO && rc != -ETIMEDOUT;
+}
+
+/* What each VM type must do with a PFNMAP slot. nvhe (no pKVM), normal
+ * VM: map it. pKVM, normal VM: map it or refuse it cleanly (the hyp's
+ * __pkvm_host_share_guest() takes only memory, RWX). pVM: refuse it
+ * (pkvm.rst: apart from swap, file-backed pages cannot be mapped into a
+ * pVM; pkvm_mem_abort() pins anonymous pages only). */
+enum pfnmap_rule { MUST_MAP, MAP_OR_REFUSE, MUST_REFUSE };
+
+static enum pfnmap_rule pfnmap_rule(bool protected, bool pkvm)
+{
+	if (protected)
+		return MUST_REFUSE;
+	return pkvm ? MAP_OR_REFUSE : MUST_MAP;
+}
+
+/* rc: outcome of slot + accesses (0: the guest ran them all). Returns the
+ * test verdict for a refusal, or -1 if the accesses ran and must be
+ * checked by the caller. */
+static int judge_refusal(int rc, bool slot_refused, enum pfnmap_rule rule, const char *key,
+			 char *why, size_t len)
+{
+	if (!rc) {
+		ktap_diag("%s=mapped", key);
+		if (rule == MUST_REFUSE)
+			return fail(why, len, "protected VM mapped a VM_PFNMAP region (pkvm.rst: "
+				    "only anonymous or swap-backed memory)");
+		return -1;
+	}
+	ktap_diag("%s=refused_%s", key, slot_refused ? "memslot" : "run");
+	ktap_diag("%s_error=%s", key, err_buf);
+	if (!clean_refusal(rc))
+		return fail(why, len, "not a clean refusal: %s", err_buf);
+	if (rule == MUST_MAP)
+		return fail(why, len, "refused without pKVM: %s", err_buf);
+	return true;
+}
+
+static bool check_device_slot(bool protected, bool pkvm, char *why, size_t len)
+{
+	struct vfio_bar bar;
+	struct vm vm;
+	uint64_t id = 0, inv = 0, dummy;
+	bool slot_refused;
+	int rc, verdict;
+
+	vfio_map_bar0(&bar);
+	rc = pfnmap_vm(&vm, protected, bar.map, bar.size, &slot_refused);
+	if (!rc)
+		rc = vcpu_access32(&vm, OP_LOAD32, PFNMAP_IPA + EDU_REG_ID, 0, &id);
+	if (!rc)
+		rc = vcpu_access32(&vm, OP_STORE32, PFNMAP_IPA + EDU_REG_LIVENESS, LIVENESS_VALUE,
+				   &dummy);
+	if (!rc)
+		rc = vcpu_access32(&vm, OP_LOAD32, PFNMAP_IPA + EDU_REG_LIVENESS, 0, &inv);
+	vm_destroy(&vm, false);
+	vfio_unmap_bar0(&bar);
+	verdict = judge_refusal(rc, slot_refused, pfnmap_rule(protected, pkvm), "device_slot",
+				why, len);
+	if (verdict >= 0)
+		return verdict;
+	ktap_diag("guest_edu_id=0x%08" PRIx64, id);
+	ktap_diag("guest_liveness=0x%08" PRIx64, inv);
+	if (id != EDU_ID)
+		return fail(why, len, "guest read edu ID 0x%08" PRIx64 " through the slot, want 0x%08x",
+			    id, EDU_ID);
+	if (inv != (uint32_t)~LIVENESS_VALUE)
+		return fail(why, len, "guest wrote liveness 0x%08x, read back 0x%08" PRIx64
+			    ", want 0x%08x", LIVENESS_VALUE, inv, (uint32_t)~LIVENESS_VALUE);
+	return true;
+}
+
+/* hw: the CPU has S2FWB && DIC (kvm_supports_cacheable_pfnmap()). Where it
+ * does not, 7.3's kvm_arch_prepare_memory_region() refuses a cacheable
+ * VM_PFNMAP memslot with EINVAL, for any VM type. Where it does, the pVM
+ * rule of pfnmap_rule() applies, whatever the pVM's (hidden) cap says. */
+static bool check_cacheable_slot(bool protected, bool pkvm, bool hw, char *why, size_t len)
+{
+	size_t size = CACHEABLE_PAGES * page_size;
+	volatile uint32_t *host;
+	uint64_t got = 0, dummy;
+	bool slot_refused;
+	struct vm vm;
+	int fd, rc, verdict;
+	void *map;
+
+	fd = open(CACHEABLE_DEV, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		ktap_bail("open " CACHEABLE_DEV ": %s (kernel without the test enablement series?)",
+			  strerror(errno));
+	map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (map == MAP_FAILED)
+		ktap_bail("mmap " CACHEABLE_DEV ": %s", strerror(errno));
+	host = map;
+	host[0] = 0;
+	host[1] = HOST_VALUE32;
+	rc = pfnmap_vm(&vm, protected, map, size, &slot_refused);
+	if (!hw) {
+		ktap_diag("cacheable_slot=%s", slot_refused ? "refused_memslot" : "accepted");
+		if (!slot_refused)
+			verdict = fail(why, len, rc ? "VM setup failed: %s" : "no S2FWB && DIC but the "
+				       "memslot was accepted%s", rc ? err_buf : "");
+		else if (rc != -EINVAL)
+			verdict = fail(why, len, "refused with %s, want EINVAL", err_buf);
+		else
+			verdict = true;
+		if (slot_refused)
+			ktap_diag("cacheable_slot_error=%s", err_buf);
+		vm_destroy(&vm, false);
+		munmap(map, size);
+		close(fd);
+		return verdict;
+	}
+	if (!rc)
+		rc = vcpu_access32(&vm, OP_STORE32, PFNMAP_IPA, GUEST_VALUE32, &dummy);
+	if (!rc)
+		rc = vcpu_access32(&vm, OP_LOAD32, PFNMAP_IPA + 4, 0, &got);
+	vm_destroy(&vm, false);
+	verdict = judge_refusal(rc, slot_refused, pfnmap_rule(protected, pkvm), "cacheable_slot",
+				why, len);
+	if (verdict < 0) {
+		ktap_diag("host_sees=0x%08x", host[0]);
+		ktap_diag("guest_sees=0x%08" PRIx64, got);
+		if (host[0] != GUEST_VALUE32)
+			verdict = fail(why, len, "host read 0x%08x after the guest stored 0x%08x",
+				       host[0], GUEST_VALUE32);
+		else if (got != HOST_VALUE32)
+			verdict = fail(why, len, "guest read 0x%08" PRIx64 " where the host stored 0x%08x",
+				       got, HOST_VALUE32);
+		else
+			verdict = true;
+	}
+	munmap(map, size);
+	close(fd);
+	return verdict;
+}
+
+/* cap: KVM_CHECK_EXTENSION on a VM fd of the given type. */
+static int cacheable_cap(bool protected)
+{
+	int fd = ioctl(kvm_fd, KVM_CREATE_VM, protected ? KVM_VM_TYPE_ARM_PROTECTED : 0);
+	int cap;
+
+	if (fd < 0)
+		ktap_bail("KVM_CREATE_VM(%s): %s", protected ? "protected" : "normal", strerror(errno));
+	cap = ioctl(fd, KVM_CHECK_EXTENSION, KVM_CAP_ARM_CACHEABLE_PFNMAP_SUPPORTED);
+	close(fd);
+	if (cap < 0)
+		ktap_bail("KVM_CHECK_EXTENSION(CACHEABLE_PFNMAP_SUPPORTED) on a VM: %s", strerror(errno));
+	return cap;
+}
+
+/* The cap's right answer on a VM fd: S2FWB && DIC for a normal VM; 0 for
+ * a pVM, to which pKVM offers only the caps kvm_pkvm_ext_allowed() lists
+ * (kvm_pkvm.h: "Certain features are allowed only for non-protected VMs"). */
+static bool check_cap(bool protected, bool hw, int cap, char *why, size_t len)
+{
+	int want = protected ? 0 : hw;
+
+	if (cap == want)
+		return true;
+	if (protected)
+		return fail(why, len, "KVM_CAP_ARM_CACHEABLE_PFNMAP_SUPPORTED=%d on a protected VM, "
+			    "want 0 (pKVM hides it from pVMs)", cap);
+	return fail(why, len, "KVM_CAP_ARM_CACHEABLE_PFNMAP_SUPPORTED=%d but the kernel detected "
+		    "S2FWB=%d DIC=%d", cap, hw, hw);
+}
+
+static int cmd_pfnmap(bool protected, bool cacheable)
+{
+	const char *suffix = protected ? " protected" : "";
+	char name[96], why[256] = "";
+	bool fwb, dic, hw, pkvm;
+	int prot, cap;
+
+	ktap_header(cacheable ? 1 : 2);
+	prot = probe_protected();
+	if (prot < 0)
+		ktap_bail("KVM_CREATE_VM(protected): %s", strerror(-prot));
+	pkvm = prot;
+	ktap_diag("protected_vm=%d", prot);
+	if (protected && !prot) {
+		ktap_result(1, 1, cacheable ? "pfnmap protected cacheable" : "pfnmap protected cap",
+			    "protected VMs not supported");
+		if (!cacheable)
+			ktap_result(1, 1, "pfnmap protected device", "protected VMs not supported");
+		return ktap_exit_code();
+	}
+	kernel_cpu_features(&fwb, &dic);
+	hw = fwb && dic;
+	cap = cacheable_cap(protected);
+	ktap_diag("cpu_s2fwb=%d", fwb);
+	ktap_diag("cpu_dic=%d", dic);
+	ktap_diag("ctr_el0_dic=%d", ctr_el0_dic());
+	ktap_diag("cap_cacheable_pfnmap=%d", cap);
+	errno = 0;
+	ktap_diag("cap_on_system_fd=%d (%s)",
+		  ioctl(kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_ARM_CACHEABLE_PFNMAP_SUPPORTED),
+		  errname(errno));
+	if (!cacheable) {
+		snprintf(name, sizeof(name), "pfnmap%s cap agrees with %s", suffix,
+			 protected ? "pKVM (0 for pVMs)" : "S2FWB && DIC");
+		ktap_result(check_cap(protected, hw, cap, why, sizeof(why)), 0, name, why);
+		snprintf(name, sizeof(name), "pfnmap%s device memslot over vfio-pci BAR0", suffix);
+		ktap_result(check_device_slot(protected, pkvm, why, sizeof(why)), 0, name, why);
+		return ktap_exit_code();
+	}
+	snprintf(name, sizeof(name), "pfnmap%s cacheable memslot %s", suffix,
+		 !hw ? "refused with EINVAL" : protected ? "refused" : "shares writes");
+	/* A normal VM's cap must agree here too: it is what a VMM would ask. */
+	if (!protected && !check_cap(false, hw, cap, why, sizeof(why)))
+		ktap_result(0, 0, name, why);
+	else
+		ktap_result(check_cacheable_slot(protected, pkvm, hw, why, sizeof(why)), 0, name, why);
+	return ktap_exit_code();
+}
+
 /* ---------------------------------------------------------------- main */
 
 static void __attribute__((noreturn)) usage(const char *why)
@@ -1611,7 +2041,8 @@ static void __attribute__((noreturn)) usage(const char *why)
 		"usage: pkvm-vmm probe | normal-vm | pvm-donate | pvm-rules\n"
 		"       pkvm-vmm lifecycle [--cycles N] [--vcpus K] [--protected]\n"
 		"       pkvm-vmm pvm-teardown [--pages N]\n"
-		"       pkvm-vmm pvm-dma-isolation [--bdf BDF]\n");
+		"       pkvm-vmm pvm-dma-isolation [--bdf BDF]\n"
+		"       pkvm-vmm pfnmap [--protected] [--cacheable]\n");
 	ktap_bail("usage: %s", why);
 }
 
@@ -1631,7 +2062,7 @@ static int parse_int(const char *s, int min, int max)
 int main(int argc, char **argv)
 {
 	int cycles = 10, vcpus = 1, pages = 2048;
-	bool protected = false;
+	bool protected = false, cacheable = false;
 	const char *cmd, *bdf = NULL;
 
 	if (argc < 2)
@@ -1646,6 +2077,8 @@ int main(int argc, char **argv)
 			pages = parse_int(argv[++i], 1, 1 << 20);
 		else if (!strcmp(argv[i], "--protected"))
 			protected = true;
+		else if (!strcmp(argv[i], "--cacheable"))
+			cacheable = true;
 		else if (!strcmp(argv[i], "--bdf") && argv[i + 1])
 			bdf = argv[++i];
 		else
@@ -1673,5 +2106,7 @@ int main(int argc, char **argv)
 		return cmd_pvm_rules();
 	if (!strcmp(cmd, "pvm-dma-isolation"))
 		return cmd_pvm_dma_isolation(bdf);
+	if (!strcmp(cmd, "pfnmap"))
+		return cmd_pfnmap(protected, cacheable);
 	usage(cmd);
 }

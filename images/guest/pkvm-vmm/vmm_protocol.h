@@ -23,6 +23,8 @@
 #define VMM_MMIO_RESULT		0x10001000	/* guest store: command result */
 /* guest stores on an exception: vector offset, ESR_EL1, ELR_EL1, FAR_EL1 */
 #define VMM_MMIO_EXC		0x10002000
+/* guest load: the next argument of a LOAD32/STORE32 command */
+#define VMM_MMIO_ARG		0x10003000
 
 /* Guest RAM memslot base IPA; payload.lds links the payload here too. */
 #define VMM_RAM_IPA		0x80000000
@@ -40,6 +42,11 @@
 #define OP_MEMINFO	5	/* hvc KVM_FUNC_HYP_MEMINFO (x0: granule or error) */
 #define OP_SHARE	6	/* hvc KVM_FUNC_MEM_SHARE on page `first` (x0) */
 #define OP_UNSHARE	7	/* hvc KVM_FUNC_MEM_UNSHARE on page `first` (x0) */
+/* 32-bit accesses at any IPA (e.g. a device memslot: edu takes only 32-bit
+ * accesses below 0x80). The IPA, then for STORE32 the value, are fetched
+ * as 64-bit loads from VMM_MMIO_ARG. */
+#define OP_LOAD32	8	/* (zero-extended 32-bit value at IPA) */
+#define OP_STORE32	9	/* store the value's low 32 bits at IPA (0) */
 
 #define RESULT_BAD_OP	0xbadc0de0badc0de	/* unknown op */
 
