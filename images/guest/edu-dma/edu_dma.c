@@ -86,6 +86,7 @@ static struct options {
 	uint32_t size;
 	unsigned long iterations;
 	unsigned long dma_every;
+	bool wo_read_allowed; /* perm: this IOMMU maps write-only as read-write */
 } opt = {
 	.backend = BACKEND_TYPE1,
 	.seed = 0x5eed,
@@ -562,14 +563,25 @@ static void iommufd_setup(struct edu *e)
 /* ------------------------------------------------------------------ */
 /* map / unmap (both backends)                                         */
 
-static int iommu_map(struct edu *e, uint64_t iova, void *va, size_t len)
+/* Mapping permissions, as the device sees them. */
+#define PERM_READ 0x1  /* the device may read the buffer (RAM -> device DMA) */
+#define PERM_WRITE 0x2 /* the device may write it (device -> RAM DMA) */
+#define PERM_RW (PERM_READ | PERM_WRITE)
+
+static const char *perm_name(unsigned int perm)
+{
+	return perm == PERM_RW ? "read-write" : perm == PERM_READ ? "read-only" : "write-only";
+}
+
+static int iommu_map_perm(struct edu *e, uint64_t iova, void *va, size_t len, unsigned int perm)
 {
 	int ret;
 
 	if (e->backend == BACKEND_TYPE1) {
 		struct vfio_iommu_type1_dma_map m = {
 			.argsz = sizeof(m),
-			.flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
+			.flags = (perm & PERM_READ ? VFIO_DMA_MAP_FLAG_READ : 0) |
+				 (perm & PERM_WRITE ? VFIO_DMA_MAP_FLAG_WRITE : 0),
 			.vaddr = (uintptr_t)va,
 			.iova = iova,
 			.size = len,
@@ -578,8 +590,9 @@ static int iommu_map(struct edu *e, uint64_t iova, void *va, size_t len)
 	} else {
 		struct iommu_ioas_map m = {
 			.size = sizeof(m),
-			.flags = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE |
-				 IOMMU_IOAS_MAP_WRITEABLE,
+			.flags = IOMMU_IOAS_MAP_FIXED_IOVA |
+				 (perm & PERM_READ ? IOMMU_IOAS_MAP_READABLE : 0) |
+				 (perm & PERM_WRITE ? IOMMU_IOAS_MAP_WRITEABLE : 0),
 			.ioas_id = e->ioas_id,
 			.user_va = (uintptr_t)va,
 			.length = len,
@@ -588,7 +601,8 @@ static int iommu_map(struct edu *e, uint64_t iova, void *va, size_t len)
 		ret = ioctl(e->iommufd, IOMMU_IOAS_MAP, &m);
 	}
 	if (ret) {
-		set_err(e, "map iova=0x%" PRIx64 " len=0x%zx: %s", iova, len, strerror(errno));
+		set_err(e, "map %s iova=0x%" PRIx64 " len=0x%zx: %s", perm_name(perm), iova, len,
+			strerror(errno));
 		return -1;
 	}
 	return 0;
@@ -636,16 +650,23 @@ static void buf_alloc(struct edu *e, struct dmabuf *b, size_t len)
 	b->maplen = 0;
 }
 
-/* Maps the first len bytes of b (0: all of it) at iova. */
-static int buf_map(struct edu *e, struct dmabuf *b, uint64_t iova, size_t len)
+/* Maps the first len bytes of b (0: all of it) at iova with permission perm. */
+static int buf_map_perm(struct edu *e, struct dmabuf *b, uint64_t iova, size_t len,
+			unsigned int perm)
 {
 	if (!len)
 		len = b->len;
-	if (iommu_map(e, iova, b->va, len))
+	if (iommu_map_perm(e, iova, b->va, len, perm))
 		return -1;
 	b->iova = iova;
 	b->maplen = len;
 	return 0;
+}
+
+/* Maps the first len bytes of b (0: all of it) at iova, read-write. */
+static int buf_map(struct edu *e, struct dmabuf *b, uint64_t iova, size_t len)
+{
+	return buf_map_perm(e, b, iova, len, PERM_RW);
 }
 
 static int buf_unmap(struct edu *e, struct dmabuf *b)
@@ -1235,6 +1256,183 @@ static void cmd_after_unmap(struct edu *e)
 }
 
 /* ------------------------------------------------------------------ */
+/* perm: read-only and write-only mappings                            */
+
+/* Loads the device buffer with pattern data (through the read-write helper
+ * mapping aux_in); false with e->err on failure. */
+static bool load_device(struct edu *e, struct dmabuf *aux_in, const uint8_t *data,
+			uint32_t size)
+{
+	memcpy(aux_in->va, data, e->page);
+	return !dma_to_device(e, aux_in->iova, size);
+}
+
+static void cmd_perm(struct edu *e)
+{
+	uint64_t ro_iova = opt.iova_set ? opt.iova : 0x5000000;
+	uint64_t wo_iova = ro_iova + 0x200000; /* another 2 MiB block */
+	uint32_t size = opt.size;
+	size_t pg = e->page;
+	struct dmabuf ro, wo, aux_in, aux_out;
+	uint8_t *p_ro, *p_wo, *p_wo2, *dev1, *dev2, *dev3, *poison;
+	const char *result, *name;
+	bool control, ok;
+	char why[256] = "";
+
+	ktap_diag("perm_ro_iova=0x%" PRIx64, ro_iova);
+	ktap_diag("perm_wo_iova=0x%" PRIx64, wo_iova);
+	ktap_diag("perm_size=%u", size);
+	ktap_diag("wo_read_expected=%s", opt.wo_read_allowed ? "allowed" : "blocked");
+	if (ro_iova & (pg - 1))
+		ktap_bail("--iova 0x%" PRIx64 " is not page aligned", ro_iova);
+	if (!iova_valid(e, ro_iova, pg) || !iova_valid(e, wo_iova, pg))
+		ktap_bail("--iova 0x%" PRIx64 " (+2 MiB) is outside the valid IOVA ranges", ro_iova);
+
+	p_ro = malloc(pg);
+	p_wo = malloc(pg);
+	p_wo2 = malloc(pg);
+	dev1 = malloc(pg);
+	dev2 = malloc(pg);
+	dev3 = malloc(pg);
+	poison = malloc(pg);
+	if (!p_ro || !p_wo || !p_wo2 || !dev1 || !dev2 || !dev3 || !poison)
+		ktap_bail("out of memory");
+	fill_pattern(p_ro, pg, pattern_key(TAG_P1, ro_iova, size));
+	fill_pattern(p_wo, pg, pattern_key(TAG_P2, wo_iova, size));
+	fill_pattern(p_wo2, pg, pattern_key(TAG_P3, wo_iova, size));
+	fill_pattern(dev1, pg, pattern_key(TAG_DEVICE, ro_iova, size));
+	fill_pattern(dev2, pg, pattern_key(TAG_DEVICE, wo_iova, size));
+	fill_pattern(dev3, pg, pattern_key(TAG_Q, wo_iova, size));
+	fill_pattern(poison, pg, pattern_key(TAG_POISON, ro_iova, size));
+
+	buf_alloc(e, &aux_in, pg);
+	buf_alloc(e, &aux_out, pg);
+	buf_alloc(e, &ro, pg);
+	buf_alloc(e, &wo, pg);
+	{
+		uint64_t helper = pick_helper_iova(e, 2 * pg, ro_iova, wo_iova + pg);
+
+		ktap_diag("helper_iova=0x%" PRIx64, helper);
+		buf_map_or_bail(e, &aux_in, helper);
+		buf_map_or_bail(e, &aux_out, helper + pg);
+	}
+
+	/* 1: read-write helper mappings carry data both ways. */
+	memcpy(aux_out.va, poison, pg);
+	control = load_device(e, &aux_in, dev1, size) && !dma_from_device(e, aux_out.iova, size);
+	if (!control)
+		copy_str(why, sizeof(why), e->err);
+	else
+		control = compare(aux_out.va, dev1, size, "readback mismatch", why, sizeof(why));
+	ktap_result(control, 0, "perm control: read-write mapping works", why);
+
+	/* The access that must fault comes first on each fresh mapping, so
+	 * that the IOMMU walks the page table for it: QEMU 10.0's SMMUv3 does
+	 * not record a stage-2 permission fault that hits its IOTLB (it
+	 * attributes it to stage 1, whose fault recording is off in an S2-only
+	 * STE), and checks only writes against a cached entry. */
+
+	/* 2: the device writes a read-only mapping: nothing may change. */
+	memcpy(ro.va, p_ro, pg);
+	name = "perm read-only: device write blocked";
+	if (buf_map_perm(e, &ro, ro_iova, pg, PERM_READ)) {
+		ktap_result(0, 0, name, e->err);
+	} else if (!control) {
+		ktap_result(0, 1, name, "control failed");
+	} else if (!load_device(e, &aux_in, dev2, size) || dma_from_device(e, ro_iova, size)) {
+		ktap_result(0, 0, name, e->err);
+	} else {
+		io_barrier();
+		ok = !memcmp(ro.va, p_ro, pg);
+		ktap_diag("ro_write_result=%s", ok ? "blocked" : "through");
+		if (!ok) {
+			char diff[160];
+
+			compare(ro.va, p_ro, pg, "buffer", diff, sizeof(diff));
+			snprintf(why, sizeof(why),
+				 "read-only mapping at iova 0x%" PRIx64 ": a device write"
+				 " (device->memory DMA) got through%s; %.100s", ro_iova,
+				 memcmp(ro.va, dev2, size) ? "" : " (buffer holds the device's data)",
+				 diff);
+		}
+		ktap_result(ok, 0, name, why);
+	}
+
+	/* 3: the device reads the read-only mapping. */
+	why[0] = '\0';
+	name = "perm read-only: device read works";
+	memcpy(ro.va, p_ro, pg);
+	memcpy(aux_out.va, poison, pg);
+	if (!ro.maplen || !control) {
+		ktap_result(0, 1, name, ro.maplen ? "control failed" : "read-only map failed");
+	} else if (dma_to_device(e, ro_iova, size) || dma_from_device(e, aux_out.iova, size)) {
+		ktap_result(0, 0, name, e->err);
+	} else {
+		ok = compare(aux_out.va, p_ro, size,
+			     "read-only mapping: device read did not get the data", why, sizeof(why));
+		ktap_result(ok, 0, name, why);
+	}
+	buf_unmap(e, &ro);
+
+	/* 4: the device reads a write-only mapping. Blocked where the IOMMU can
+	 * express write-only (stage-2 HAP, virtio-iommu MAP flags); a stage-1
+	 * LPAE PTE has no "no read" encoding, so there it is read-write and
+	 * --wo-read allowed says so. */
+	why[0] = '\0';
+	memcpy(wo.va, p_wo, pg);
+	memcpy(aux_out.va, poison, pg);
+	name = opt.wo_read_allowed ? "perm write-only: device read allowed (no write-only encoding)"
+				   : "perm write-only: device read blocked";
+	if (buf_map_perm(e, &wo, wo_iova, pg, PERM_WRITE)) {
+		ktap_result(0, 0, name, e->err);
+	} else if (!control) {
+		ktap_result(0, 1, name, "control failed");
+	} else if (!load_device(e, &aux_in, dev1, size) || dma_to_device(e, wo_iova, size) ||
+		   dma_from_device(e, aux_out.iova, size)) {
+		ktap_result(0, 0, name, e->err);
+	} else {
+		if (!memcmp(aux_out.va, p_wo, size))
+			result = "through";
+		else if (!memcmp(aux_out.va, dev1, size))
+			result = "blocked";
+		else if (all_bytes(aux_out.va, size, 0))
+			result = "zeroed";
+		else
+			result = "changed";
+		ktap_diag("wo_read_result=%s", result);
+		ok = opt.wo_read_allowed == !strcmp(result, "through");
+		if (!ok && opt.wo_read_allowed)
+			snprintf(why, sizeof(why),
+				 "write-only mapping at iova 0x%" PRIx64 ": a device read"
+				 " (memory->device DMA) was blocked (%s), but this IOMMU was"
+				 " expected to map write-only as read-write", wo_iova, result);
+		else if (!ok)
+			snprintf(why, sizeof(why),
+				 "write-only mapping at iova 0x%" PRIx64 ": a device read"
+				 " (memory->device DMA) got through", wo_iova);
+		ktap_result(ok, 0, name, why);
+	}
+
+	/* 5: the device writes the write-only mapping. */
+	why[0] = '\0';
+	name = "perm write-only: device write works";
+	memcpy(wo.va, p_wo2, pg);
+	if (!wo.maplen || !control) {
+		ktap_result(0, 1, name, wo.maplen ? "control failed" : "write-only map failed");
+	} else if (!load_device(e, &aux_in, dev3, size) || dma_from_device(e, wo_iova, size)) {
+		ktap_result(0, 0, name, e->err);
+	} else {
+		io_barrier();
+		ok = compare(wo.va, dev3, size, "write-only mapping: device write did not land",
+			     why, sizeof(why)) &&
+		     compare(wo.va + size, p_wo2 + size, pg - size, "overrun past count", why,
+			     sizeof(why));
+		ktap_result(ok, 0, name, why);
+	}
+	buf_unmap(e, &wo);
+}
+
+/* ------------------------------------------------------------------ */
 /* map-stress                                                          */
 
 #define STRESS_MAX_PAGES 16
@@ -1426,6 +1624,7 @@ static void usage(FILE *f)
 		"  fault-unmapped [--iova X] [--size N]\n"
 		"  after-unmap [--iova X] [--size N]\n"
 		"  map-stress [--iterations N] [--iovas LIST] [--dma-every K]\n"
+		"  perm [--iova X] [--size N] [--wo-read blocked|allowed]\n"
 		"exit: 0 all ok, 1 a test failed, 2 bail out\n");
 }
 
@@ -1534,6 +1733,13 @@ static void parse_args(int argc, char **argv)
 			opt.iterations = parse_u64(name, val);
 		} else if (!strcmp(name, "--dma-every")) {
 			opt.dma_every = parse_u64(name, val);
+		} else if (!strcmp(name, "--wo-read")) {
+			if (!strcmp(val, "allowed"))
+				opt.wo_read_allowed = true;
+			else if (!strcmp(val, "blocked"))
+				opt.wo_read_allowed = false;
+			else
+				usage_error("--wo-read: '%s' is not blocked or allowed", val);
 		} else {
 			usage_error("unknown option '%s'", name);
 		}
@@ -1564,6 +1770,11 @@ static int plan_three(void)
 	return 3;
 }
 
+static int plan_five(void)
+{
+	return 5;
+}
+
 static int plan_roundtrip(void)
 {
 	return opt.nr_iovas * opt.nr_sizes;
@@ -1574,6 +1785,7 @@ static const struct command commands[] = {
 	{ "roundtrip", cmd_roundtrip, plan_roundtrip, "0x100000,0x1fff000,high" },
 	{ "fault-unmapped", cmd_fault_unmapped, plan_three, NULL },
 	{ "after-unmap", cmd_after_unmap, plan_three, NULL },
+	{ "perm", cmd_perm, plan_five, NULL },
 	{ "map-stress", cmd_map_stress, plan_two,
 	  "0x100000,0x1ff000,0x400000,0x1fff000,0x40000000,high" },
 };
