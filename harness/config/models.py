@@ -84,6 +84,8 @@ class Profile:
     pkvm: bool = True
     cmdline: tuple[str, ...] = ()
     extra_args: tuple[str, ...] = ()
+    # Properties of the virtio-iommu-pci device (granule=64k, boot-bypass=off).
+    iommu_options: tuple[str, ...] = ()
     # Values scenarios compare against, e.g. smmu_stage1: true.
     expect: Mapping[str, ExpectValue] = field(default_factory=dict)
     path: Path | None = None

@@ -62,6 +62,11 @@ def _target(doc: LoadedYaml, fragment_dir: Path) -> Target:
 
 def _profile(doc: LoadedYaml) -> Profile:
     d = doc.data
+    if d.get("iommu_options") and d["iommu"] != "virtio-iommu":
+        raise ConfigError(
+            f"{doc.path}:{doc.line_of(('iommu_options',))}: iommu_options: only for iommu: virtio-iommu"
+            f" (this profile's iommu is {d['iommu']})"
+        )
     return Profile(
         name=d["name"],
         description=d.get("description", ""),
@@ -76,6 +81,7 @@ def _profile(doc: LoadedYaml) -> Profile:
         pkvm=d.get("pkvm", True),
         cmdline=tuple(d.get("cmdline", ())),
         extra_args=tuple(d.get("extra_args", ())),
+        iommu_options=tuple(d.get("iommu_options", ())),
         expect=dict(d.get("expect", {})),
         path=doc.path,
     )

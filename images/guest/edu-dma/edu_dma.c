@@ -87,6 +87,7 @@ static struct options {
 	unsigned long iterations;
 	unsigned long dma_every;
 	bool wo_read_allowed; /* perm: this IOMMU maps write-only as read-write */
+	const char *peer;     /* isolation: the other edu */
 } opt = {
 	.backend = BACKEND_TYPE1,
 	.seed = 0x5eed,
@@ -841,7 +842,8 @@ static int dma_from_device(struct edu *e, uint64_t iova, uint32_t count)
 /* ------------------------------------------------------------------ */
 /* setup                                                               */
 
-static void edu_setup(struct edu *e)
+/* Opens the edu at bdf (NULL: the lowest-numbered one) through the backend. */
+static void edu_setup(struct edu *e, const char *bdf)
 {
 	long cpu_page = sysconf(_SC_PAGESIZE);
 
@@ -849,8 +851,8 @@ static void edu_setup(struct edu *e)
 	e->container_fd = e->group_fd = e->iommufd = e->device_fd = -1;
 	e->backend = opt.backend;
 
-	if (opt.bdf) {
-		parse_bdf(e, opt.bdf);
+	if (bdf) {
+		parse_bdf(e, bdf);
 		if (!pci_is_device(e->bdf, EDU_VENDOR, EDU_DEVICE))
 			ktap_bail("%s is not an edu device (or does not exist)", e->bdf);
 	} else {
@@ -1433,6 +1435,168 @@ static void cmd_perm(struct edu *e)
 }
 
 /* ------------------------------------------------------------------ */
+/* isolation: two edus in two IOMMU groups, each with its own domain    */
+
+/* Device d reads RAM at iova into its buffer, and writes it out through its
+ * own read-write helper mapping out: what d sees at iova lands in out. */
+static bool dma_peek(struct edu *d, uint64_t iova, struct dmabuf *out, const uint8_t *poison,
+		     uint32_t size)
+{
+	memcpy(out->va, poison, d->page);
+	return !dma_to_device(d, iova, size) && !dma_from_device(d, out->iova, size);
+}
+
+static void cmd_isolation(struct edu *e)
+{
+	static struct edu peer;
+	struct edu *p = &peer;
+	uint64_t same = opt.iova_set ? opt.iova : 0x6000000;
+	uint64_t foreign = same + 0x200000; /* mapped for e only */
+	uint32_t size = opt.size;
+	size_t pg = e->page;
+	struct dmabuf a, b, c, e_in, e_out, p_in, p_out;
+	uint8_t *pa, *pb, *pc, *de, *dp, *poison;
+	bool ok, ok_e, ok_p;
+	char why[256] = "";
+	const char *name;
+
+	if (!opt.peer)
+		ktap_bail("bad arguments: isolation needs --peer BDF (a second edu)");
+	edu_setup(p, opt.peer);
+	if (p->page > pg)
+		pg = e->page = p->page;
+	ktap_diag("peer_bdf=%s", p->bdf);
+	ktap_diag("peer_sid=0x%x", p->sid);
+	ktap_diag("peer_iommu_group=%d", p->group);
+	ktap_diag("same_iova=0x%" PRIx64, same);
+	ktap_diag("foreign_iova=0x%" PRIx64, foreign);
+	ktap_diag("isolation_size=%u", size);
+	if (p->group == e->group)
+		ktap_bail("%s and %s share IOMMU group %d: no isolation to test", e->bdf, p->bdf,
+			  e->group);
+	if (!iova_valid(e, same, pg) || !iova_valid(e, foreign, pg) || !iova_valid(p, same, pg))
+		ktap_bail("--iova 0x%" PRIx64 " (+2 MiB) is outside the valid IOVA ranges", same);
+
+	pa = malloc(pg);
+	pb = malloc(pg);
+	pc = malloc(pg);
+	de = malloc(pg);
+	dp = malloc(pg);
+	poison = malloc(pg);
+	if (!pa || !pb || !pc || !de || !dp || !poison)
+		ktap_bail("out of memory");
+	fill_pattern(pa, pg, pattern_key(TAG_P1, same, size));
+	fill_pattern(pb, pg, pattern_key(TAG_P2, same, size));
+	fill_pattern(pc, pg, pattern_key(TAG_P3, foreign, size));
+	fill_pattern(de, pg, pattern_key(TAG_DEVICE, same, size));
+	fill_pattern(dp, pg, pattern_key(TAG_Q, same, size));
+	fill_pattern(poison, pg, pattern_key(TAG_POISON, same, size));
+
+	buf_alloc(e, &a, pg);
+	buf_alloc(e, &b, pg);
+	buf_alloc(e, &c, pg);
+	buf_alloc(e, &e_in, pg);
+	buf_alloc(e, &e_out, pg);
+	buf_alloc(e, &p_in, pg);
+	buf_alloc(e, &p_out, pg);
+	{
+		uint64_t helper = pick_helper_iova(e, 2 * pg, same, foreign + pg);
+
+		ktap_diag("helper_iova=0x%" PRIx64, helper);
+		buf_map_or_bail(e, &e_in, helper);
+		buf_map_or_bail(e, &e_out, helper + pg);
+		buf_map_or_bail(p, &p_in, helper);
+		buf_map_or_bail(p, &p_out, helper + pg);
+	}
+	memcpy(a.va, pa, pg);
+	memcpy(b.va, pb, pg);
+	memcpy(c.va, pc, pg);
+
+	/* 1: the same IOVA maps a different buffer in each device's domain;
+	 * each device reads its own. */
+	name = "isolation same iova: each device reads its own buffer";
+	if (buf_map(e, &a, same, pg) || buf_map(p, &b, same, pg)) {
+		ktap_result(0, 0, name, e->err[0] ? e->err : p->err);
+	} else {
+		ok_e = dma_peek(e, same, &e_out, poison, size);
+		ok_p = dma_peek(p, same, &p_out, poison, size);
+		if (!ok_e || !ok_p)
+			copy_str(why, sizeof(why), ok_e ? p->err : e->err);
+		ok = ok_e && ok_p;
+		if (ok && !memcmp(p_out.va, pa, size))
+			snprintf(why, sizeof(why), "%.16s read %.16s's buffer at iova 0x%" PRIx64
+				 " (one device's DMA landed in another's mapping)", p->bdf, e->bdf,
+				 same);
+		else if (ok && !memcmp(e_out.va, pb, size))
+			snprintf(why, sizeof(why), "%.16s read %.16s's buffer at iova 0x%" PRIx64
+				 " (one device's DMA landed in another's mapping)", e->bdf, p->bdf,
+				 same);
+		else if (ok)
+			ok = compare(e_out.va, pa, size, "first device, own buffer", why,
+				     sizeof(why)) &&
+			     compare(p_out.va, pb, size, "peer device, own buffer", why, sizeof(why));
+		ok = ok && !why[0];
+		ktap_result(ok, 0, name, why);
+	}
+
+	/* 2: and writes its own. */
+	why[0] = '\0';
+	name = "isolation same iova: each device writes its own buffer";
+	memcpy(e_in.va, de, pg);
+	memcpy(p_in.va, dp, pg);
+	if (!a.maplen || !b.maplen) {
+		ktap_result(0, 1, name, "mapping failed");
+	} else if (dma_to_device(e, e_in.iova, size) || dma_to_device(p, p_in.iova, size) ||
+		   dma_from_device(e, same, size) || dma_from_device(p, same, size)) {
+		ktap_result(0, 0, name, e->err[0] ? e->err : p->err);
+	} else {
+		io_barrier();
+		if (!memcmp(a.va, dp, size) || !memcmp(b.va, de, size))
+			snprintf(why, sizeof(why), "a device's write at iova 0x%" PRIx64
+				 " landed in the other device's buffer", same);
+		else
+			(void)(compare(a.va, de, size, "first device's write", why, sizeof(why)) &&
+			       compare(b.va, dp, size, "peer device's write", why, sizeof(why)));
+		ktap_result(!why[0], 0, name, why);
+	}
+	buf_unmap(e, &a);
+	buf_unmap(p, &b);
+
+	/* 3: the peer writes an IOVA mapped only in the first device's domain:
+	 * the buffer there must not change (and the peer faults). */
+	why[0] = '\0';
+	name = "isolation foreign iova: peer write blocked";
+	if (buf_map(e, &c, foreign, pg)) {
+		ktap_result(0, 0, name, e->err);
+	} else if (dma_to_device(p, p_in.iova, size) || dma_from_device(p, foreign, size)) {
+		ktap_result(0, 0, name, p->err);
+	} else {
+		io_barrier();
+		ok = !memcmp(c.va, pc, pg);
+		if (!ok)
+			snprintf(why, sizeof(why), "%.16s's DMA write at iova 0x%" PRIx64
+				 " landed in %.16s's mapping", p->bdf, foreign, e->bdf);
+		ktap_result(ok, 0, name, why);
+	}
+
+	/* 4: the peer reads that IOVA: it must not get the buffer's data. */
+	why[0] = '\0';
+	name = "isolation foreign iova: peer read gets no foreign data";
+	if (!c.maplen) {
+		ktap_result(0, 1, name, "mapping failed");
+	} else if (!dma_peek(p, foreign, &p_out, poison, size)) {
+		ktap_result(0, 0, name, p->err);
+	} else {
+		ok = memcmp(p_out.va, pc, size) != 0;
+		if (!ok)
+			snprintf(why, sizeof(why), "%.16s's DMA read at iova 0x%" PRIx64
+				 " got %.16s's buffer", p->bdf, foreign, e->bdf);
+		ktap_result(ok, 0, name, why);
+	}
+	buf_unmap(e, &c);
+}
+
+/* ------------------------------------------------------------------ */
 /* map-stress                                                          */
 
 #define STRESS_MAX_PAGES 16
@@ -1625,6 +1789,7 @@ static void usage(FILE *f)
 		"  after-unmap [--iova X] [--size N]\n"
 		"  map-stress [--iterations N] [--iovas LIST] [--dma-every K]\n"
 		"  perm [--iova X] [--size N] [--wo-read blocked|allowed]\n"
+		"  isolation --peer BDF [--iova X] [--size N]\n"
 		"exit: 0 all ok, 1 a test failed, 2 bail out\n");
 }
 
@@ -1733,6 +1898,8 @@ static void parse_args(int argc, char **argv)
 			opt.iterations = parse_u64(name, val);
 		} else if (!strcmp(name, "--dma-every")) {
 			opt.dma_every = parse_u64(name, val);
+		} else if (!strcmp(name, "--peer")) {
+			opt.peer = val;
 		} else if (!strcmp(name, "--wo-read")) {
 			if (!strcmp(val, "allowed"))
 				opt.wo_read_allowed = true;
@@ -1770,6 +1937,11 @@ static int plan_three(void)
 	return 3;
 }
 
+static int plan_four(void)
+{
+	return 4;
+}
+
 static int plan_five(void)
 {
 	return 5;
@@ -1786,6 +1958,7 @@ static const struct command commands[] = {
 	{ "fault-unmapped", cmd_fault_unmapped, plan_three, NULL },
 	{ "after-unmap", cmd_after_unmap, plan_three, NULL },
 	{ "perm", cmd_perm, plan_five, NULL },
+	{ "isolation", cmd_isolation, plan_four, NULL },
 	{ "map-stress", cmd_map_stress, plan_two,
 	  "0x100000,0x1ff000,0x400000,0x1fff000,0x40000000,high" },
 };
@@ -1807,7 +1980,7 @@ int main(int argc, char **argv)
 		opt.nr_iovas = parse_list("--iovas", c->default_iovas, opt.iovas, true);
 
 	ktap_header(c->plan());
-	edu_setup(&e);
+	edu_setup(&e, opt.bdf);
 	print_setup(&e);
 	c->run(&e);
 	/* Closing the fds on exit unmaps everything and releases the device. */
