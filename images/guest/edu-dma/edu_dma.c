@@ -1512,7 +1512,41 @@ static void cmd_isolation(struct edu *e)
 	memcpy(b.va, pb, pg);
 	memcpy(c.va, pc, pg);
 
-	/* 1: the same IOVA maps a different buffer in each device's domain;
+	/* 1: the peer writes an IOVA mapped only in the first device's domain:
+	 * the buffer there must not change (and the peer faults). */
+	why[0] = '\0';
+	name = "isolation foreign iova: peer write blocked";
+	memcpy(p_in.va, dp, pg);
+	if (buf_map(e, &c, foreign, pg)) {
+		ktap_result(0, 0, name, e->err);
+	} else if (dma_to_device(p, p_in.iova, size) || dma_from_device(p, foreign, size)) {
+		ktap_result(0, 0, name, p->err);
+	} else {
+		io_barrier();
+		ok = !memcmp(c.va, pc, pg);
+		if (!ok)
+			snprintf(why, sizeof(why), "%.16s's DMA write at iova 0x%" PRIx64
+				 " landed in %.16s's mapping", p->bdf, foreign, e->bdf);
+		ktap_result(ok, 0, name, why);
+	}
+
+	/* 2: the peer reads that IOVA: it must not get the buffer's data. */
+	why[0] = '\0';
+	name = "isolation foreign iova: peer read gets no foreign data";
+	if (!c.maplen) {
+		ktap_result(0, 1, name, "mapping failed");
+	} else if (!dma_peek(p, foreign, &p_out, poison, size)) {
+		ktap_result(0, 0, name, p->err);
+	} else {
+		ok = memcmp(p_out.va, pc, size) != 0;
+		if (!ok)
+			snprintf(why, sizeof(why), "%.16s's DMA read at iova 0x%" PRIx64
+				 " got %.16s's buffer", p->bdf, foreign, e->bdf);
+		ktap_result(ok, 0, name, why);
+	}
+	buf_unmap(e, &c);
+	why[0] = '\0';
+	/* 3: the same IOVA maps a different buffer in each device's domain;
 	 * each device reads its own. */
 	name = "isolation same iova: each device reads its own buffer";
 	if (buf_map(e, &a, same, pg) || buf_map(p, &b, same, pg)) {
@@ -1539,7 +1573,7 @@ static void cmd_isolation(struct edu *e)
 		ktap_result(ok, 0, name, why);
 	}
 
-	/* 2: and writes its own. */
+	/* 4: and writes its own. */
 	why[0] = '\0';
 	name = "isolation same iova: each device writes its own buffer";
 	memcpy(e_in.va, de, pg);
@@ -1562,38 +1596,6 @@ static void cmd_isolation(struct edu *e)
 	buf_unmap(e, &a);
 	buf_unmap(p, &b);
 
-	/* 3: the peer writes an IOVA mapped only in the first device's domain:
-	 * the buffer there must not change (and the peer faults). */
-	why[0] = '\0';
-	name = "isolation foreign iova: peer write blocked";
-	if (buf_map(e, &c, foreign, pg)) {
-		ktap_result(0, 0, name, e->err);
-	} else if (dma_to_device(p, p_in.iova, size) || dma_from_device(p, foreign, size)) {
-		ktap_result(0, 0, name, p->err);
-	} else {
-		io_barrier();
-		ok = !memcmp(c.va, pc, pg);
-		if (!ok)
-			snprintf(why, sizeof(why), "%.16s's DMA write at iova 0x%" PRIx64
-				 " landed in %.16s's mapping", p->bdf, foreign, e->bdf);
-		ktap_result(ok, 0, name, why);
-	}
-
-	/* 4: the peer reads that IOVA: it must not get the buffer's data. */
-	why[0] = '\0';
-	name = "isolation foreign iova: peer read gets no foreign data";
-	if (!c.maplen) {
-		ktap_result(0, 1, name, "mapping failed");
-	} else if (!dma_peek(p, foreign, &p_out, poison, size)) {
-		ktap_result(0, 0, name, p->err);
-	} else {
-		ok = memcmp(p_out.va, pc, size) != 0;
-		if (!ok)
-			snprintf(why, sizeof(why), "%.16s's DMA read at iova 0x%" PRIx64
-				 " got %.16s's buffer", p->bdf, foreign, e->bdf);
-		ktap_result(ok, 0, name, why);
-	}
-	buf_unmap(e, &c);
 }
 
 /* ------------------------------------------------------------------ */
