@@ -54,15 +54,17 @@ def test_virtio_iommu_properties(tmp_path: Path) -> None:
         tmp_path,
         "mainline-7.3",
         ["virtio-iommu", "virtio-iommu-64k"],
-        ["virtio-iommu-probe", "dma-isolation", "virtio-iommu-granule"],
+        ["virtio-iommu-probe", "dma-isolation", "virtio-iommu-identity", "virtio-iommu-granule"],
     )
     assert run.rc == 0, (run.rc, run.stderr[-2000:])
     assert run.verdicts() == {
         ("virtio-iommu-probe", "virtio-iommu"): "pass",
         ("dma-isolation", "virtio-iommu"): "pass",
+        ("virtio-iommu-identity", "virtio-iommu"): "pass",
         ("virtio-iommu-granule", "virtio-iommu"): "skip",
         ("virtio-iommu-probe", "virtio-iommu-64k"): "skip",
         ("dma-isolation", "virtio-iommu-64k"): "skip",
+        ("virtio-iommu-identity", "virtio-iommu-64k"): "skip",
         ("virtio-iommu-granule", "virtio-iommu-64k"): "pass",
     }
 
@@ -83,6 +85,12 @@ def test_virtio_iommu_properties(tmp_path: Path) -> None:
             "dma-isolation",
             "step two-domains: one device's DMA reached another device's mapping: isolation foreign iova:"
             " peer write blocked: 0000:00:07.0's DMA write at iova 0x6200000 landed in 0000:00:06.0's mapping",
+        ),
+        (
+            "viommu-identity-no-bypass.patch",
+            "virtio-iommu",
+            "virtio-iommu-identity",
+            "unexpected IOMMU fault: virtio-iommu page fault (read) from 0000:00:07.0 (driver unknown) at 0x1000",
         ),
         (
             "viommu-accepts-large-granule.patch",
