@@ -129,6 +129,8 @@ def test_iommu_options_on_an_smmu_profile_is_a_load_error_with_file_and_line(tmp
 
 def test_an_iommu_option_must_be_a_property_assignment(tmp_path: Path) -> None:
     bad = tmp_path / "p.yaml"
-    bad.write_text("name: p\nmachine: virt\niommu: virtio-iommu\nfeatures: [iommu]\niommu_options: [granule]\n")
+    bad.write_text(
+        "name: p\nmachine: virt\niommu: virtio-iommu\nfeatures: [iommu]\niommu_options: [granule]\n"
+    )
     with pytest.raises(ConfigError, match=r"p\.yaml:5: iommu_options\.0: 'granule' does not match"):
         load_profile(bad)
