@@ -49,10 +49,10 @@ def test_defaults_are_those_of_the_cli() -> None:
 
 def test_collects_every_scenario_once_per_profile_and_the_python_example() -> None:
     names = sorted(p.stem for p in (REPO / "scenarios").glob("*.yaml"))
-    assert len(names) == 14
+    assert len(names) == 20
     ids = collect("scenarios/", "-W", "error::pytest.PytestUnknownMarkWarning")
     expected = {f"scenarios/{n}.yaml::{n}[{p}]" for n in names for p in ("smmuv3-nested", "virtio-iommu")}
-    assert len(ids) == 29
+    assert len(ids) == 2 * len(names) + 1
     assert set(ids) == expected | {"scenarios/test_example_python.py::test_protected_mode_over_ssh"}
     # The items of one profile are adjacent (they share a boot).
     profiles = [i.rsplit("[", 1)[1].rstrip("]") for i in ids if i.endswith("]")]
