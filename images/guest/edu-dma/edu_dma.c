@@ -1260,6 +1260,32 @@ static void cmd_after_unmap(struct edu *e)
 /* ------------------------------------------------------------------ */
 /* perm: read-only and write-only mappings                            */
 
+/* A page holding the pattern of (tag, iova, size). */
+static uint8_t *pattern_page(size_t pg, enum pattern_tag tag, uint64_t iova, uint32_t size)
+{
+	uint8_t *p = malloc(pg);
+
+	if (!p)
+		ktap_bail("out of memory");
+	fill_pattern(p, pg, pattern_key(tag, iova, size));
+	return p;
+}
+
+/* The read-write helper pair of a test, in at the returned IOVA and out one
+ * page above, outside [lo, hi). */
+static uint64_t map_helper_pair(struct edu *e, struct dmabuf *in, struct dmabuf *out,
+				uint64_t lo, uint64_t hi)
+{
+	uint64_t helper = pick_helper_iova(e, 2 * e->page, lo, hi);
+
+	ktap_diag("helper_iova=0x%" PRIx64, helper);
+	buf_alloc(e, in, e->page);
+	buf_alloc(e, out, e->page);
+	buf_map_or_bail(e, in, helper);
+	buf_map_or_bail(e, out, helper + e->page);
+	return helper;
+}
+
 /* Loads the device buffer with pattern data (through the read-write helper
  * mapping aux_in); false with e->err on failure. */
 static bool load_device(struct edu *e, struct dmabuf *aux_in, const uint8_t *data,
@@ -1290,34 +1316,17 @@ static void cmd_perm(struct edu *e)
 	if (!iova_valid(e, ro_iova, pg) || !iova_valid(e, wo_iova, pg))
 		ktap_bail("--iova 0x%" PRIx64 " (+2 MiB) is outside the valid IOVA ranges", ro_iova);
 
-	p_ro = malloc(pg);
-	p_wo = malloc(pg);
-	p_wo2 = malloc(pg);
-	dev1 = malloc(pg);
-	dev2 = malloc(pg);
-	dev3 = malloc(pg);
-	poison = malloc(pg);
-	if (!p_ro || !p_wo || !p_wo2 || !dev1 || !dev2 || !dev3 || !poison)
-		ktap_bail("out of memory");
-	fill_pattern(p_ro, pg, pattern_key(TAG_P1, ro_iova, size));
-	fill_pattern(p_wo, pg, pattern_key(TAG_P2, wo_iova, size));
-	fill_pattern(p_wo2, pg, pattern_key(TAG_P3, wo_iova, size));
-	fill_pattern(dev1, pg, pattern_key(TAG_DEVICE, ro_iova, size));
-	fill_pattern(dev2, pg, pattern_key(TAG_DEVICE, wo_iova, size));
-	fill_pattern(dev3, pg, pattern_key(TAG_Q, wo_iova, size));
-	fill_pattern(poison, pg, pattern_key(TAG_POISON, ro_iova, size));
+	p_ro = pattern_page(pg, TAG_P1, ro_iova, size);
+	p_wo = pattern_page(pg, TAG_P2, wo_iova, size);
+	p_wo2 = pattern_page(pg, TAG_P3, wo_iova, size);
+	dev1 = pattern_page(pg, TAG_DEVICE, ro_iova, size);
+	dev2 = pattern_page(pg, TAG_DEVICE, wo_iova, size);
+	dev3 = pattern_page(pg, TAG_Q, wo_iova, size);
+	poison = pattern_page(pg, TAG_POISON, ro_iova, size);
 
-	buf_alloc(e, &aux_in, pg);
-	buf_alloc(e, &aux_out, pg);
 	buf_alloc(e, &ro, pg);
 	buf_alloc(e, &wo, pg);
-	{
-		uint64_t helper = pick_helper_iova(e, 2 * pg, ro_iova, wo_iova + pg);
-
-		ktap_diag("helper_iova=0x%" PRIx64, helper);
-		buf_map_or_bail(e, &aux_in, helper);
-		buf_map_or_bail(e, &aux_out, helper + pg);
-	}
+	map_helper_pair(e, &aux_in, &aux_out, ro_iova, wo_iova + pg);
 
 	/* 1: read-write helper mappings carry data both ways. */
 	memcpy(aux_out.va, poison, pg);
@@ -1477,34 +1486,22 @@ static void cmd_isolation(struct edu *e)
 	if (!iova_valid(e, same, pg) || !iova_valid(e, foreign, pg) || !iova_valid(p, same, pg))
 		ktap_bail("--iova 0x%" PRIx64 " (+2 MiB) is outside the valid IOVA ranges", same);
 
-	pa = malloc(pg);
-	pb = malloc(pg);
-	pc = malloc(pg);
-	de = malloc(pg);
-	dp = malloc(pg);
-	poison = malloc(pg);
-	if (!pa || !pb || !pc || !de || !dp || !poison)
-		ktap_bail("out of memory");
-	fill_pattern(pa, pg, pattern_key(TAG_P1, same, size));
-	fill_pattern(pb, pg, pattern_key(TAG_P2, same, size));
-	fill_pattern(pc, pg, pattern_key(TAG_P3, foreign, size));
-	fill_pattern(de, pg, pattern_key(TAG_DEVICE, same, size));
-	fill_pattern(dp, pg, pattern_key(TAG_Q, same, size));
-	fill_pattern(poison, pg, pattern_key(TAG_POISON, same, size));
+	pa = pattern_page(pg, TAG_P1, same, size);
+	pb = pattern_page(pg, TAG_P2, same, size);
+	pc = pattern_page(pg, TAG_P3, foreign, size);
+	de = pattern_page(pg, TAG_DEVICE, same, size);
+	dp = pattern_page(pg, TAG_Q, same, size);
+	poison = pattern_page(pg, TAG_POISON, same, size);
 
 	buf_alloc(e, &a, pg);
 	buf_alloc(e, &b, pg);
 	buf_alloc(e, &c, pg);
-	buf_alloc(e, &e_in, pg);
-	buf_alloc(e, &e_out, pg);
-	buf_alloc(e, &p_in, pg);
-	buf_alloc(e, &p_out, pg);
 	{
-		uint64_t helper = pick_helper_iova(e, 2 * pg, same, foreign + pg);
+		/* The peer's helpers at the same IOVAs, in its own domain. */
+		uint64_t helper = map_helper_pair(e, &e_in, &e_out, same, foreign + pg);
 
-		ktap_diag("helper_iova=0x%" PRIx64, helper);
-		buf_map_or_bail(e, &e_in, helper);
-		buf_map_or_bail(e, &e_out, helper + pg);
+		buf_alloc(p, &p_in, pg);
+		buf_alloc(p, &p_out, pg);
 		buf_map_or_bail(p, &p_in, helper);
 		buf_map_or_bail(p, &p_out, helper + pg);
 	}
