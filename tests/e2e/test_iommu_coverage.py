@@ -106,13 +106,15 @@ def test_virtio_iommu_properties(tmp_path: Path) -> None:
             "viommu-identity-no-bypass.patch",
             "virtio-iommu",
             "virtio-iommu-identity",
-            "unexpected IOMMU fault: virtio-iommu page fault from 0000:00:07.0 (driver unknown) at 0x1000000000000",
+            "unexpected IOMMU fault: virtio-iommu page fault from 0000:00:07.0 (driver unknown)"
+            " at 0x1000000000000",
         ),
         (
             "viommu-accepts-large-granule.patch",
             "virtio-iommu-64k",
             "virtio-iommu-granule",
-            "step no-device-translated: a device is attached to an IOMMU whose granule the kernel cannot honour",
+            "step no-device-translated: a device is attached to an IOMMU whose granule"
+            " the kernel cannot honour",
         ),
     ],
 )
