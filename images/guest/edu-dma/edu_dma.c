@@ -861,8 +861,10 @@ static void edu_setup(struct edu *e, const char *bdf)
 		find_edu(found, sizeof(found));
 		parse_bdf(e, found);
 	}
-	read_iommu_group(e);
+	/* Bind first: a kernel that probes the IOMMU at driver bind (6.12)
+	 * gives a driverless device no group. */
 	bind_vfio_pci(e);
+	read_iommu_group(e);
 
 	if (e->backend == BACKEND_TYPE1)
 		type1_setup(e);
@@ -1654,6 +1656,9 @@ static void cmd_identity(struct edu *e)
 	parse_bdf(e, opt.bdf);
 	if (!pci_is_device(e->bdf, EDU_VENDOR, EDU_DEVICE))
 		ktap_bail("%s is not an edu device (or does not exist)", e->bdf);
+	/* A group appears at the first driver bind on 6.12; it stays after. */
+	if (!pci_link_name(e->bdf, "iommu_group", drv, sizeof(drv)))
+		bind_vfio_pci(e);
 	read_iommu_group(e);
 	ktap_diag("bdf=%s", e->bdf);
 	ktap_diag("sid=0x%x", e->sid);
