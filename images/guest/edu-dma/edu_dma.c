@@ -331,8 +331,14 @@ static void bind_vfio_pci(struct edu *e)
 		ktap_bail("probe %s with vfio-pci: %s", e->bdf, strerror(-err));
 
 	pci_link_name(e->bdf, "driver", drv, sizeof(drv));
-	if (strcmp(drv, "vfio-pci"))
-		ktap_bail("vfio-pci did not bind to %s (driver now '%s')", e->bdf, drv);
+	if (strcmp(drv, "vfio-pci")) {
+		char group[32];
+
+		/* vfio-pci refuses a device that no IOMMU translates. */
+		ktap_bail("vfio-pci did not bind to %s (driver now '%s'%s)", e->bdf, drv,
+			  pci_link_name(e->bdf, "iommu_group", group, sizeof(group)) ?
+				  "" : "; no IOMMU group");
+	}
 }
 
 /* Device nodes appear asynchronously after a bind; give devtmpfs a moment. */
