@@ -93,6 +93,8 @@ class Profile:
     kvm_mode: Literal["protected", "nvhe", "default"] = "protected"
     cmdline: tuple[str, ...] = ()
     extra_args: tuple[str, ...] = ()
+    # Properties of the virtio-iommu-pci device (granule=64k, boot-bypass=off).
+    iommu_options: tuple[str, ...] = ()
     # Values scenarios compare against, e.g. smmu_stage1: true.
     expect: Mapping[str, ExpectValue] = field(default_factory=dict)
     path: Path | None = None

@@ -65,6 +65,11 @@ def _target(doc: LoadedYaml, fragment_dir: Path) -> Target:
 
 def _profile(doc: LoadedYaml) -> Profile:
     d = doc.data
+    if d.get("iommu_options") and d["iommu"] != "virtio-iommu":
+        raise ConfigError(
+            f"{doc.path}:{doc.line_of(('iommu_options',))}: iommu_options: only for iommu: virtio-iommu"
+            f" (this profile's iommu is {d['iommu']})"
+        )
     return Profile(
         name=d["name"],
         description=d.get("description", ""),
@@ -79,6 +84,7 @@ def _profile(doc: LoadedYaml) -> Profile:
         kvm_mode=d.get("kvm_mode", "protected"),
         cmdline=tuple(d.get("cmdline", ())),
         extra_args=tuple(d.get("extra_args", ())),
+        iommu_options=tuple(d.get("iommu_options", ())),
         expect=dict(d.get("expect", {})),
         path=doc.path,
     )

@@ -56,6 +56,7 @@ PROFILE: dict[str, Any] = {
         "features": _STR_LIST,
         "cmdline": _STR_LIST,
         "extra_args": _STR_LIST,
+        "iommu_options": {"type": "array", "items": {"type": "string", "pattern": "^[a-z][a-z0-9-]*=[^,]+$"}},
         "expect": {
             "type": "object",
             "additionalProperties": {"type": ["string", "number", "boolean"]},

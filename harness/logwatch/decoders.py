@@ -16,6 +16,7 @@ _SMMU_DECODED = re.compile(
 _FEAT_TRANS_S1 = 1 << 9
 _FEAT_TRANS_S2 = 1 << 10
 _FEAT_NESTING = 1 << 19
+_EVT_RNW_BIT = 35  # EVTQ_1_RnW
 
 
 def smmu_event(fields: Fields, trace: list[str]) -> None:
@@ -25,6 +26,10 @@ def smmu_event(fields: Fields, trace: list[str]) -> None:
     if len(dwords) >= 3:
         fields["sid"] = hex(dwords[0] >> 32)
         fields["address"] = hex(dwords[2])
+        # Translation, address-size, access and permission faults: RnW is
+        # dword1 bit 35 (6.12 prints no decoded line to read it from).
+        if 0x10 <= int(str(fields["id"]), 16) <= 0x13:
+            fields["access"] = "read" if dwords[1] >> _EVT_RNW_BIT & 1 else "write"
     for line in trace:
         if m := _SMMU_DECODED.search(line):
             fields.update(

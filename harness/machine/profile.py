@@ -88,7 +88,7 @@ def _machine_args(spec: MachineSpec) -> list[str]:
         # Only honoured on virt <= 9.1; virt-10.0 always builds a nested SMMU.
         argv += ["-global", f"arm-smmuv3.stage={p.smmu_stage}"]
     if p.iommu == "virtio-iommu":
-        argv += ["-device", "virtio-iommu-pci"]
+        argv += ["-device", ",".join(["virtio-iommu-pci", *p.iommu_options])]
     if spec.scratch_disk is not None:
         argv += [
             "-drive",

@@ -8,7 +8,7 @@ import pytest
 
 from harness.cli import main
 from harness.config import Registry
-from harness.config.registry import load_scenario, load_target
+from harness.config.registry import load_profile, load_scenario, load_target
 from harness.errors import ConfigError
 from harness.logwatch.signatures import known_names
 
@@ -118,3 +118,19 @@ def test_a_typo_in_an_event_name_is_a_load_error_with_file_and_line(
     with pytest.raises(ConfigError) as err:
         load_scenario(path)
     assert str(err.value) == f"{path}:{line}: {message}"
+
+
+def test_iommu_options_on_an_smmu_profile_is_a_load_error_with_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "p.yaml"
+    bad.write_text("name: p\nmachine: virt\niommu: smmuv3\nfeatures: [iommu]\niommu_options: [granule=64k]\n")
+    with pytest.raises(ConfigError, match=r"p\.yaml:5: iommu_options: only for iommu: virtio-iommu"):
+        load_profile(bad)
+
+
+def test_an_iommu_option_must_be_a_property_assignment(tmp_path: Path) -> None:
+    bad = tmp_path / "p.yaml"
+    bad.write_text(
+        "name: p\nmachine: virt\niommu: virtio-iommu\nfeatures: [iommu]\niommu_options: [granule]\n"
+    )
+    with pytest.raises(ConfigError, match=r"p\.yaml:5: iommu_options\.0: 'granule' does not match"):
+        load_profile(bad)

@@ -86,8 +86,27 @@ def test_smmu_event_6_12_form_uses_dwords_only() -> None:
         "sid": "0x18",
         "address": "0x7000040",
         "name": "F_TRANSLATION",
+        "access": "write",  # dword1 bit 35 (RnW) clear
         "bdf": "0000:00:03.0",  # the StreamID is the requester ID
     }
+
+
+@pytest.mark.parametrize("form", ["7.3", "6.12"])
+def test_smmu_permission_fault_direction(data_dir: Path, form: str) -> None:
+    """Stage-2 permission faults captured on smmuv3-s2 (dma-permissions): a
+    write to a read-only mapping, then a read of a write-only one. The 6.12
+    form (no decoded lines) gets the direction from RnW in dword1."""
+    text = (data_dir / "7.3-smmuv3-s2-permission-faults.log").read_text()
+    if form == "6.12":
+        text = "\n".join(ln for ln in text.splitlines() if "event: " not in ln and "priv data" not in ln)
+    events = [e for e in parse_log(text) if e.signature == "smmuv3-event"]
+    assert [(e.fields["id"], e.fields["access"], e.fields["address"]) for e in events] == [
+        ("0x13", "write", "0x5000000"),
+        ("0x13", "write", "0x5000004"),
+        ("0x13", "read", "0x5200000"),
+        ("0x13", "read", "0x5200004"),
+    ]
+    assert {e.fields["name"] for e in events} == {"F_PERMISSION"}
 
 
 def test_virtio_iommu_faults(data_dir: Path) -> None:

@@ -46,10 +46,20 @@ def test_virtio_iommu_profile_has_no_smmu() -> None:
     assert "virtio-iommu-pci" in opt(argv, "-device")
 
 
+def test_virtio_iommu_options_are_device_properties() -> None:
+    assert "virtio-iommu-pci,granule=64k" in opt(qemu_argv(spec("virtio-iommu-64k")), "-device")
+    assert "virtio-iommu-pci,boot-bypass=off" in opt(qemu_argv(spec("virtio-iommu-no-bypass")), "-device")
+
+
+def test_iommu_mode_profiles_set_the_kernel_cmdline() -> None:
+    assert "iommu.strict=0" in opt(qemu_argv(spec("smmuv3-nested-lazy")), "-append")[0].split()
+    assert "iommu.passthrough=1" in opt(qemu_argv(spec("smmuv3-nested-passthrough")), "-append")[0].split()
+
+
 def test_every_virtio_pci_device_is_behind_the_iommu() -> None:
     for name in Registry().profile_names():
         for dev in opt(qemu_argv(spec(name)), "-device"):
-            if dev.startswith("virtio-") and dev != "virtio-iommu-pci":
+            if dev.startswith("virtio-") and dev.split(",")[0] != "virtio-iommu-pci":
                 assert "iommu_platform=on" in dev and "disable-legacy=on" in dev, (name, dev)
 
 
