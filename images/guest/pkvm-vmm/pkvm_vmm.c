@@ -1189,6 +1189,7 @@ static int cmd_pvm_rules(void)
 
 /* QEMU's edu PCI device: see common/edu.h. Here it is used without a
  * driver, through sysfs, so that its bus addresses are physical addresses. */
+
 /* The pVM data page holding the guest's secret (its FILL pattern). */
 #define SECRET_PAGE		0
 /* What the host puts in its bounce page (| word index): never the guest
