@@ -17,17 +17,14 @@
  *              the kernel refuses the vIOMMU, the tests SKIP naming the missing
  *              feature read from the ID registers.
  *
- * The edu plumbing (vfio-pci bind, VFIO cdev, BAR0 and DMA registers) is
- * copied and trimmed from images/guest/edu-dma/edu_dma.c.
+ * The edu and VFIO plumbing (vfio-pci bind, VFIO cdev, BAR0 and DMA
+ * registers) comes from common/edu.h and common/vfio.h.
  *
  * Exit code: 0 all tests ok (or skipped), 1 some test not ok, 2 bail out.
  */
 #define _GNU_SOURCE
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
-#include <limits.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -35,29 +32,13 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <time.h>
-#include <unistd.h>
-
-#include <linux/pci_regs.h>
 
 #include "args.h"
+#include "edu.h"
 #include "ktap.h"
 #include "pci.h"
+#include "vfio.h"
 #include "nest_uapi.h"
-
-#define EDU_VENDOR 0x1234
-#define EDU_DEVICE 0x11e8
-#define EDU_REG_DMA_SRC 0x80
-#define EDU_REG_DMA_DST 0x88
-#define EDU_REG_DMA_CNT 0x90
-#define EDU_REG_DMA_CMD 0x98
-#define EDU_REGS_END 0xa0
-#define EDU_DMA_RUN 0x1
-#define EDU_DMA_TO_RAM 0x2 /* device buffer -> RAM; clear: RAM -> buffer */
-#define EDU_BUF_ADDR 0x40000ull
-#define EDU_BUF_SIZE 4096u
-#define DMA_TIMEOUT_NS (5ull * 1000 * 1000 * 1000)
-#define DMA_POLL_NS (1000 * 1000)
 
 #define PAGE 4096ul
 
@@ -88,40 +69,14 @@ static struct {
 struct edu {
 	char bdf[32];
 	unsigned int sid;
-	int iommufd, device_fd;
-	uint32_t devid, ioas_id;
-	volatile uint8_t *bar0;
-	uint64_t bar0_offset, cfg_offset;
+	struct vfio_iommufd vf;
+	struct edu_bar bar;
 	struct iommu_hw_info_arm_smmuv3 info;
 	char err[256];
 };
 
 /* ------------------------------------------------------------------ */
 /* small utilities                                                     */
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static void sleep_ns(long ns)
-{
-	struct timespec ts = { .tv_sec = 0, .tv_nsec = ns };
-
-	nanosleep(&ts, NULL);
-}
-
-static inline void io_barrier(void)
-{
-#if defined(__aarch64__)
-	__asm__ __volatile__("dmb osh" ::: "memory");
-#else
-	__sync_synchronize();
-#endif
-}
 
 static uint64_t splitmix64(uint64_t *state)
 {
@@ -156,188 +111,38 @@ static void *page_alloc(size_t pages)
 }
 
 /* ------------------------------------------------------------------ */
-/* edu through VFIO + iommufd (from edu-dma)                           */
+/* edu through VFIO + iommufd                                          */
 
-static void bind_vfio_pci(struct edu *e)
-{
-	char path[PATH_MAX], drv[64];
-	int err;
-
-	pci_link_name(e->bdf, "driver", drv, sizeof(drv));
-	if (!strcmp(drv, "vfio-pci"))
-		return;
-	pci_dev_path(path, sizeof(path), e->bdf, "driver_override");
-	err = sysfs_write(path, "vfio-pci");
-	if (err)
-		ktap_bail("write %s: %s", path, strerror(-err));
-	if (drv[0]) {
-		pci_dev_path(path, sizeof(path), e->bdf, "driver/unbind");
-		err = sysfs_write(path, e->bdf);
-		if (err)
-			ktap_bail("unbind %s from %s: %s", e->bdf, drv, strerror(-err));
-	}
-	err = sysfs_write("/sys/bus/pci/drivers_probe", e->bdf);
-	if (err)
-		ktap_bail("probe %s with vfio-pci: %s", e->bdf, strerror(-err));
-	pci_link_name(e->bdf, "driver", drv, sizeof(drv));
-	if (strcmp(drv, "vfio-pci"))
-		ktap_bail("vfio-pci did not bind to %s (driver now '%s')", e->bdf, drv);
-}
-
-static int open_retry(const char *path, int flags)
-{
-	for (int i = 0; i < 100; i++) {
-		int fd = open(path, flags);
-
-		if (fd >= 0 || errno != ENOENT)
-			return fd;
-		sleep_ns(20 * 1000 * 1000);
-	}
-	return open(path, flags);
-}
-
-static void open_vfio_cdev(struct edu *e)
-{
-	char dir[PATH_MAX], path[PATH_MAX] = "";
-	struct dirent *de;
-	DIR *d;
-
-	pci_dev_path(dir, sizeof(dir), e->bdf, "vfio-dev");
-	d = opendir(dir);
-	if (!d)
-		ktap_bail("no VFIO cdev for %s (%s: %s; kernel without CONFIG_VFIO_DEVICE_CDEV?)",
-			  e->bdf, dir, strerror(errno));
-	while ((de = readdir(d)))
-		if (!strncmp(de->d_name, "vfio", 4))
-			snprintf(path, sizeof(path), "/dev/vfio/devices/%s", de->d_name);
-	closedir(d);
-	if (!path[0])
-		ktap_bail("no VFIO cdev for %s (%s is empty)", e->bdf, dir);
-	e->device_fd = open_retry(path, O_RDWR | O_CLOEXEC);
-	if (e->device_fd < 0)
-		ktap_bail("open %s: %s", path, strerror(errno));
-}
-
-static void region_info(struct edu *e, uint32_t index, struct vfio_region_info *ri)
-{
-	memset(ri, 0, sizeof(*ri));
-	ri->argsz = sizeof(*ri);
-	ri->index = index;
-	if (ioctl(e->device_fd, VFIO_DEVICE_GET_REGION_INFO, ri))
-		ktap_bail("VFIO_DEVICE_GET_REGION_INFO(%u): %s", index, strerror(errno));
-}
-
+/* BAR0 mmapped, bus mastering on: after an attach. */
 static void device_setup(struct edu *e)
 {
-	struct vfio_region_info bar, cfg;
-	uint16_t cmd;
-	void *p;
+	struct vfio_region_info bar;
 
-	region_info(e, VFIO_PCI_BAR0_REGION_INDEX, &bar);
-	region_info(e, VFIO_PCI_CONFIG_REGION_INDEX, &cfg);
-	if (bar.size < EDU_REGS_END || !(bar.flags & VFIO_REGION_INFO_FLAG_MMAP))
-		ktap_bail("BAR0: 0x%llx bytes, flags 0x%x (need an mmap-able BAR of the edu)",
-			  (unsigned long long)bar.size, bar.flags);
-	e->bar0_offset = bar.offset;
-	e->cfg_offset = cfg.offset;
-	p = mmap(NULL, bar.size, PROT_READ | PROT_WRITE, MAP_SHARED, e->device_fd, bar.offset);
-	if (p == MAP_FAILED)
-		ktap_bail("mmap BAR0: %s", strerror(errno));
-	e->bar0 = p;
-	/* vfio-pci leaves bus mastering to the user; without it QEMU drops DMA. */
-	if (pread(e->device_fd, &cmd, 2, e->cfg_offset + PCI_COMMAND) != 2)
-		ktap_bail("read PCI_COMMAND: %s", strerror(errno));
-	cmd |= PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER;
-	if (pwrite(e->device_fd, &cmd, 2, e->cfg_offset + PCI_COMMAND) != 2)
-		ktap_bail("write PCI_COMMAND: %s", strerror(errno));
+	e->bar.map = vfio_region_map(e->vf.device, VFIO_PCI_BAR0_REGION_INDEX, "BAR0",
+				     EDU_REGS_END, true, &bar);
+	e->bar.fd = e->vf.device;
+	e->bar.offset = bar.offset;
+	vfio_pci_set_master(e->vf.device);
 }
 
-static uint64_t mmio_read64(struct edu *e, uint32_t off)
+/* One edu DMA (see edu_dma()); 0, or -1 with e->err set. */
+static int dma(struct edu *e, bool to_ram, uint64_t ram, uint32_t count)
 {
-	return *(volatile uint64_t *)(e->bar0 + off);
-}
-
-static void mmio_write64(struct edu *e, uint32_t off, uint64_t v)
-{
-	*(volatile uint64_t *)(e->bar0 + off) = v;
-}
-
-static bool edu_wait_idle(struct edu *e)
-{
-	uint64_t deadline = now_ns() + DMA_TIMEOUT_NS;
-
-	while (mmio_read64(e, EDU_REG_DMA_CMD) & EDU_DMA_RUN) {
-		if (now_ns() > deadline)
-			return false;
-		sleep_ns(DMA_POLL_NS);
-	}
-	return true;
-}
-
-/* One DMA between bus address ram and the device buffer, waited for.
- * to_ram: the device writes memory; else it reads it. */
-static int edu_dma(struct edu *e, bool to_ram, uint64_t ram, uint32_t count)
-{
-	uint64_t src = to_ram ? EDU_BUF_ADDR : ram, dst = to_ram ? ram : EDU_BUF_ADDR;
-
-	if (!edu_wait_idle(e)) {
-		snprintf(e->err, sizeof(e->err), "edu still busy from an earlier DMA");
-		return -1;
-	}
-	io_barrier();
-	mmio_write64(e, EDU_REG_DMA_SRC, src);
-	mmio_write64(e, EDU_REG_DMA_DST, dst);
-	mmio_write64(e, EDU_REG_DMA_CNT, count);
-	mmio_write64(e, EDU_REG_DMA_CMD, EDU_DMA_RUN | (to_ram ? EDU_DMA_TO_RAM : 0));
-	if (!edu_wait_idle(e)) {
-		snprintf(e->err, sizeof(e->err), "DMA did not complete within %llu s",
-			 DMA_TIMEOUT_NS / 1000000000ull);
-		return -1;
-	}
-	io_barrier();
-	return 0;
+	if (!edu_dma(&e->bar, to_ram, ram, count, NULL))
+		return 0;
+	copy_str(e->err, sizeof(e->err), e->bar.err);
+	return -1;
 }
 
 /* iommufd bound, an IOAS allocated, nothing attached yet. */
 static void edu_open(struct edu *e)
 {
-	struct vfio_device_bind_iommufd bind = { .argsz = sizeof(bind) };
-	struct iommu_ioas_alloc alloc = { .size = sizeof(alloc) };
-	char found[64];
-
 	memset(e, 0, sizeof(*e));
-	e->iommufd = e->device_fd = -1;
-	if (!opt.bdf) {
-		if (!pci_find_lowest(EDU_VENDOR, EDU_DEVICE, found, sizeof(found)))
-			ktap_bail("no edu device (%04x:%04x) in " PCI_DEVICES_DIR, EDU_VENDOR,
-				  EDU_DEVICE);
-		opt.bdf = found;
-	}
-	if (!pci_parse_bdf(opt.bdf, e->bdf, sizeof(e->bdf), NULL, &e->sid))
-		ktap_bail("--bdf: bad BDF '%s'", opt.bdf);
-	if (!pci_is_device(e->bdf, EDU_VENDOR, EDU_DEVICE))
-		ktap_bail("%s is not an edu device (or does not exist)", e->bdf);
-	bind_vfio_pci(e);
-	e->iommufd = open("/dev/iommu", O_RDWR | O_CLOEXEC);
-	if (e->iommufd < 0)
-		ktap_bail("open /dev/iommu: %s", strerror(errno));
-	open_vfio_cdev(e);
-	bind.iommufd = e->iommufd;
-	if (ioctl(e->device_fd, VFIO_DEVICE_BIND_IOMMUFD, &bind))
-		ktap_bail("VFIO_DEVICE_BIND_IOMMUFD: %s", strerror(errno));
-	e->devid = bind.out_devid;
-	if (ioctl(e->iommufd, IOMMU_IOAS_ALLOC, &alloc))
-		ktap_bail("IOMMU_IOAS_ALLOC: %s", strerror(errno));
-	e->ioas_id = alloc.out_ioas_id;
+	edu_find(opt.bdf, e->bdf, sizeof(e->bdf), &e->sid);
+	vfio_bind_pci(e->bdf);
+	vfio_iommufd_open(e->bdf, &e->vf);
 	ktap_diag("bdf=%s", e->bdf);
 	ktap_diag("sid=0x%x", e->sid);
-}
-
-static int attach(struct edu *e, uint32_t pt_id)
-{
-	struct vfio_device_attach_iommufd_pt at = { .argsz = sizeof(at), .pt_id = pt_id };
-
-	return ioctl(e->device_fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &at);
 }
 
 static int ioas_map(struct edu *e, uint64_t iova, void *va, size_t len)
@@ -346,23 +151,23 @@ static int ioas_map(struct edu *e, uint64_t iova, void *va, size_t len)
 		.size = sizeof(m),
 		.flags = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE |
 			 IOMMU_IOAS_MAP_WRITEABLE,
-		.ioas_id = e->ioas_id,
+		.ioas_id = e->vf.ioas_id,
 		.user_va = (uintptr_t)va,
 		.length = len,
 		.iova = iova,
 	};
 
-	return ioctl(e->iommufd, IOMMU_IOAS_MAP, &m);
+	return ioctl(e->vf.iommufd, IOMMU_IOAS_MAP, &m);
 }
 
 /* 0, or -1 with e->err set (a short unmap counts as a failure). */
 static int ioas_unmap(struct edu *e, uint64_t iova, size_t len)
 {
 	struct iommu_ioas_unmap u = {
-		.size = sizeof(u), .ioas_id = e->ioas_id, .iova = iova, .length = len,
+		.size = sizeof(u), .ioas_id = e->vf.ioas_id, .iova = iova, .length = len,
 	};
 
-	if (ioctl(e->iommufd, IOMMU_IOAS_UNMAP, &u)) {
+	if (ioctl(e->vf.iommufd, IOMMU_IOAS_UNMAP, &u)) {
 		snprintf(e->err, sizeof(e->err), "IOMMU_IOAS_UNMAP: %s", strerror(errno));
 		return -1;
 	}
@@ -379,10 +184,10 @@ static int hw_info(struct edu *e, struct iommu_hw_info *hi)
 {
 	memset(hi, 0, sizeof(*hi));
 	hi->size = sizeof(*hi);
-	hi->dev_id = e->devid;
+	hi->dev_id = e->vf.devid;
 	hi->data_len = sizeof(e->info);
 	hi->data_uptr = (uintptr_t)&e->info;
-	return ioctl(e->iommufd, IOMMU_GET_HW_INFO, hi) ? errno : 0;
+	return ioctl(e->vf.iommufd, IOMMU_GET_HW_INFO, hi) ? errno : 0;
 }
 
 static void hw_info_or_bail(struct edu *e)
@@ -409,12 +214,12 @@ static int alloc_nest_parent(struct edu *e, uint32_t *hwpt_id)
 	struct iommu_hwpt_alloc a = {
 		.size = sizeof(a),
 		.flags = IOMMU_HWPT_ALLOC_NEST_PARENT,
-		.dev_id = e->devid,
-		.pt_id = e->ioas_id,
+		.dev_id = e->vf.devid,
+		.pt_id = e->vf.ioas_id,
 		.data_type = IOMMU_HWPT_DATA_NONE,
 	};
 
-	if (ioctl(e->iommufd, IOMMU_HWPT_ALLOC, &a))
+	if (ioctl(e->vf.iommufd, IOMMU_HWPT_ALLOC, &a))
 		return errno;
 	*hwpt_id = a.out_hwpt_id;
 	return 0;
@@ -526,7 +331,7 @@ static void cmd_s2_parent(struct edu *e)
 		return;
 	}
 	ktap_diag("nest_parent_hwpt=%u", hwpt);
-	if (attach(e, hwpt))
+	if (vfio_attach_pt(e->vf.device, hwpt))
 		ktap_bail("VFIO_DEVICE_ATTACH_IOMMUFD_PT(hwpt %u): %s", hwpt, strerror(errno));
 	device_setup(e);
 	if (ioas_map(e, S2_SRC_IOVA, src, PAGE) || ioas_map(e, S2_DST_IOVA, dst, PAGE))
@@ -538,8 +343,8 @@ static void cmd_s2_parent(struct edu *e)
 	memcpy(src, want, PAGE);
 	memcpy(dst, poison, PAGE);
 	why[0] = '\0';
-	ok = !edu_dma(e, false, S2_SRC_IOVA, EDU_BUF_SIZE) &&
-	     !edu_dma(e, true, S2_DST_IOVA, EDU_BUF_SIZE);
+	ok = !dma(e, false, S2_SRC_IOVA, EDU_BUF_SIZE) &&
+	     !dma(e, true, S2_DST_IOVA, EDU_BUF_SIZE);
 	if (!ok)
 		snprintf(why, sizeof(why), "%s", e->err);
 	else
@@ -560,7 +365,7 @@ static void cmd_s2_parent(struct edu *e)
 	}
 	ktap_diag("fault_iova=0x%llx", S2_DST_IOVA);
 	ktap_diag("fault_size=%u", FAULT_SIZE);
-	ok = !edu_dma(e, true, S2_DST_IOVA, FAULT_SIZE);
+	ok = !dma(e, true, S2_DST_IOVA, FAULT_SIZE);
 	if (!ok)
 		snprintf(why, sizeof(why), "%s", e->err);
 	else if (!same(dst, poison, PAGE, "unmapped page", why, sizeof(why))) {
@@ -633,7 +438,7 @@ static int invalidate_va(struct edu *e, struct guest *g, uint64_t va)
 		.entry_num = 1,
 	};
 
-	if (ioctl(e->iommufd, IOMMU_HWPT_INVALIDATE, &inv))
+	if (ioctl(e->vf.iommufd, IOMMU_HWPT_INVALIDATE, &inv))
 		return errno;
 	return inv.entry_num == 1 ? 0 : EIO;
 }
@@ -678,16 +483,16 @@ static void cmd_viommu(struct edu *e)
 	if (err)
 		ktap_bail("IOMMU_HWPT_ALLOC(NEST_PARENT): %s (the s2-parent step checks this)",
 			  strerror(err));
-	if (attach(e, g.parent))
+	if (vfio_attach_pt(e->vf.device, g.parent))
 		ktap_bail("VFIO_DEVICE_ATTACH_IOMMUFD_PT(parent %u): %s", g.parent, strerror(errno));
 
 	memset(&va, 0, sizeof(va));
 	va.size = sizeof(va);
 	va.type = IOMMU_VIOMMU_TYPE_ARM_SMMUV3;
-	va.dev_id = e->devid;
+	va.dev_id = e->vf.devid;
 	va.hwpt_id = g.parent;
 	ktap_diag("fwb=%d", !!(e->info.idr[3] & IDR3_FWB));
-	if (ioctl(e->iommufd, IOMMU_VIOMMU_ALLOC, &va)) {
+	if (ioctl(e->vf.iommufd, IOMMU_VIOMMU_ALLOC, &va)) {
 		err = errno;
 		ktap_diag("viommu_alloc=%s", strerror(err));
 		if (err == EOPNOTSUPP && !(e->info.idr[3] & IDR3_FWB)) {
@@ -722,7 +527,7 @@ static void cmd_viommu(struct edu *e)
 	memset(&vd, 0, sizeof(vd));
 	vd.size = sizeof(vd);
 	vd.viommu_id = g.viommu;
-	vd.dev_id = e->devid;
+	vd.dev_id = e->vf.devid;
 	vd.virt_id = e->sid; /* the vSID the guest would see */
 	memset(&vste, 0, sizeof(vste));
 	vste.ste[0] = STE0_V | (STE0_CFG_S1_TRANS << STE0_CFG_SHIFT) |
@@ -731,18 +536,18 @@ static void cmd_viommu(struct edu *e)
 		      (SH_ISH << STE1_S1CSH_SHIFT);
 	memset(&na, 0, sizeof(na));
 	na.size = sizeof(na);
-	na.dev_id = e->devid;
+	na.dev_id = e->vf.devid;
 	na.data_type = IOMMU_HWPT_DATA_ARM_SMMUV3;
 	na.data_len = sizeof(vste);
 	na.data_uptr = (uintptr_t)&vste;
 	why[0] = '\0';
-	if (ioctl(e->iommufd, IOMMU_VDEVICE_ALLOC, &vd))
+	if (ioctl(e->vf.iommufd, IOMMU_VDEVICE_ALLOC, &vd))
 		snprintf(why, sizeof(why), "IOMMU_VDEVICE_ALLOC: %s", strerror(errno));
-	else if ((na.pt_id = g.viommu), ioctl(e->iommufd, IOMMU_HWPT_ALLOC, &na))
+	else if ((na.pt_id = g.viommu), ioctl(e->vf.iommufd, IOMMU_HWPT_ALLOC, &na))
 		snprintf(why, sizeof(why), "IOMMU_HWPT_ALLOC(nested, vSTE 0x%llx 0x%llx): %s",
 			 (unsigned long long)vste.ste[0], (unsigned long long)vste.ste[1],
 			 strerror(errno));
-	else if (attach(e, na.out_hwpt_id))
+	else if (vfio_attach_pt(e->vf.device, na.out_hwpt_id))
 		snprintf(why, sizeof(why), "attach nested HWPT %u: %s", na.out_hwpt_id,
 			 strerror(errno));
 	ok = !why[0];
@@ -763,7 +568,7 @@ static void cmd_viommu(struct edu *e)
 	memcpy(g.ram + PG_A * PAGE, poison, PAGE);
 	memcpy(g.ram + PG_B * PAGE, poison, PAGE);
 	why[0] = '\0';
-	ok = !edu_dma(e, false, S1_VA_SRC, EDU_BUF_SIZE) && !edu_dma(e, true, S1_VA_DST, EDU_BUF_SIZE);
+	ok = !dma(e, false, S1_VA_SRC, EDU_BUF_SIZE) && !dma(e, true, S1_VA_DST, EDU_BUF_SIZE);
 	if (!ok)
 		snprintf(why, sizeof(why), "%s", e->err);
 	else
@@ -784,7 +589,7 @@ static void cmd_viommu(struct edu *e)
 	fill_pattern(want2, EDU_BUF_SIZE, 13);
 	memcpy(g.ram + PG_SRC * PAGE, want2, PAGE);
 	memcpy(g.ram + PG_A * PAGE, poison, PAGE);
-	if (!edu_dma(e, false, S1_VA_SRC, EDU_BUF_SIZE) && !edu_dma(e, true, S1_VA_DST, EDU_BUF_SIZE))
+	if (!dma(e, false, S1_VA_SRC, EDU_BUF_SIZE) && !dma(e, true, S1_VA_DST, EDU_BUF_SIZE))
 		stale = !memcmp(g.ram + PG_A * PAGE, want2, PAGE) ? "old-page" :
 			!memcmp(g.ram + PG_B * PAGE, want2, PAGE) ? "new-page" : "neither";
 	else
@@ -801,8 +606,8 @@ static void cmd_viommu(struct edu *e)
 		snprintf(why, sizeof(why), "IOMMU_HWPT_INVALIDATE(vIOMMU, TLBI_NH_VA): %s",
 			 strerror(err));
 		ok = false;
-	} else if (edu_dma(e, false, S1_VA_SRC, EDU_BUF_SIZE) ||
-		   edu_dma(e, true, S1_VA_DST, EDU_BUF_SIZE)) {
+	} else if (dma(e, false, S1_VA_SRC, EDU_BUF_SIZE) ||
+		   dma(e, true, S1_VA_DST, EDU_BUF_SIZE)) {
 		snprintf(why, sizeof(why), "%s", e->err);
 		ok = false;
 	} else {

@@ -1,10 +1,8 @@
-/* The uapi that iommufd-nest needs and that the cross toolchain's libc
- * headers lack (they have no <linux/iommufd.h> and predate the VFIO device
- * cdev). Copied from Linux 7.3 include/uapi/linux/iommufd.h and vfio.h,
- * trimmed to what is used here. The VFIO cdev part and IOAS structures are the
- * same as images/guest/edu-dma/uapi_compat.h (copied, not included, so that
- * each helper owns its header); every block is guarded so a newer libc header
- * wins.
+/* The uapi that iommufd-nest needs beyond common/vfio_uapi.h (VFIO cdev and
+ * IOAS calls) and that the cross toolchain's libc headers lack (they have no
+ * <linux/iommufd.h>): HW info, HWPT, vIOMMU and vDEVICE. Copied from Linux
+ * 7.3 include/uapi/linux/iommufd.h, trimmed to what is used here; guarded so
+ * a newer libc header wins.
  *
  * Also the SMMUv3 register, STE, CD and command fields that a VMM writes, from
  * the SMMUv3 architecture (the values match 7.3's arm-smmu-v3.h).
@@ -14,68 +12,11 @@
 
 #include <linux/ioctl.h>
 #include <linux/types.h>
-#include <linux/vfio.h>
 
-/* ---- vfio.h: device cdev (VFIO_DEVICE_CDEV) ---- */
-#ifndef VFIO_DEVICE_BIND_IOMMUFD
-struct vfio_device_bind_iommufd {
-	__u32 argsz;
-	__u32 flags;
-	__s32 iommufd;
-	__u32 out_devid;
-};
-#define VFIO_DEVICE_BIND_IOMMUFD _IO(VFIO_TYPE, VFIO_BASE + 18)
-#endif
+#include "vfio_uapi.h"
 
-#ifndef VFIO_DEVICE_ATTACH_IOMMUFD_PT
-struct vfio_device_attach_iommufd_pt {
-	__u32 argsz;
-	__u32 flags;
-	__u32 pt_id;
-};
-#define VFIO_DEVICE_ATTACH_IOMMUFD_PT _IO(VFIO_TYPE, VFIO_BASE + 19)
-#endif
-
-/* ---- iommufd.h ---- */
-#ifndef IOMMUFD_TYPE
-#define IOMMUFD_TYPE (';')
-
-struct iommu_destroy {
-	__u32 size;
-	__u32 id;
-};
-#define IOMMU_DESTROY _IO(IOMMUFD_TYPE, 0x80)
-
-struct iommu_ioas_alloc {
-	__u32 size;
-	__u32 flags;
-	__u32 out_ioas_id;
-};
-#define IOMMU_IOAS_ALLOC _IO(IOMMUFD_TYPE, 0x81)
-
-#define IOMMU_IOAS_MAP_FIXED_IOVA (1 << 0)
-#define IOMMU_IOAS_MAP_WRITEABLE (1 << 1)
-#define IOMMU_IOAS_MAP_READABLE (1 << 2)
-
-struct iommu_ioas_map {
-	__u32 size;
-	__u32 flags;
-	__u32 ioas_id;
-	__u32 __reserved;
-	__aligned_u64 user_va;
-	__aligned_u64 length;
-	__aligned_u64 iova;
-};
-#define IOMMU_IOAS_MAP _IO(IOMMUFD_TYPE, 0x85)
-
-struct iommu_ioas_unmap {
-	__u32 size;
-	__u32 ioas_id;
-	__aligned_u64 iova;
-	__aligned_u64 length;
-};
-#define IOMMU_IOAS_UNMAP _IO(IOMMUFD_TYPE, 0x86)
-
+/* ---- iommufd.h, beyond the IOAS ---- */
+#ifndef IOMMU_HWPT_ALLOC
 #define IOMMU_HWPT_ALLOC_NEST_PARENT (1 << 0)
 #define IOMMU_HWPT_DATA_NONE 0
 #define IOMMU_HWPT_DATA_ARM_SMMUV3 2
@@ -162,7 +103,7 @@ struct iommu_vdevice_alloc {
 	__aligned_u64 virt_id;
 };
 #define IOMMU_VDEVICE_ALLOC _IO(IOMMUFD_TYPE, 0x91)
-#endif /* IOMMUFD_TYPE */
+#endif /* IOMMU_HWPT_ALLOC */
 
 /* ---- SMMUv3 architecture (values as in 7.3 arm-smmu-v3.h) ---- */
 #define IDR0_S2P (1u << 0)

@@ -37,8 +37,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "edu.h"
 #include "ktap.h"
 #include "pci.h"
+#include "vfio.h"
 #include "vmm_protocol.h"
 
 #ifndef PAYLOAD_BIN
@@ -1185,26 +1187,8 @@ static int cmd_pvm_rules(void)
 
 /* pvm-dma-isolation ----------------------------------------------------- */
 
-/* QEMU's edu PCI device (hw/misc/edu.c): BAR0 holds the registers, the
- * device owns a 4 KiB buffer at device address 0x40000, and a DMA copies
- * between that buffer and a bus address ~100 ms after it is started. A DMA
- * that an IOMMU blocks still "completes": the only evidence is the data. */
-#define EDU_VENDOR		0x1234
-#define EDU_DEVICE		0x11e8
-#define EDU_ID			0x010000edU
-#define EDU_BAR0_SIZE		(1UL << 20)
-#define EDU_REG_ID		0x00
-#define EDU_REG_DMA_SRC		0x80
-#define EDU_REG_DMA_DST		0x88
-#define EDU_REG_DMA_CNT		0x90
-#define EDU_REG_DMA_CMD		0x98
-#define EDU_DMA_RUN		0x1
-#define EDU_DMA_TO_RAM		0x2	/* device buffer -> RAM; clear: RAM -> buffer */
-/* Command bit 2 (interrupt on completion) is never set: nothing handles
- * the interrupt, completion is polled. */
-#define EDU_BUF_ADDR		0x40000ULL
-#define EDU_BUF_SIZE		4096L
-#define EDU_DMA_TIMEOUT_MS	5000
+/* QEMU's edu PCI device: see common/edu.h. Here it is used without a
+ * driver, through sysfs, so that its bus addresses are physical addresses. */
 
 /* The pVM data page holding the guest's secret (its FILL pattern). */
 #define SECRET_PAGE		0
@@ -1220,7 +1204,7 @@ struct edu {
 	char type_before[32];	/* type to restore, "" if we did not change it */
 	bool enabled_by_us;	/* we wrote enable=1, so write 0 when done */
 	bool master_set;	/* we set bus master */
-	volatile uint8_t *bar0;
+	struct edu_bar bar;	/* resource0 mmapped */
 };
 
 /* One device per run; global so that a bail out (exit) can restore it. */
@@ -1231,30 +1215,6 @@ struct bounce {
 	uint64_t *va;
 	uint64_t pa;
 };
-
-/* Order CPU accesses to DMA buffers against the MMIO accesses that start
- * a DMA or observe its end (what writel()/readl() barriers do). */
-static inline void io_barrier(void)
-{
-	__asm__ __volatile__("dmb osh" ::: "memory");
-}
-
-/* The requested edu, or the lowest-numbered one so the choice is stable. */
-static void edu_find(struct edu *e, const char *want)
-{
-	if (want) {
-		if (!pci_is_device(want, EDU_VENDOR, EDU_DEVICE))
-			ktap_bail("--bdf %s: no edu device (%04x:%04x) there in /sys/bus/pci/devices",
-			     want, EDU_VENDOR, EDU_DEVICE);
-		copy_str(e->bdf, sizeof(e->bdf), want);
-		return;
-	}
-	if (pci_find_lowest(EDU_VENDOR, EDU_DEVICE, e->bdf, sizeof(e->bdf)))
-		return;
-	if (errno)
-		ktap_bail("cannot list /sys/bus/pci/devices: %s", strerror(errno));
-	ktap_bail("no edu device (%04x:%04x) in /sys/bus/pci/devices", EDU_VENDOR, EDU_DEVICE);
-}
 
 /* A bound driver owns the device's DMA (and blocks a change of the group's
  * domain type); driver_override would hand it to a driver at the next
@@ -1366,8 +1326,8 @@ static void edu_map_bar(struct edu *e)
 	close(fd);
 	if (p == MAP_FAILED)
 		ktap_bail("mmap %s: %s", path, strerror(errno));
-	e->bar0 = p;
-	id = *(volatile uint32_t *)(e->bar0 + EDU_REG_ID);
+	e->bar.map = p;
+	id = edu_read32(&e->bar, EDU_REG_ID);
 	if (id != EDU_ID)
 		ktap_bail("edu %s: id register 0x%08x, expected 0x%08x", e->bdf, id, EDU_ID);
 }
@@ -1378,9 +1338,9 @@ static void edu_restore(struct edu *e)
 {
 	char path[PATH_MAX];
 
-	if (e->bar0)
-		munmap((void *)e->bar0, EDU_BAR0_SIZE);
-	e->bar0 = NULL;
+	if (e->bar.map)
+		munmap((void *)e->bar.map, EDU_BAR0_SIZE);
+	e->bar.map = NULL;
 	if (e->master_set)
 		edu_command(e, 0, PCI_COMMAND_MASTER);
 	e->master_set = false;
@@ -1401,7 +1361,7 @@ static void edu_restore_at_exit(void)
 
 static void edu_prepare(struct edu *e, const char *bdf)
 {
-	edu_find(e, bdf);
+	edu_find(bdf, e->bdf, sizeof(e->bdf), NULL);
 	ktap_diag("edu_bdf=%s", e->bdf);
 	atexit(edu_restore_at_exit);
 	edu_unbind(e);
@@ -1410,56 +1370,20 @@ static void edu_prepare(struct edu *e, const char *bdf)
 	edu_map_bar(e);
 }
 
-static uint64_t edu_read(struct edu *e, unsigned int reg)
+/* One edu_dma() between RAM at physical address pa and the device buffer;
+ * a device that does not complete it leaves nothing to test. */
+static void edu_xfer(struct edu *e, bool to_ram, uint64_t pa, size_t count)
 {
-	return *(volatile uint64_t *)(e->bar0 + reg);
-}
-
-/* The DMA registers are 64-bit: one 8-byte access each (edu ignores a
- * write to their upper half alone). */
-static void edu_write(struct edu *e, unsigned int reg, uint64_t val)
-{
-	*(volatile uint64_t *)(e->bar0 + reg) = val;
-}
-
-static void edu_wait_idle(struct edu *e, const char *what)
-{
-	double deadline = now_ms() + EDU_DMA_TIMEOUT_MS;
-
-	while (edu_read(e, EDU_REG_DMA_CMD) & EDU_DMA_RUN) {
-		if (now_ms() > deadline)
-			ktap_bail("edu DMA (%s) did not complete within %d ms", what,
-			     EDU_DMA_TIMEOUT_MS);
-		usleep(1000);
-	}
-}
-
-/* One DMA between RAM at physical address pa and the device buffer,
- * waited for. to_ram: device buffer -> RAM; else RAM -> device buffer. */
-static void edu_dma(struct edu *e, bool to_ram, uint64_t pa, size_t count)
-{
-	uint64_t src = to_ram ? EDU_BUF_ADDR : pa;
-	uint64_t dst = to_ram ? pa : EDU_BUF_ADDR;
-
-	/* Register writes are ignored while a DMA runs. */
-	edu_wait_idle(e, "an earlier one");
-	io_barrier();	/* buffer contents visible before the device reads them */
-	edu_write(e, EDU_REG_DMA_SRC, src);
-	edu_write(e, EDU_REG_DMA_DST, dst);
-	edu_write(e, EDU_REG_DMA_CNT, count);
-	if (edu_read(e, EDU_REG_DMA_SRC) != src || edu_read(e, EDU_REG_DMA_DST) != dst ||
-	    edu_read(e, EDU_REG_DMA_CNT) != count)
-		ktap_bail("edu DMA registers did not take the programmed values");
-	edu_write(e, EDU_REG_DMA_CMD, EDU_DMA_RUN | (to_ram ? EDU_DMA_TO_RAM : 0));
-	edu_wait_idle(e, to_ram ? "buffer to RAM" : "RAM to buffer");
-	io_barrier();	/* the device's writes before the CPU reads them */
+	if (edu_dma(&e->bar, to_ram, pa, (uint32_t)count, NULL))
+		ktap_bail("edu DMA (%s): %s", to_ram ? "buffer to RAM" : "RAM to buffer",
+			  e->bar.err);
 }
 
 /* edu has no RAM-to-RAM DMA: copy through its buffer. */
 static void edu_copy(struct edu *e, uint64_t src_pa, uint64_t dst_pa, size_t count)
 {
-	edu_dma(e, false, src_pa, count);
-	edu_dma(e, true, dst_pa, count);
+	edu_xfer(e, false, src_pa, count);
+	edu_xfer(e, true, dst_pa, count);
 }
 
 /* mlock keeps the page resident at one PA while the device uses it. */
@@ -1501,9 +1425,9 @@ static bool bounce_holds(const struct bounce *b, uint64_t base, size_t count)
 static void dma_control(struct edu *e, struct bounce *h, size_t count)
 {
 	bounce_fill(h, BOUNCE_FILLER);
-	edu_dma(e, false, h->pa, count);
+	edu_xfer(e, false, h->pa, count);
 	memset(h->va, 0, page_size);
-	edu_dma(e, true, h->pa, count);
+	edu_xfer(e, true, h->pa, count);
 	ktap_diag("host_dma_control=%s",
 		  bounce_holds(h, BOUNCE_FILLER, count) ? "works" : "blocked");
 }
@@ -1618,7 +1542,6 @@ out:
 #endif
 #define PFNMAP_SLOT		1
 #define PFNMAP_IPA		0x40000000ULL	/* above the MMIO protocol addresses */
-#define EDU_REG_LIVENESS	0x04		/* reads back ~(last value written) */
 #define LIVENESS_VALUE		0x5a5aa5a5U
 #define CACHEABLE_DEV		"/dev/test_cacheable_pfnmap"
 #define CACHEABLE_PAGES		4		/* what the driver maps at most */
@@ -1664,84 +1587,31 @@ static int ctr_el0_dic(void)
 	return (ctr >> 29) & 1;
 }
 
-/* The edu's BAR0 mmapped through vfio-pci (VFIO group/container API, the
- * steps of ../edu-dma/edu_dma.c's bind_vfio_pci() and type1_setup(), cut
- * down: no DMA, so no mappings and no bus mastering). */
+/* The edu's BAR0 mmapped through vfio-pci (VFIO group/container API, from
+ * common/vfio.h; no DMA, so no mappings and no bus mastering). */
 struct vfio_bar {
-	int container, group, device;
+	struct vfio_type1 t;
 	void *map;
 	size_t size;
 };
 
-static void vfio_bind(const char *bdf)
-{
-	char path[PATH_MAX], drv[64];
-	int rc;
-
-	pci_link_name(bdf, "driver", drv, sizeof(drv));
-	ktap_diag("edu_driver_before=%s", drv[0] ? drv : "none");
-	if (!strcmp(drv, "vfio-pci"))
-		return;
-	if (access("/sys/bus/pci/drivers/vfio-pci", F_OK))
-		ktap_bail("vfio-pci driver not available: %s", strerror(errno));
-	rc = sysfs_write(pci_dev_path(path, sizeof(path), bdf, "driver_override"), "vfio-pci");
-	if (rc)
-		ktap_bail("write %s: %s", path, strerror(-rc));
-	if (drv[0]) {
-		rc = sysfs_write(pci_dev_path(path, sizeof(path), bdf, "driver/unbind"), bdf);
-		if (rc)
-			ktap_bail("unbind %s from %s: %s", bdf, drv, strerror(-rc));
-	}
-	rc = sysfs_write("/sys/bus/pci/drivers_probe", bdf);
-	if (rc)
-		ktap_bail("probe %s with vfio-pci: %s", bdf, strerror(-rc));
-	pci_link_name(bdf, "driver", drv, sizeof(drv));
-	if (strcmp(drv, "vfio-pci"))
-		ktap_bail("vfio-pci did not bind to %s (driver now '%s')", bdf, drv);
-}
-
 static void vfio_map_bar0(struct vfio_bar *b)
 {
-	struct vfio_group_status status = { .argsz = sizeof(status) };
-	struct vfio_region_info bar = { .argsz = sizeof(bar), .index = VFIO_PCI_BAR0_REGION_INDEX };
-	char bdf[32], group[32], path[64];
+	struct vfio_region_info bar;
+	char bdf[32], drv[64];
+	int group;
 
-	if (!pci_find_lowest(EDU_VENDOR, EDU_DEVICE, bdf, sizeof(bdf)))
-		ktap_bail("no edu device (%04x:%04x) in /sys/bus/pci/devices", EDU_VENDOR, EDU_DEVICE);
+	edu_find(NULL, bdf, sizeof(bdf), NULL);
 	ktap_diag("edu_bdf=%s", bdf);
-	vfio_bind(bdf);
-	if (!pci_link_name(bdf, "iommu_group", group, sizeof(group)))
-		ktap_bail("no IOMMU group for %s", bdf);
-	ktap_diag("iommu_group=%s", group);
-
-	b->container = open("/dev/vfio/vfio", O_RDWR | O_CLOEXEC);
-	if (b->container < 0)
-		ktap_bail("open /dev/vfio/vfio: %s", strerror(errno));
-	snprintf(path, sizeof(path), "/dev/vfio/%s", group);
-	for (int i = 0; i < 100 && (b->group = open(path, O_RDWR | O_CLOEXEC)) < 0 && errno == ENOENT; i++)
-		usleep(10000);	/* devtmpfs creates the node after the bind */
-	if (b->group < 0)
-		ktap_bail("open %s: %s", path, strerror(errno));
-	if (ioctl(b->group, VFIO_GROUP_GET_STATUS, &status))
-		ktap_bail("VFIO_GROUP_GET_STATUS: %s", strerror(errno));
-	if (!(status.flags & VFIO_GROUP_FLAGS_VIABLE))
-		ktap_bail("IOMMU group %s not viable", group);
-	if (ioctl(b->group, VFIO_GROUP_SET_CONTAINER, &b->container))
-		ktap_bail("VFIO_GROUP_SET_CONTAINER: %s", strerror(errno));
-	if (ioctl(b->container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU))
-		ktap_bail("VFIO_SET_IOMMU(TYPE1v2): %s", strerror(errno));
-	b->device = ioctl(b->group, VFIO_GROUP_GET_DEVICE_FD, bdf);
-	if (b->device < 0)
-		ktap_bail("VFIO_GROUP_GET_DEVICE_FD(%s): %s", bdf, strerror(errno));
-	if (ioctl(b->device, VFIO_DEVICE_GET_REGION_INFO, &bar))
-		ktap_bail("VFIO_DEVICE_GET_REGION_INFO(BAR0): %s", strerror(errno));
-	if (!(bar.flags & VFIO_REGION_INFO_FLAG_MMAP) || bar.size < (uint64_t)page_size)
-		ktap_bail("BAR0 not mmappable (flags 0x%x, size 0x%llx)", bar.flags,
-			  (unsigned long long)bar.size);
+	pci_link_name(bdf, "driver", drv, sizeof(drv));
+	ktap_diag("edu_driver_before=%s", drv[0] ? drv : "none");
+	vfio_bind_pci(bdf);
+	group = vfio_iommu_group(bdf);
+	ktap_diag("iommu_group=%d", group);
+	vfio_type1_open(bdf, group, &b->t);
+	b->map = vfio_region_map(b->t.device, VFIO_PCI_BAR0_REGION_INDEX, "BAR0",
+				 (uint64_t)page_size, true, &bar);
 	b->size = bar.size;
-	b->map = mmap(NULL, b->size, PROT_READ | PROT_WRITE, MAP_SHARED, b->device, bar.offset);
-	if (b->map == MAP_FAILED)
-		ktap_bail("mmap BAR0: %s", strerror(errno));
 	ktap_diag("bar0_size=0x%zx", b->size);
 	ktap_diag("host_edu_id=0x%08x", *(volatile uint32_t *)b->map);
 }
@@ -1749,9 +1619,7 @@ static void vfio_map_bar0(struct vfio_bar *b)
 static void vfio_unmap_bar0(struct vfio_bar *b)
 {
 	munmap(b->map, b->size);
-	close(b->device);
-	close(b->group);
-	close(b->container);
+	vfio_type1_close(&b->t);
 }
 
 /* Run one LOAD32/STORE32 on vCPU 0: the command word, then its arguments
