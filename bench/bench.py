@@ -223,6 +223,19 @@ def lava_vs_direct(target: str, profile: str) -> None:
     print(f"{'same verdicts via LAVA and direct':<38} {verdicts[0] == verdicts[1]!s:>10}")
 
 
+def boot_medians(args: argparse.Namespace) -> None:
+    build_times(args.target, args.cold)
+    artifacts = pipeline.build_all(Registry().target(args.target))
+    launch, marker, ssh, rtt = harness_boots(artifacts, args.profile, args.boots, args.round_trips)
+    line("boot: cont -> readiness marker", marker, "s", 2.0)
+    line("boot: QEMU launch -> marker (harness)", launch, "s")  # QMP attach + cont included
+    line("ssh ready after the marker", ssh, "s", 0.5)
+    line("serial command round trip", rtt * 1000, "ms", 50)
+    bare = bare_boots(artifacts, args.profile, args.boots)
+    line("boot: bare qemu + pexpect -> marker", bare, "s")
+    line("ratio harness / bare", launch / bare, "x", 1.10)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--target", default="mainline-7.3")
@@ -235,6 +248,9 @@ def main() -> int:
     ap.add_argument("--series", action="store_true", help="also time series check and bisect")
     ap.add_argument("--lava", action="store_true", help="also time the cell under lava-run vs direct")
     ap.add_argument("--only-lava", action="store_true", help="only the LAVA comparison (no boot medians)")
+    ap.add_argument(
+        "--no-boots", action="store_true", help="skip the build and boot medians"
+    )
     args = ap.parse_args()
 
     qemu = subprocess.run(["qemu-system-aarch64", "--version"], capture_output=True, text=True)
@@ -245,16 +261,8 @@ def main() -> int:
     if args.only_lava:  # the LAVA figures alone (no boot medians)
         lava_vs_direct(args.target, args.profile)
         return 0
-    build_times(args.target, args.cold)
-    artifacts = pipeline.build_all(Registry().target(args.target))
-    launch, marker, ssh, rtt = harness_boots(artifacts, args.profile, args.boots, args.round_trips)
-    line("boot: cont -> readiness marker", marker, "s", 2.0)
-    line("boot: QEMU launch -> marker (harness)", launch, "s")  # QMP attach + cont included
-    line("ssh ready after the marker", ssh, "s", 0.5)
-    line("serial command round trip", rtt * 1000, "ms", 50)
-    bare = bare_boots(artifacts, args.profile, args.boots)
-    line("boot: bare qemu + pexpect -> marker", bare, "s")
-    line("ratio harness / bare", launch / bare, "x", 1.10)
+    if not args.no_boots:
+        boot_medians(args)
     if args.matrix:
         matrix_ratio(args.matrix)
     if args.faults:
