@@ -71,8 +71,17 @@ def test_a_binary_past_its_timeout_is_killed_and_fails_and_the_run_goes_on(tmp_p
 
 
 # A configuration of its own (FAULT_INJECTION for CONFIG_IOMMUFD_TEST): a
-# cold build, so only in `make test-full`.
+# cold build, so only in `make test-full`. Measured once (a 43-min build):
+# 44 of 247 cases fail (tests/data/kselftest/iommufd-7.3-selftests-target.log).
+# Not listed as known failures until characterised: strict, so it cannot
+# stay expected-to-fail once they pass.
 @pytest.mark.cold
+@pytest.mark.xfail(
+    strict=True,
+    reason="44 of 247 iommufd cases fail on 7.3 with this config: the hugepage variants"
+    " (mmap MAP_HUGETLB fails: no HUGETLBFS/THP in the minimal config), dmabuf map_file,"
+    " area_auto_iova, reserved_overflow, pasid_attach; not yet characterised",
+)
 @pytest.mark.usefixtures("no_leaked_qemu")
 def test_kselftest_iommufd_on_the_selftests_target(tmp_path: Path) -> None:
     run = run_scenarios(tmp_path, "mainline-7.3-selftests", ["smmuv3-nested"], ["kselftest-iommufd"])
