@@ -54,8 +54,14 @@ static inline void vfio_bind_pci(const char *bdf)
 		ktap_bail("probe %s with vfio-pci: %s", bdf, strerror(-err));
 
 	pci_link_name(bdf, "driver", drv, sizeof(drv));
-	if (strcmp(drv, "vfio-pci"))
-		ktap_bail("vfio-pci did not bind to %s (driver now '%s')", bdf, drv);
+	if (strcmp(drv, "vfio-pci")) {
+		char group[32];
+
+		/* vfio-pci refuses a device that no IOMMU translates. */
+		ktap_bail("vfio-pci did not bind to %s (driver now '%s'%s)", bdf, drv,
+			  pci_link_name(bdf, "iommu_group", group, sizeof(group)) ?
+				  "" : "; no IOMMU group");
+	}
 }
 
 /* The device's IOMMU group number. */

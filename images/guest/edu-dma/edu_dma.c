@@ -12,7 +12,6 @@
  * Exit code: 0 all tests ok, 1 some test not ok, 2 bail out (environment).
  */
 #define _GNU_SOURCE
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -33,34 +32,10 @@
 #include <linux/vfio.h>
 
 #include "args.h"
+#include "edu.h"
 #include "ktap.h"
 #include "pci.h"
-#include "uapi_compat.h"
-
-/* ------------------------------------------------------------------ */
-/* edu device                                                          */
-
-#define EDU_VENDOR 0x1234
-#define EDU_DEVICE 0x11e8
-#define EDU_ID 0x010000edu
-
-#define EDU_REG_ID 0x00
-#define EDU_REG_LIVENESS 0x04 /* reads back ~value written */
-#define EDU_REG_DMA_SRC 0x80
-#define EDU_REG_DMA_DST 0x88
-#define EDU_REG_DMA_CNT 0x90
-#define EDU_REG_DMA_CMD 0x98
-#define EDU_REGS_END 0xa0
-
-#define EDU_DMA_RUN 0x1
-#define EDU_DMA_TO_RAM 0x2 /* device buffer -> RAM; clear: RAM -> buffer */
-/* bit 2 (irq on completion) is never set: completion is polled. */
-
-#define EDU_BUF_ADDR 0x40000ull
-#define EDU_BUF_SIZE 4096u
-
-#define DMA_TIMEOUT_NS (5ull * 1000 * 1000 * 1000)
-#define DMA_POLL_NS (1000 * 1000)
+#include "vfio.h"
 
 /* ------------------------------------------------------------------ */
 /* options                                                             */
@@ -116,8 +91,8 @@ struct edu {
 	uint32_t ioas_id, devid;
 	int device_fd;
 
-	volatile uint8_t *bar0; /* NULL: access BAR0 with pread/pwrite */
-	uint64_t bar0_size, bar0_offset, cfg_offset;
+	struct edu_bar bar; /* BAR0; bar.map NULL: pread/pwrite on device_fd */
+	uint64_t bar0_size;
 
 	struct iova_range ranges[MAX_RANGES];
 	int nr_ranges;
@@ -150,32 +125,6 @@ static __attribute__((format(printf, 2, 3))) void set_err(struct edu *e, const c
 	va_start(ap, fmt);
 	vsnprintf(e->err, sizeof(e->err), fmt, ap);
 	va_end(ap);
-}
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static void sleep_ns(long ns)
-{
-	struct timespec ts = { .tv_sec = 0, .tv_nsec = ns };
-
-	nanosleep(&ts, NULL);
-}
-
-/* Orders CPU accesses to DMA buffers against the MMIO accesses that start a
- * DMA or observe its completion (what writel()/readl() barriers do). */
-static inline void io_barrier(void)
-{
-#if defined(__aarch64__)
-	__asm__ __volatile__("dmb osh" ::: "memory");
-#else
-	__sync_synchronize();
-#endif
 }
 
 static uint64_t align_down(uint64_t v, uint64_t a)
@@ -267,91 +216,6 @@ static bool all_bytes(const uint8_t *buf, size_t len, uint8_t v)
 		if (buf[i] != v)
 			return false;
 	return true;
-}
-
-/* ------------------------------------------------------------------ */
-/* sysfs                                                               */
-
-/* Lowest-numbered edu function, so the choice is stable across runs. */
-static void find_edu(char *bdf, size_t len)
-{
-	if (pci_find_lowest(EDU_VENDOR, EDU_DEVICE, bdf, len))
-		return;
-	if (errno)
-		ktap_bail("cannot list /sys/bus/pci/devices: %s", strerror(errno));
-	ktap_bail("no edu device (%04x:%04x) found in /sys/bus/pci/devices", EDU_VENDOR,
-	     EDU_DEVICE);
-}
-
-/* Accepts "dddd:bb:dd.f" or "bb:dd.f"; fills the canonical form and the SID. */
-static void parse_bdf(struct edu *e, const char *in)
-{
-	if (!pci_parse_bdf(in, e->bdf, sizeof(e->bdf), NULL, &e->sid))
-		ktap_bail("bad BDF '%s'", in);
-}
-
-static void read_iommu_group(struct edu *e)
-{
-	char path[PATH_MAX], group[32];
-	int err;
-
-	if (!pci_link_name(e->bdf, "iommu_group", group, sizeof(group))) {
-		err = errno;
-		ktap_bail("no IOMMU group for %s (%s: %s)", e->bdf,
-		     pci_dev_path(path, sizeof(path), e->bdf, "iommu_group"), strerror(err));
-	}
-	e->group = atoi(group);
-}
-
-/* Hand the device to vfio-pci via driver_override (idempotent). */
-static void bind_vfio_pci(struct edu *e)
-{
-	char path[PATH_MAX], drv[64];
-	int err;
-
-	pci_link_name(e->bdf, "driver", drv, sizeof(drv));
-	if (!strcmp(drv, "vfio-pci"))
-		return;
-	if (access("/sys/bus/pci/drivers/vfio-pci", F_OK))
-		ktap_bail("vfio-pci driver not available (/sys/bus/pci/drivers/vfio-pci: %s)",
-		     strerror(errno));
-
-	pci_dev_path(path, sizeof(path), e->bdf, "driver_override");
-	err = sysfs_write(path, "vfio-pci");
-	if (err)
-		ktap_bail("write %s: %s", path, strerror(-err));
-	if (drv[0]) {
-		pci_dev_path(path, sizeof(path), e->bdf, "driver/unbind");
-		err = sysfs_write(path, e->bdf);
-		if (err)
-			ktap_bail("unbind %s from %s: %s", e->bdf, drv, strerror(-err));
-	}
-	err = sysfs_write("/sys/bus/pci/drivers_probe", e->bdf);
-	if (err)
-		ktap_bail("probe %s with vfio-pci: %s", e->bdf, strerror(-err));
-
-	pci_link_name(e->bdf, "driver", drv, sizeof(drv));
-	if (strcmp(drv, "vfio-pci")) {
-		char group[32];
-
-		/* vfio-pci refuses a device that no IOMMU translates. */
-		ktap_bail("vfio-pci did not bind to %s (driver now '%s'%s)", e->bdf, drv,
-			  pci_link_name(e->bdf, "iommu_group", group, sizeof(group)) ?
-				  "" : "; no IOMMU group");
-	}
-}
-
-/* Device nodes appear asynchronously after a bind; give devtmpfs a moment. */
-static int open_retry(const char *path, int flags)
-{
-	for (int i = 0; i < 100; i++) {
-		int fd = open(path, flags);
-
-		if (fd >= 0 || errno != ENOENT)
-			return fd;
-		sleep_ns(20 * 1000 * 1000);
-	}
-	return open(path, flags);
 }
 
 /* ------------------------------------------------------------------ */
@@ -465,60 +329,17 @@ static void type1_query_iova(struct edu *e)
 
 static void type1_setup(struct edu *e)
 {
-	struct vfio_group_status status = { .argsz = sizeof(status) };
-	char path[64];
-	int ret;
+	struct vfio_type1 t;
 
-	e->container_fd = open("/dev/vfio/vfio", O_RDWR | O_CLOEXEC);
-	if (e->container_fd < 0)
-		ktap_bail("open /dev/vfio/vfio: %s", strerror(errno));
-	ret = ioctl(e->container_fd, VFIO_GET_API_VERSION);
-	if (ret != VFIO_API_VERSION)
-		ktap_bail("VFIO_GET_API_VERSION: got %d, want %d", ret, VFIO_API_VERSION);
-	if (ioctl(e->container_fd, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU) <= 0)
-		ktap_bail("VFIO_CHECK_EXTENSION(VFIO_TYPE1v2_IOMMU): not supported");
-
-	snprintf(path, sizeof(path), "/dev/vfio/%d", e->group);
-	e->group_fd = open_retry(path, O_RDWR | O_CLOEXEC);
-	if (e->group_fd < 0)
-		ktap_bail("open %s: %s", path, strerror(errno));
-	if (ioctl(e->group_fd, VFIO_GROUP_GET_STATUS, &status))
-		ktap_bail("VFIO_GROUP_GET_STATUS: %s", strerror(errno));
-	if (!(status.flags & VFIO_GROUP_FLAGS_VIABLE))
-		ktap_bail("IOMMU group %d not viable (other devices bound to host drivers?)",
-		     e->group);
-	if (ioctl(e->group_fd, VFIO_GROUP_SET_CONTAINER, &e->container_fd))
-		ktap_bail("VFIO_GROUP_SET_CONTAINER: %s", strerror(errno));
-	if (ioctl(e->container_fd, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU))
-		ktap_bail("VFIO_SET_IOMMU(VFIO_TYPE1v2_IOMMU): %s", strerror(errno));
-	e->device_fd = ioctl(e->group_fd, VFIO_GROUP_GET_DEVICE_FD, e->bdf);
-	if (e->device_fd < 0)
-		ktap_bail("VFIO_GROUP_GET_DEVICE_FD(%s): %s", e->bdf, strerror(errno));
+	vfio_type1_open(e->bdf, e->group, &t);
+	e->container_fd = t.container;
+	e->group_fd = t.group;
+	e->device_fd = t.device;
 	type1_query_iova(e);
 }
 
 /* ------------------------------------------------------------------ */
 /* iommufd backend (VFIO device cdev)                                  */
-
-static void find_vfio_cdev(const struct edu *e, char *path, size_t len)
-{
-	char dir[PATH_MAX];
-	struct dirent *de;
-	DIR *d;
-
-	pci_dev_path(dir, sizeof(dir), e->bdf, "vfio-dev");
-	d = opendir(dir);
-	if (!d)
-		ktap_bail("no VFIO cdev for %s (%s: %s; kernel without CONFIG_VFIO_DEVICE_CDEV?)",
-		     e->bdf, dir, strerror(errno));
-	path[0] = '\0';
-	while ((de = readdir(d)))
-		if (!strncmp(de->d_name, "vfio", 4))
-			snprintf(path, len, "/dev/vfio/devices/%s", de->d_name);
-	closedir(d);
-	if (!path[0])
-		ktap_bail("no VFIO cdev for %s (%s is empty)", e->bdf, dir);
-}
 
 static void iommufd_query_iova(struct edu *e)
 {
@@ -540,28 +361,14 @@ static void iommufd_query_iova(struct edu *e)
 
 static void iommufd_setup(struct edu *e)
 {
-	struct vfio_device_bind_iommufd bind = { .argsz = sizeof(bind) };
-	struct vfio_device_attach_iommufd_pt attach = { .argsz = sizeof(attach) };
-	struct iommu_ioas_alloc alloc = { .size = sizeof(alloc) };
-	char path[PATH_MAX];
+	struct vfio_iommufd f;
 
-	e->iommufd = open("/dev/iommu", O_RDWR | O_CLOEXEC);
-	if (e->iommufd < 0)
-		ktap_bail("open /dev/iommu: %s", strerror(errno));
-	find_vfio_cdev(e, path, sizeof(path));
-	e->device_fd = open_retry(path, O_RDWR | O_CLOEXEC);
-	if (e->device_fd < 0)
-		ktap_bail("open %s: %s", path, strerror(errno));
-
-	bind.iommufd = e->iommufd;
-	if (ioctl(e->device_fd, VFIO_DEVICE_BIND_IOMMUFD, &bind))
-		ktap_bail("VFIO_DEVICE_BIND_IOMMUFD: %s", strerror(errno));
-	e->devid = bind.out_devid;
-	if (ioctl(e->iommufd, IOMMU_IOAS_ALLOC, &alloc))
-		ktap_bail("IOMMU_IOAS_ALLOC: %s", strerror(errno));
-	e->ioas_id = alloc.out_ioas_id;
-	attach.pt_id = e->ioas_id;
-	if (ioctl(e->device_fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &attach))
+	vfio_iommufd_open(e->bdf, &f);
+	e->iommufd = f.iommufd;
+	e->device_fd = f.device;
+	e->devid = f.devid;
+	e->ioas_id = f.ioas_id;
+	if (vfio_attach_pt(e->device_fd, e->ioas_id))
 		ktap_bail("VFIO_DEVICE_ATTACH_IOMMUFD_PT(ioas %u): %s", e->ioas_id, strerror(errno));
 	/* Ranges narrow on attach, so query only now. */
 	iommufd_query_iova(e);
@@ -697,137 +504,36 @@ static void buf_map_or_bail(struct edu *e, struct dmabuf *b, uint64_t iova)
 /* ------------------------------------------------------------------ */
 /* BAR0 / config space                                                 */
 
-static uint32_t mmio_read32(struct edu *e, uint32_t off)
-{
-	uint32_t v = ~0u;
-
-	if (e->bar0)
-		return *(volatile uint32_t *)(e->bar0 + off);
-	if (pread(e->device_fd, &v, 4, e->bar0_offset + off) != 4)
-		return ~0u;
-	return v;
-}
-
-static void mmio_write32(struct edu *e, uint32_t off, uint32_t v)
-{
-	if (e->bar0)
-		*(volatile uint32_t *)(e->bar0 + off) = v;
-	else if (pwrite(e->device_fd, &v, 4, e->bar0_offset + off) != 4)
-		set_err(e, "BAR0 write at 0x%x failed: %s", off, strerror(errno));
-}
-
-/* The DMA registers are 64-bit and edu ignores writes to their upper half,
- * so a high IOVA needs a single 8-byte access. */
-static uint64_t mmio_read64(struct edu *e, uint32_t off)
-{
-	uint64_t v = ~0ull;
-
-	if (e->bar0)
-		return *(volatile uint64_t *)(e->bar0 + off);
-	if (pread(e->device_fd, &v, 8, e->bar0_offset + off) != 8)
-		return ~0ull;
-	return v;
-}
-
-static void mmio_write64(struct edu *e, uint32_t off, uint64_t v)
-{
-	if (e->bar0)
-		*(volatile uint64_t *)(e->bar0 + off) = v;
-	else if (pwrite(e->device_fd, &v, 8, e->bar0_offset + off) != 8)
-		set_err(e, "BAR0 write at 0x%x failed: %s", off, strerror(errno));
-}
-
-static void region_info(struct edu *e, uint32_t index, struct vfio_region_info *ri)
-{
-	memset(ri, 0, sizeof(*ri));
-	ri->argsz = sizeof(*ri);
-	ri->index = index;
-	if (ioctl(e->device_fd, VFIO_DEVICE_GET_REGION_INFO, ri))
-		ktap_bail("VFIO_DEVICE_GET_REGION_INFO(%u): %s", index, strerror(errno));
-}
-
 static void device_setup(struct edu *e)
 {
-	struct vfio_region_info bar, cfg;
-	uint16_t cmd;
-
-	region_info(e, VFIO_PCI_BAR0_REGION_INDEX, &bar);
-	region_info(e, VFIO_PCI_CONFIG_REGION_INDEX, &cfg);
-	if (bar.size < EDU_REGS_END)
-		ktap_bail("BAR0 too small: 0x%llx bytes", (unsigned long long)bar.size);
-	e->bar0_size = bar.size;
-	e->bar0_offset = bar.offset;
-	e->cfg_offset = cfg.offset;
+	struct vfio_region_info ri;
 
 	/* mmap is the normal path; pread/pwrite keeps us going without it. */
-	if (bar.flags & VFIO_REGION_INFO_FLAG_MMAP) {
-		void *p = mmap(NULL, bar.size, PROT_READ | PROT_WRITE, MAP_SHARED,
-			       e->device_fd, bar.offset);
-		if (p != MAP_FAILED)
-			e->bar0 = p;
-	}
-
-	/* vfio-pci enables memory decoding on open but leaves bus mastering to
-	 * the user; without it QEMU silently drops the device's DMA. */
-	if (pread(e->device_fd, &cmd, 2, e->cfg_offset + PCI_COMMAND) != 2)
-		ktap_bail("read PCI_COMMAND: %s", strerror(errno));
-	cmd |= PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER;
-	if (pwrite(e->device_fd, &cmd, 2, e->cfg_offset + PCI_COMMAND) != 2)
-		ktap_bail("write PCI_COMMAND: %s", strerror(errno));
+	e->bar.map = vfio_region_map(e->device_fd, VFIO_PCI_BAR0_REGION_INDEX, "BAR0",
+				     EDU_REGS_END, false, &ri);
+	e->bar.fd = e->device_fd;
+	e->bar.offset = ri.offset;
+	e->bar0_size = ri.size;
+	vfio_pci_set_master(e->device_fd);
 }
 
 /* ------------------------------------------------------------------ */
 /* DMA                                                                 */
 
-static bool edu_wait_idle(struct edu *e)
+/* One DMA through edu.h's edu_dma(), counted for the dma_rate metric; its
+ * failure (or a failed BAR0 write) lands in e->err. */
+static int dma_run(struct edu *e, bool to_ram, uint64_t ram_iova, uint32_t count)
 {
-	uint64_t deadline = now_ns() + DMA_TIMEOUT_NS;
+	uint64_t ns = 0;
+	int ret;
 
-	while (mmio_read64(e, EDU_REG_DMA_CMD) & EDU_DMA_RUN) {
-		if (now_ns() > deadline)
-			return false;
-		sleep_ns(DMA_POLL_NS);
-	}
-	return true;
-}
-
-/* One DMA between RAM at ram_iova and the device buffer, waited for.
- * to_ram: device buffer -> RAM (device writes); else RAM -> device buffer. */
-static int edu_dma(struct edu *e, bool to_ram, uint64_t ram_iova, uint32_t count)
-{
-	uint64_t src = to_ram ? EDU_BUF_ADDR : ram_iova;
-	uint64_t dst = to_ram ? ram_iova : EDU_BUF_ADDR;
-	uint64_t t0;
-
-	/* edu only logs an out-of-range transfer and then overruns its own
-	 * buffer, so never ask for one. */
-	if (!count || count > EDU_BUF_SIZE) {
-		set_err(e, "bad DMA count %u", count);
+	e->bar.err[0] = '\0';
+	ret = edu_dma(&e->bar, to_ram, ram_iova, count, &ns);
+	if (e->bar.err[0])
+		copy_str(e->err, sizeof(e->err), e->bar.err);
+	if (ret)
 		return -1;
-	}
-	/* Register writes are ignored while a DMA runs. */
-	if (!edu_wait_idle(e)) {
-		set_err(e, "DMA did not complete (device still busy from an earlier DMA)");
-		return -1;
-	}
-	io_barrier(); /* buffer contents visible before the device reads them */
-	mmio_write64(e, EDU_REG_DMA_SRC, src);
-	mmio_write64(e, EDU_REG_DMA_DST, dst);
-	mmio_write64(e, EDU_REG_DMA_CNT, count);
-	if (mmio_read64(e, EDU_REG_DMA_SRC) != src || mmio_read64(e, EDU_REG_DMA_DST) != dst ||
-	    mmio_read64(e, EDU_REG_DMA_CNT) != count) {
-		set_err(e, "DMA registers did not take the programmed values");
-		return -1;
-	}
-	t0 = now_ns();
-	mmio_write64(e, EDU_REG_DMA_CMD, EDU_DMA_RUN | (to_ram ? EDU_DMA_TO_RAM : 0));
-	if (!edu_wait_idle(e)) {
-		set_err(e, "DMA did not complete within %llu s",
-			DMA_TIMEOUT_NS / 1000000000ull);
-		return -1;
-	}
-	io_barrier(); /* completion observed before we look at the buffer */
-	e->dma_ns += now_ns() - t0;
+	e->dma_ns += ns;
 	e->dma_bytes += count;
 	e->dma_count++;
 	return 0;
@@ -836,13 +542,13 @@ static int edu_dma(struct edu *e, bool to_ram, uint64_t ram_iova, uint32_t count
 /* RAM at iova -> device buffer. */
 static int dma_to_device(struct edu *e, uint64_t iova, uint32_t count)
 {
-	return edu_dma(e, false, iova, count);
+	return dma_run(e, false, iova, count);
 }
 
 /* Device buffer -> RAM at iova. */
 static int dma_from_device(struct edu *e, uint64_t iova, uint32_t count)
 {
-	return edu_dma(e, true, iova, count);
+	return dma_run(e, true, iova, count);
 }
 
 /* ------------------------------------------------------------------ */
@@ -857,20 +563,11 @@ static void edu_setup(struct edu *e, const char *bdf)
 	e->container_fd = e->group_fd = e->iommufd = e->device_fd = -1;
 	e->backend = opt.backend;
 
-	if (bdf) {
-		parse_bdf(e, bdf);
-		if (!pci_is_device(e->bdf, EDU_VENDOR, EDU_DEVICE))
-			ktap_bail("%s is not an edu device (or does not exist)", e->bdf);
-	} else {
-		char found[64];
-
-		find_edu(found, sizeof(found));
-		parse_bdf(e, found);
-	}
+	edu_find(bdf, e->bdf, sizeof(e->bdf), &e->sid);
 	/* Bind first: a kernel that probes the IOMMU at driver bind (6.12)
 	 * gives a driverless device no group. */
-	bind_vfio_pci(e);
-	read_iommu_group(e);
+	vfio_bind_pci(e->bdf);
+	e->group = vfio_iommu_group(e->bdf);
 
 	if (e->backend == BACKEND_TYPE1)
 		type1_setup(e);
@@ -905,7 +602,7 @@ static void print_setup(const struct edu *e)
 	ktap_diag("iova_pgsizes=0x%" PRIx64, e->iova_pgsizes);
 	ktap_diag("page_size=%zu", e->page);
 	ktap_diag("high_iova=0x%" PRIx64, e->high_iova);
-	ktap_diag("bar0_access=%s", e->bar0 ? "mmap" : "pread");
+	ktap_diag("bar0_access=%s", e->bar.map ? "mmap" : "pread");
 	ktap_diag("seed=0x%" PRIx64, opt.seed);
 }
 
@@ -914,12 +611,12 @@ static void print_setup(const struct edu *e)
 
 static void cmd_info(struct edu *e)
 {
-	uint32_t id = mmio_read32(e, EDU_REG_ID);
+	uint32_t id = edu_read32(&e->bar, EDU_REG_ID);
 	uint32_t probe = 0x5a5a1234u, live;
 	char why[64];
 
-	mmio_write32(e, EDU_REG_LIVENESS, probe);
-	live = mmio_read32(e, EDU_REG_LIVENESS);
+	edu_write32(&e->bar, EDU_REG_LIVENESS, probe);
+	live = edu_read32(&e->bar, EDU_REG_LIVENESS);
 	ktap_diag("bar0_size=0x%" PRIx64, e->bar0_size);
 	ktap_diag("bar0_id=0x%08x", id);
 	ktap_diag("liveness=%s", live == ~probe ? "ok" : "bad");
@@ -1659,13 +1356,11 @@ static void cmd_identity(struct edu *e)
 	e->container_fd = e->group_fd = e->iommufd = e->device_fd = -1;
 	if (!opt.bdf)
 		ktap_bail("bad arguments: identity needs --bdf (a device no driver uses)");
-	parse_bdf(e, opt.bdf);
-	if (!pci_is_device(e->bdf, EDU_VENDOR, EDU_DEVICE))
-		ktap_bail("%s is not an edu device (or does not exist)", e->bdf);
+	edu_find(opt.bdf, e->bdf, sizeof(e->bdf), &e->sid);
 	/* A group appears at the first driver bind on 6.12; it stays after. */
 	if (!pci_link_name(e->bdf, "iommu_group", drv, sizeof(drv)))
-		bind_vfio_pci(e);
-	read_iommu_group(e);
+		vfio_bind_pci(e->bdf);
+	e->group = vfio_iommu_group(e->bdf);
 	ktap_diag("bdf=%s", e->bdf);
 	ktap_diag("sid=0x%x", e->sid);
 	ktap_diag("iommu_group=%d", e->group);
@@ -1686,8 +1381,8 @@ static void cmd_identity(struct edu *e)
 	fd = open(pci_dev_path(path, sizeof(path), e->bdf, "resource0"), O_RDWR | O_SYNC);
 	if (fd < 0)
 		ktap_bail("open %s: %s", path, strerror(errno));
-	e->bar0 = mmap(NULL, EDU_BUF_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	if (e->bar0 == MAP_FAILED)
+	e->bar.map = mmap(NULL, EDU_BUF_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (e->bar.map == MAP_FAILED)
 		ktap_bail("mmap %s: %s", path, strerror(errno));
 	cfg = open(pci_dev_path(path, sizeof(path), e->bdf, "config"), O_RDWR);
 	if (cfg < 0 || pread(cfg, &cmd, 2, PCI_COMMAND) != 2)
@@ -1736,7 +1431,7 @@ static void cmd_identity(struct edu *e)
 	if (pwrite(cfg, &cmd, 2, PCI_COMMAND) != 2)
 		ktap_diag("restore_error=bus master still on");
 	close(cfg);
-	munmap((void *)e->bar0, EDU_BUF_SIZE);
+	munmap((void *)e->bar.map, EDU_BUF_SIZE);
 	close(fd);
 	set_group_type(e, old_type, NULL, 0);
 }
