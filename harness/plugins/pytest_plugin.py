@@ -394,7 +394,7 @@ class BootManager:
         cells = BootedCells(guest, self.artifacts().kernel, profile, context)
         boot = _Boot(boot_id, run_dir, target, profile, guest, cells, stack)
         self._boots[profile.name] = boot
-        if not guest.boot_outcome or not guest.boot_outcome.ready:
+        if cells.failed:
             boot.close()  # nothing will run on it; its outcome and events stay readable
         return boot
 
