@@ -187,6 +187,8 @@ def cmd_run_matrix(args: argparse.Namespace, reg: Registry) -> int:
 
 
 def cmd_run(args: argparse.Namespace, reg: Registry) -> int:
+    from harness.matrix.model import default_jobs
+
     if args.matrix:
         return cmd_run_matrix(args, reg)
     target = _target(args, reg)
@@ -200,11 +202,14 @@ def cmd_run(args: argparse.Namespace, reg: Registry) -> int:
     request = pipeline.RunRequest(
         target, profiles, scenarios, output, args.boot_timeout, liveness, retries=args.retries, upto=args.upto
     )
+    # Each profile (and each side of --against-base) is a unit of its own
+    # boots: they run side by side, as a matrix's units do.
+    jobs = args.jobs or default_jobs()
     if args.against_base:
         if target.series is None:
             raise ConfigError("--against-base needs a series (--series or the target's series:)")
         sides = [replace(request, side="base", upto=0), replace(request, side="tip")]
-        result = pipeline.run_units(sides, output)
+        result = pipeline.run_units(sides, output, jobs)
         comparison = compare(
             [r for r in result.results if r.side == "base"], [r for r in result.results if r.side == "tip"]
         )
@@ -216,7 +221,7 @@ def cmd_run(args: argparse.Namespace, reg: Registry) -> int:
         if exit_code(result.results) == ExitCode.ERROR and comparison.inconclusive:
             return ExitCode.ERROR
         return ExitCode.FAIL if comparison.regressions else ExitCode.OK
-    result = pipeline.run(request)
+    result = pipeline.run(request, jobs)
     counts = result.counts()
     print(" ".join(f"{k}={v}" for k, v in counts.items() if v) + f"  ({args.output}/results.json)")
     return exit_code(result.results)
@@ -391,7 +396,10 @@ def parser() -> argparse.ArgumentParser:
         "--matrix", metavar="FILE", help="a matrix file (or a name from matrices/, e.g. regression)"
     )
     r.add_argument(
-        "--jobs", "-j", type=int, help="parallel workers for --matrix (default: fits cores and memory)"
+        "--jobs",
+        "-j",
+        type=int,
+        help="target x profile units run side by side (default: fits cores and memory)",
     )
     r.add_argument("--shard", metavar="I/N", help="with --matrix: run only shard I of N (for CI)")
 

@@ -358,10 +358,11 @@ def _target_record(artifacts: Artifacts, side: str | None) -> TargetRecord:
     )
 
 
-def run(request: RunRequest) -> RunResult:
-    """Build, then run every cell; results.json is valid from the start
-    (planned cells are `not-run`) and rewritten after every cell."""
-    result = run_units([request], request.output)
+def run(request: RunRequest, jobs: int = 1) -> RunResult:
+    """Build, then run every cell, `jobs` profiles at a time; results.json
+    is valid from the start (planned cells are `not-run`) and rewritten
+    after every cell."""
+    result = run_units([request], request.output, jobs)
     _write_reproducer(request, result)
     return result
 
