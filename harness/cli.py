@@ -108,7 +108,11 @@ def cmd_list(args: argparse.Namespace, reg: Registry) -> int:
 
 
 def cmd_build(args: argparse.Namespace, reg: Registry) -> int:
-    artifacts = pipeline.build_all(_target(args, reg), args.jobs, args.upto)
+    # What `run` of these scenarios would build besides the kernel and the
+    # image: the kernel selftest suites they need (`all`: every scenario's).
+    names = reg.scenario_names() if args.scenarios == ["all"] else args.scenarios
+    suites = pipeline.selftest_suites(reg.scenario(n) for n in names)
+    artifacts = pipeline.build_all(_target(args, reg), args.jobs, args.upto, suites)
     print(
         json.dumps(
             {
@@ -346,6 +350,12 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="build (or fetch from cache) the kernel and image")
     common(b)
     b.add_argument("--jobs", "-j", type=int, default=None)
+    b.add_argument(
+        "scenarios",
+        nargs="*",
+        metavar="SCENARIO",
+        help="also build what these scenarios need (kernel selftest suites); `all`: every scenario",
+    )
     b.set_defaults(func=cmd_build)
 
     bt = sub.add_parser("boot", help="boot a guest and give an interactive shell")

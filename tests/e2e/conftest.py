@@ -5,6 +5,8 @@ sources). Builds are cached by content, so only the first run is slow."""
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -25,6 +27,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/e2e/" in str(item.fspath):
             item.add_marker(pytest.mark.e2e)
+    # The tests that read `make run`'s results go first and together (one
+    # xdist worker, `--dist loadgroup`): that run is the longest piece.
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -81,6 +86,31 @@ def no_leaked_qemu(tmp_path: Path) -> Any:
     yield
     leaked = qemu_pids(str(tmp_path))
     assert not leaked, f"QEMU processes left behind: {leaked}"
+
+
+DEFAULT_SUITE = "default-suite"
+
+
+@pytest.fixture(scope="session")
+def default_suite(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """`make run` itself: every scenario on the default target and both
+    default profiles, run once for the whole test session and read by the
+    tests that check its pieces (they are marked
+    `xdist_group(DEFAULT_SUITE)`, so one xdist worker has them all; a file
+    lock makes any other worker that asks wait for the same run instead of
+    starting a second one)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    output = shared / DEFAULT_SUITE
+    record = shared / f"{DEFAULT_SUITE}.json"
+    with (shared / f"{DEFAULT_SUITE}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not record.exists():
+            run = harness("run", "--target", "mainline-7.3", output=output)
+            assert not qemu_pids(str(output)), "QEMU processes left behind by `make run`'s suite"
+            record.write_text(json.dumps({"rc": run.rc, "stdout": run.stdout, "stderr": run.stderr}))
+        saved = json.loads(record.read_text())
+    return Run(saved["rc"], saved["stdout"], saved["stderr"], output)
 
 
 def run_scenarios(output: Path, target: str, profiles: list[str], scenarios: list[str], *extra: str) -> Run:

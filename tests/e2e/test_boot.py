@@ -9,17 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import SERIES, Run, harness, run_scenarios
+from tests.e2e.conftest import DEFAULT_SUITE, SERIES, Run, harness, run_scenarios
 
 
-@pytest.mark.usefixtures("no_leaked_qemu")
-def test_mainline_boot_health_and_dma_on_smmuv3_and_virtio_iommu(tmp_path: Path) -> None:
-    run = run_scenarios(
-        tmp_path,
-        "mainline-7.3",
-        ["smmuv3-nested", "virtio-iommu"],
-        ["boot-health", "dma-roundtrip", "dma-fault-unmapped"],
-    )
+@pytest.mark.xdist_group(DEFAULT_SUITE)
+def test_mainline_boot_health_and_dma_on_smmuv3_and_virtio_iommu(default_suite: Run) -> None:
+    run = default_suite
     verdicts = run.verdicts()
     assert run.rc == 0, (run.stderr[-2000:], verdicts)
     for profile in ("smmuv3-nested", "virtio-iommu"):
@@ -39,7 +34,7 @@ def test_mainline_boot_health_and_dma_on_smmuv3_and_virtio_iommu(tmp_path: Path)
         if r["scenario"] == "dma-fault-unmapped" and r["profile"] == "smmuv3-nested"
     )
     assert any(e["signature"] == "smmuv3-event" and e["fields"]["sid"] == "0x10" for e in fault["events"])
-    assert (tmp_path / "junit.xml").read_text().count("<testcase") == 6
+    assert (run.output / "junit.xml").read_text().count("<testcase") == len(results["results"])
     for boot in results["boots"]:
         # The console log is complete: QEMU writes it from the first byte.
         first = Path(boot["console_log"]).read_text().splitlines()[0]
@@ -114,19 +109,23 @@ def test_dropped_fragment_option_is_a_one_line_error(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.usefixtures("no_leaked_qemu")
-def test_make_run_default_suite_is_green_in_one_boot(tmp_path: Path) -> None:
-    """`make run`'s promise, on one of its two profiles: every scenario in
-    one boot, in the order `run` uses, passes or is the declared known gap.
-    Scenarios on a shared boot must not answer for each other's events
-    (pkvm-ownership-selftest reads the boot log after the DMA scenarios'
-    expected faults)."""
-    run = run_scenarios(tmp_path, "mainline-7.3", ["smmuv3-nested"], [])
+@pytest.mark.xdist_group(DEFAULT_SUITE)
+def test_make_run_default_suite_is_green_in_one_boot(default_suite: Run) -> None:
+    """`make run`'s promise, on both its profiles: every scenario in one
+    boot per profile, in the order `run` uses, passes or is the declared
+    known gap. Scenarios on a shared boot must not answer for each other's
+    events (pkvm-ownership-selftest reads the boot log after the DMA
+    scenarios' expected faults)."""
+    run = default_suite
     verdicts = run.verdicts()
-    assert len(verdicts) == len(list((Path(__file__).parents[2] / "scenarios").glob("*.yaml")))
+    scenarios = len(list((Path(__file__).parents[2] / "scenarios").glob("*.yaml")))
+    assert len(verdicts) == 2 * scenarios
     assert set(verdicts.values()) <= {"pass", "xfail", "skip"}, {
-        (r["scenario"], r["reason"]) for r in run.results["results"] if r["verdict"] not in ("pass", "xfail")
+        (r["scenario"], r["profile"], r["reason"])
+        for r in run.results["results"]
+        if r["verdict"] not in ("pass", "xfail", "skip")
     }
-    assert verdicts[("pvm-dma-isolation", "smmuv3-nested")] == "xfail"
+    for profile in ("smmuv3-nested", "virtio-iommu"):
+        assert verdicts[("pvm-dma-isolation", profile)] == "xfail"
     assert run.rc == 0
-    assert len(run.results["boots"]) == 1
+    assert sorted(b["profile"] for b in run.results["boots"]) == ["smmuv3-nested", "virtio-iommu"]

@@ -13,7 +13,7 @@ import pytest
 
 from harness.report import Verdict
 from harness.report.results import ScenarioResult
-from tests.e2e.conftest import run_broken, run_scenarios
+from tests.e2e.conftest import DEFAULT_SUITE, Run, run_broken, run_scenarios
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -23,10 +23,13 @@ def only(run_results: tuple[ScenarioResult, ...]) -> ScenarioResult:
     return result
 
 
-@pytest.mark.usefixtures("no_leaked_qemu")
-def test_kselftest_kvm_on_mainline(tmp_path: Path) -> None:
-    run = run_scenarios(tmp_path, "mainline-7.3", ["smmuv3-nested"], ["kselftest-kvm"])
-    result = only(run.run_result.results)
+@pytest.mark.xdist_group(DEFAULT_SUITE)
+@pytest.mark.parametrize("profile", ["smmuv3-nested", "virtio-iommu"])
+def test_kselftest_kvm_on_mainline(default_suite: Run, profile: str) -> None:
+    run = default_suite
+    result = only(
+        tuple(r for r in run.run_result.results if r.scenario == "kselftest-kvm" and r.profile == profile)
+    )
     # vgic_init is a known failure (pKVM gives every VM the host's IPA
     # limit): the scenario is an xfail, the run exits 0.
     assert run.rc == 0, run.stderr[-2000:]

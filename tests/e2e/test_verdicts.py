@@ -24,25 +24,25 @@ def masked(reason: str) -> str:
 
 
 @pytest.mark.usefixtures("no_leaked_qemu")
-def test_broken_nic_dma_gives_the_same_fail_with_the_same_reason_every_time(tmp_path: Path) -> None:
+def test_broken_nic_dma_is_the_kernels_fail_guest_network_unusable(tmp_path: Path) -> None:
     """The NIC's receive buffers are mapped read-only: every packet it
     receives is an IOMMU fault. Serial answers, SSH cannot work. That is the
     kernel's FAIL ("guest network unusable", naming the NIC and its faults),
-    never a pass or an ERROR, whatever the timing."""
-    outcomes = []
-    for i in range(3):
-        run = run_scenarios(
-            tmp_path / f"r{i}",
-            "mainline-7.3",
-            ["smmuv3-nested", "virtio-iommu"],
-            ["boot-health"],
-            "--series",
-            str(SERIES / "nic-dma-readonly.patch"),
-        )
-        assert run.rc == 1, run.stderr[-2000:]
-        outcomes.append({(r.profile, r.verdict, masked(r.reason)) for r in run.run_result.results})
-    assert outcomes[0] == outcomes[1] == outcomes[2], outcomes
-    reasons = {profile: reason for profile, _, reason in outcomes[0]}
+    never a pass or an ERROR. That the reason holds nothing that changes
+    from run to run (counts, timings) is the unit test
+    test_network_diagnosis_reason_is_the_same_whatever_the_timing."""
+    run = run_scenarios(
+        tmp_path,
+        "mainline-7.3",
+        ["smmuv3-nested", "virtio-iommu"],
+        ["boot-health"],
+        "--series",
+        str(SERIES / "nic-dma-readonly.patch"),
+    )
+    assert run.rc == 1, run.stderr[-2000:]
+    results = run.run_result.results
+    assert [r.verdict for r in results] == [Verdict.FAIL, Verdict.FAIL]
+    reasons = {r.profile: masked(r.reason) for r in results}
     for profile in ("smmuv3-nested", "virtio-iommu"):
         assert reasons[profile].startswith(
             "step ssh-usable: guest network unusable (the guest answers on serial and dropbear runs):"
