@@ -4,6 +4,7 @@ consumes these, never raw YAML."""
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,23 @@ class SeriesSpec:
 
 
 @dataclass(frozen=True)
+class KnownGap:
+    """A failure a target declares as expected: one step of one scenario,
+    failing for one reason. It covers that failure and nothing else: not a
+    hang, a crash, a boot or probe failure, another step or another reason."""
+
+    step: str
+    reason: re.Pattern[str]  # searched in the scenario's failure reason
+    why: str
+
+    def covers(self, failed_step: str | None, reason: str) -> bool:
+        return failed_step == self.step and self.reason.search(reason) is not None
+
+    def describe(self) -> str:
+        return f"step {self.step}, reason /{self.reason.pattern}/"
+
+
+@dataclass(frozen=True)
 class Target:
     """A kernel to build: source + patch series + config fragments + toolchain."""
 
@@ -48,8 +66,8 @@ class Target:
     fragments: tuple[Path, ...]
     toolchain: Literal["gcc", "llvm"] = "gcc"
     cmdline: tuple[str, ...] = ()
-    # scenario name -> reason: a failure there is an expected, declared gap.
-    known_gaps: Mapping[str, str] = field(default_factory=dict)
+    # scenario name -> the one failure there that is an expected, declared gap.
+    known_gaps: Mapping[str, KnownGap] = field(default_factory=dict)
     path: Path | None = None
     # A persistent O= directory of its own (by this name) instead of the
     # one shared by every target on the same source and toolchain: for a

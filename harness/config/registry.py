@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from harness.config import schemas
 from harness.config.models import (
     EventExpectation,
     KnownFailure,
+    KnownGap,
     KselftestRun,
     Profile,
     QmpAction,
@@ -57,10 +59,21 @@ def _target(doc: LoadedYaml, fragment_dir: Path) -> Target:
         fragments=tuple(fragments),
         toolchain=d.get("toolchain", "gcc"),
         cmdline=tuple(d.get("cmdline", ())),
-        known_gaps=dict(d.get("known_gaps", {})),
+        known_gaps={name: _known_gap(doc, name, gap) for name, gap in d.get("known_gaps", {}).items()},
         path=doc.path,
         build_dir=d.get("build_dir", ""),
     )
+
+
+def _known_gap(doc: LoadedYaml, scenario: str, gap: dict[str, str]) -> KnownGap:
+    try:
+        pattern = re.compile(gap["reason"])
+    except re.error as exc:
+        line = doc.line_of(("known_gaps", scenario, "reason"))
+        raise ConfigError(
+            f"{doc.path}:{line}: known_gaps.{scenario}.reason: not a regular expression: {exc}"
+        ) from None
+    return KnownGap(step=gap["step"], reason=pattern, why=" ".join(gap["why"].split()))
 
 
 def _profile(doc: LoadedYaml) -> Profile:
@@ -259,7 +272,17 @@ class Registry:
         return self._names(self.scenarios_dir)
 
     def target(self, name: str) -> Target:
-        return load_target(self._resolve("target", self.targets_dir, name))
+        target = load_target(self._resolve("target", self.targets_dir, name))
+        # A known gap names a step of a scenario that exists: a typo there
+        # would make the gap cover nothing, silently.
+        for scenario_name, gap in target.known_gaps.items():
+            where = f"{target.path}: known_gaps.{scenario_name}"
+            if not (self.scenarios_dir / f"{scenario_name}.yaml").is_file():
+                raise ConfigError(f"{where}: no scenario {scenario_name!r}")
+            steps = [s.name for s in self.scenario(scenario_name).steps]
+            if gap.step not in steps:
+                raise ConfigError(f"{where}.step: {gap.step!r} is not a step of it ({', '.join(steps)})")
+        return target
 
     def profile(self, name: str) -> Profile:
         return load_profile(self._resolve("profile", self.profiles_dir, name))

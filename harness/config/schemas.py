@@ -33,7 +33,19 @@ TARGET: dict[str, Any] = {
         "fragments": {**_STR_LIST, "minItems": 1},
         "toolchain": {"enum": ["gcc", "llvm"]},
         "cmdline": _STR_LIST,
-        "known_gaps": {"type": "object", "additionalProperties": {"type": "string"}},
+        "known_gaps": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["step", "reason", "why"],
+                "properties": {
+                    "step": {"type": "string", "minLength": 1},
+                    "reason": {"type": "string", "minLength": 1},
+                    "why": {"type": "string", "minLength": 1},
+                },
+            },
+        },
         "build_dir": _NAME,
     },
 }

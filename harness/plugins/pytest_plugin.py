@@ -23,9 +23,10 @@ runs or a fixture is requested.
   the end of the session, also on Ctrl-C.
 - Verdicts map onto pytest outcomes with the harness's reason as the
   message: FAIL -> failed, ERROR -> error (raised in the item's setup),
-  SKIP and NOT_RUN -> skipped, XFAIL -> xfailed, XPASS -> xpassed, PASS ->
-  passed. The verdict, reason, boot and console log go into the report's
-  user properties (so into --junitxml) and a "pkvm-harness" section.
+  SKIP and NOT_RUN -> skipped, XFAIL -> xfailed, XPASS -> failed (as a
+  strict xfail that passed: the run's exit code fails too), PASS -> passed.
+  The verdict, reason, boot and console log go into the report's user
+  properties (so into --junitxml) and a "pkvm-harness" section.
   The plugin writes no results.json: `pkvm-harness run` does that.
 """
 
@@ -622,9 +623,9 @@ def pytest_runtest_makereport(
     elif isinstance(item, ScenarioItem) and call.when == "call" and report.passed:
         result = item.result
         if result is not None and result.verdict == Verdict.XPASS:
-            # pytest's xpassed outcome is a passed report carrying `wasxfail`;
-            # TestReport does not declare the attribute, hence setattr.
-            setattr(report, "wasxfail", result.reason)  # noqa: B010
+            # As pytest words a strict xfail that passed.
+            report.outcome = "failed"
+            report.longrepr = f"[XPASS(strict)] {result.reason}"
     return report
 
 

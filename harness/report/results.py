@@ -291,11 +291,14 @@ class RunResult:
 def exit_code(results: tuple[ScenarioResult, ...] | list[ScenarioResult]) -> ExitCode:
     """ERROR outranks FAIL: a run whose infrastructure broke proves nothing
     either way, so CI must look at it before trusting any verdict. A cell
-    that never ran leaves the run unproven, like an ERROR."""
+    that never ran leaves the run unproven, like an ERROR. An XPASS (a
+    declared known gap or known failure that passed) fails the run: a list
+    of expected failures that nobody has to update rots, and a stale entry
+    would hide the next real failure of that check."""
     verdicts = {r.verdict for r in results}
     if verdicts & {Verdict.ERROR, Verdict.NOT_RUN}:
         return ExitCode.ERROR
-    if Verdict.FAIL in verdicts:
+    if verdicts & {Verdict.FAIL, Verdict.XPASS}:
         return ExitCode.FAIL
     return ExitCode.OK
 

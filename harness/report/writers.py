@@ -29,6 +29,8 @@ def _junit(run: RunResult) -> str:
         )
         if r.verdict == Verdict.FAIL:
             case.add_failure_info(message=r.reason, output=_event_text(r.events))
+        elif r.verdict == Verdict.XPASS:
+            case.add_failure_info(message=f"xpass: {r.reason}")
         elif r.verdict == Verdict.ERROR:
             case.add_error_info(message=r.reason)
         elif r.verdict in (Verdict.SKIP, Verdict.XFAIL, Verdict.NOT_RUN):

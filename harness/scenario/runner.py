@@ -374,11 +374,25 @@ def scenario_result(
     evidence: Mapping[str, object] | None = None,
     cases: tuple[CaseResult, ...] = (),
 ) -> ScenarioResult:
-    """The one place a ScenarioResult is made: a target's declared known gap
-    turns its FAIL into an xfail here, whoever produced the verdict."""
-    if verdict == Verdict.FAIL and scenario.name in ctx.target.known_gaps:
-        verdict = Verdict.XFAIL
-        reason = f"known gap of {ctx.target.name}: {ctx.target.known_gaps[scenario.name]} ({reason})"
+    """The one place a ScenarioResult is made, and so where a target's
+    declared known gap applies, whoever produced the verdict. The gap turns
+    into an xfail only the failure it declares (its step, its reason); any
+    other failure of the scenario stays a FAIL, and a pass is an XPASS (the
+    declaration is stale)."""
+    gap = ctx.target.known_gaps.get(scenario.name)
+    if gap is not None and verdict == Verdict.FAIL:
+        failed_step = steps[-1].name if steps and steps[-1].verdict == Verdict.FAIL else None
+        if gap.covers(failed_step, reason):
+            verdict = Verdict.XFAIL
+            reason = f"known gap of {ctx.target.name}: {gap.why} ({reason})"
+        else:
+            reason = f"{reason} (not the known gap of {ctx.target.name}, which is {gap.describe()})"
+    elif gap is not None and verdict == Verdict.PASS:
+        verdict = Verdict.XPASS
+        reason = (
+            f"passed unexpectedly: {ctx.target.name} declares a known gap here ({gap.why});"
+            " remove it from known_gaps"
+        )
     return ScenarioResult(
         scenario=scenario.name,
         profile=ctx.profile.name,

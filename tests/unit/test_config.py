@@ -134,3 +134,42 @@ def test_an_iommu_option_must_be_a_property_assignment(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"p\.yaml:5: iommu_options\.0: 'granule' does not match"):
         load_profile(bad)
+
+
+GAP_TARGET = """name: t
+source: {debian: linux-source-7.3}
+fragments: [base]
+known_gaps:
+  pvm-dma-isolation:
+    step: %s
+    reason: "%s"
+    why: not enforced
+"""
+
+
+def test_a_known_gap_without_its_step_and_reason_is_a_load_error(tmp_path: Path) -> None:
+    t = tmp_path / "t.yaml"
+    t.write_text("name: t\nsource: {debian: linux-source-7.3}\nfragments: [base]\n"
+                 "known_gaps:\n  pvm-dma-isolation: mainline does not police host DMA\n")  # fmt: skip
+    with pytest.raises(
+        ConfigError, match=r"t\.yaml:5: known_gaps\.pvm-dma-isolation: .* is not of type 'object'"
+    ):
+        load_target(t)
+
+
+def test_a_known_gap_names_a_step_of_its_scenario(tmp_path: Path) -> None:
+    t = tmp_path / "t.yaml"
+    t.write_text(GAP_TARGET % ("host-dma", "reached"))
+    with pytest.raises(ConfigError) as err:
+        Registry().target(str(t))
+    assert str(err.value) == (
+        f"{t}: known_gaps.pvm-dma-isolation.step:"
+        " 'host-dma' is not a step of it (host-dma-into-protected-page)"
+    )
+
+
+def test_a_known_gap_reason_is_a_regular_expression(tmp_path: Path) -> None:
+    t = tmp_path / "t.yaml"
+    t.write_text(GAP_TARGET % ("host-dma-into-protected-page", "reached ("))
+    with pytest.raises(ConfigError, match=r"t\.yaml:7: known_gaps\.pvm-dma-isolation\.reason: not a regular"):
+        load_target(t)

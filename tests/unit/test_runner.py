@@ -3,6 +3,7 @@ interface as with QEMU, and events come from a real LogWatcher."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -10,9 +11,12 @@ from pathlib import Path
 import pytest
 
 from harness.config import Registry
+from harness.config.models import KnownGap
 from harness.config.registry import load_scenario
+from harness.errors import ExitCode
 from harness.logwatch import Event, LogWatcher
-from harness.report import Verdict
+from harness.report import ScenarioResult, Verdict
+from harness.report.results import exit_code
 from harness.scenario import ScenarioContext, run_scenario, skip_reason
 from harness.session.base import Completed
 
@@ -63,7 +67,7 @@ class ScriptedGuest:
 def ctx(
     profile: str = "smmuv3-nested",
     caps: tuple[str, ...] = (),
-    gaps: dict[str, str] | None = None,
+    gaps: dict[str, KnownGap] | None = None,
 ) -> ScenarioContext:
     reg = Registry()
     p = reg.profile(profile)
@@ -157,8 +161,86 @@ steps:
     failed = run_scenario(scenario, guest, ctx())
     assert failed.verdict == Verdict.FAIL
     assert failed.reason == ("step dma: host DMA reached protected memory: dma blocked: pattern read back")
-    xfail = run_scenario(scenario, guest, ctx(gaps={"pvm-dma-isolation": "not enforced"}))
-    assert xfail.verdict == Verdict.XFAIL and "known gap" in xfail.reason
+    xfail = run_scenario(scenario, guest, ctx(gaps={"pvm-dma-isolation": GAP}))
+    assert xfail.verdict == Verdict.XFAIL
+    assert xfail.reason.startswith("known gap of mainline-7.3: not enforced (step dma: host DMA reached")
+
+
+GAP = KnownGap("dma", re.compile("host DMA reached protected memory"), "not enforced")
+GAP_SCENARIO = """
+name: pvm-dma-isolation
+forbid_events: [crash, hyp]
+steps:
+  - name: setup
+    run: setup
+  - name: dma
+    run: tool
+    expect_ktap: true
+"""
+
+
+def gap_result(tmp_path: Path, data_dir: Path, respond: Responder) -> ScenarioResult:
+    scenario = load_scenario(write(tmp_path, GAP_SCENARIO))
+    return run_scenario(scenario, ScriptedGuest(boot_log(data_dir), respond), ctx(gaps={scenario.name: GAP}))
+
+
+def test_a_known_gap_covers_its_own_failure(tmp_path: Path, data_dir: Path) -> None:
+    def respond(cmd: str) -> tuple[str, int, str]:
+        if cmd == "setup":
+            return ("", 0, "")
+        ktap = "not ok 1 dma blocked # host DMA reached protected memory: read the guest's secret"
+        return (f"KTAP version 1\n1..1\n{ktap}\n", 1, "")
+
+    result = gap_result(tmp_path, data_dir, respond)
+    assert result.verdict == Verdict.XFAIL, result.reason
+    assert result.reason.startswith("known gap of mainline-7.3: not enforced (step dma: ")
+
+
+def test_a_known_gap_does_not_cover_another_step(tmp_path: Path, data_dir: Path) -> None:
+    def respond(cmd: str) -> tuple[str, int, str]:
+        return ("setup broke", 1, "") if cmd == "setup" else ("KTAP version 1\n1..1\nok 1 dma\n", 0, "")
+
+    result = gap_result(tmp_path, data_dir, respond)
+    assert result.verdict == Verdict.FAIL
+    assert result.reason.startswith("step setup: ")
+    assert result.reason.endswith(
+        "(not the known gap of mainline-7.3, which is step dma, reason /host DMA reached protected memory/)"
+    )
+
+
+def test_a_known_gap_does_not_cover_another_reason_of_its_step(tmp_path: Path, data_dir: Path) -> None:
+    def respond(cmd: str) -> tuple[str, int, str]:
+        if cmd == "setup":
+            return ("", 0, "")
+        return ("KTAP version 1\n1..1\nnot ok 1 dma blocked # identity domain refused\n", 1, "")
+
+    result = gap_result(tmp_path, data_dir, respond)
+    assert result.verdict == Verdict.FAIL
+    assert "identity domain refused" in result.reason and "not the known gap" in result.reason
+
+
+def test_a_known_gap_does_not_cover_a_hyp_bug(tmp_path: Path, data_dir: Path) -> None:
+    hyp_bug = (data_dir / "6.12-no-jump-label-hyp-panic.log").read_text()
+
+    def respond(cmd: str) -> tuple[str, int, str]:
+        return ("", 0, hyp_bug) if cmd == "setup" else ("", 0, "")
+
+    result = gap_result(tmp_path, data_dir, respond)
+    assert result.verdict == Verdict.FAIL
+    assert "hyp-panic" in result.reason and "not the known gap" in result.reason
+
+
+def test_a_known_gap_that_passes_is_an_xpass(tmp_path: Path, data_dir: Path) -> None:
+    def respond(cmd: str) -> tuple[str, int, str]:
+        return ("", 0, "") if cmd == "setup" else ("KTAP version 1\n1..1\nok 1 dma blocked\n", 0, "")
+
+    result = gap_result(tmp_path, data_dir, respond)
+    assert result.verdict == Verdict.XPASS
+    assert result.reason == (
+        "passed unexpectedly: mainline-7.3 declares a known gap here (not enforced);"
+        " remove it from known_gaps"
+    )
+    assert exit_code((result,)) == ExitCode.FAIL
 
 
 def test_a_step_whose_ktap_tests_all_skip_is_a_skip_not_a_pass(tmp_path: Path, data_dir: Path) -> None:
