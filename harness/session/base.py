@@ -13,7 +13,11 @@ class Completed:
     output: str
     status: int | None
     duration_s: float
-    ended_by: str = "exit"  # "exit" | "timeout" | "eof" | "kernel-fatal"
+    # "exit" | "timeout" | "eof" | "kernel-fatal" | "connection-lost" | "hang"
+    # | "no-channel" (SSH: the connection is open, but no command channel
+    # could be opened and started within its deadline)
+    ended_by: str = "exit"
+    detail: str = ""  # what the transport saw, when it did not finish (evidence, not output)
 
     @property
     def ok(self) -> bool:

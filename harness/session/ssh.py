@@ -14,6 +14,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from harness.errors import SessionError
 from harness.session.base import Completed
+from harness.session.deadline import bounded, stuck
+
+# How long opening and starting a command channel may take on a connection
+# that is up: dropbear answers in milliseconds, even under TCG. QEMU's
+# user-mode network keeps the TCP connection open when the guest is dead or
+# its network stopped, so without this a channel open waits forever.
+CHANNEL_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -45,8 +52,11 @@ class SshKey:
 class SshSession:
     name = "ssh"
 
-    def __init__(self, port: int, key: SshKey, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, port: int, key: SshKey, host: str = "127.0.0.1", channel_timeout_s: float = CHANNEL_TIMEOUT_S
+    ) -> None:
         self.host, self.port, self.key = host, port, key
+        self.channel_timeout_s = channel_timeout_s
         self.client: paramiko.SSHClient | None = None
 
     def connect(self, timeout: float = 60.0, give_up: Callable[[float], bool] | None = None) -> float:
@@ -63,6 +73,7 @@ class SshSession:
             # The guest is created for this run with a fresh host key; there
             # is nothing to pin it against.
             client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+            left = max(deadline - time.monotonic(), 1)
             try:
                 client.connect(
                     self.host,
@@ -71,9 +82,11 @@ class SshSession:
                     pkey=self.key.paramiko_key(),
                     look_for_keys=False,
                     allow_agent=False,
-                    timeout=min(10, max(deadline - time.monotonic(), 1)),
-                    banner_timeout=15,  # dropbear makes its host key on first use, under TCG
-                    auth_timeout=15,
+                    timeout=min(10, left),
+                    # dropbear makes its host key on first use, under TCG
+                    banner_timeout=min(15, left),
+                    auth_timeout=min(15, left),
+                    channel_timeout=self.channel_timeout_s,  # the default for every channel open
                 )
                 self.client = client
                 return time.monotonic() - start
@@ -105,29 +118,52 @@ class SshSession:
         "hang": the guest failed a liveness probe), stop at once with that
         as `ended_by` instead of waiting out the timeout."""
         start = time.monotonic()
-        transport = self._transport()
-        try:
-            chan = transport.open_session()
-            chan.set_combine_stderr(True)
-            chan.exec_command(command)
-            if stdin is not None:
-                chan.sendall(stdin)
-            chan.shutdown_write()
-        except (paramiko.SSHException, OSError, EOFError):
-            return Completed(command, "", None, time.monotonic() - start, ended_by="connection-lost")
-        chunks: list[bytes] = []
         deadline = start + timeout
-        ended = "exit"
+
+        def ended(how: str, detail: str) -> Completed:
+            return Completed(command, "", None, time.monotonic() - start, ended_by=how, detail=detail)
+
+        transport = self._transport()
+        setup_s = min(self.channel_timeout_s, timeout)
+        try:
+            if stuck("ssh-open-session"):
+                chan = transport.open_session()  # test only: the unbounded wait of issue #22
+            else:
+                chan = transport.open_session(timeout=setup_s)
+        except paramiko.ChannelException as exc:  # refused by the server
+            return ended("no-channel", f"TCP open, channel refused ({exc})")
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            if transport.is_active():  # paramiko's "Timeout opening channel."
+                return ended("no-channel", f"TCP open, no channel within {setup_s:.0f} s")
+            return ended("connection-lost", str(exc))
+        try:
+            chan.set_combine_stderr(True)
+            # exec_command waits for the server's reply without a timeout of
+            # its own: closing the channel ends that wait.
+            if not bounded(lambda: chan.exec_command(command), setup_s, chan.close):
+                return ended("no-channel", f"channel open, exec not acknowledged within {setup_s:.0f} s")
+            if stdin is not None:
+                chan.settimeout(max(deadline - time.monotonic(), 0.1))  # bounds each window wait
+                chan.sendall(stdin)
+                chan.settimeout(None)
+            chan.shutdown_write()
+        except TimeoutError:
+            chan.close()
+            return ended("timeout", f"the guest did not take {len(stdin or b'')} bytes of stdin in time")
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            return ended("connection-lost", str(exc))
+        chunks: list[bytes] = []
+        how = "exit"
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                ended = "timeout"
+                how = "timeout"
                 break
             if abort is not None and (why := abort(sum(map(len, chunks)))) is not None:
-                ended = why
+                how = why
                 break
             if not transport.is_active():
-                ended = "connection-lost"
+                how = "connection-lost"
                 break
             ready, _, _ = select.select([chan], [], [], min(remaining, 0.5))
             if ready:
@@ -138,12 +174,16 @@ class SshSession:
                 time.sleep(0.01)  # EOF seen, exit status not yet: do not spin
             if chan.exit_status_ready() and not chan.recv_ready():
                 break
-        status = chan.recv_exit_status() if ended == "exit" else None
-        if ended == "exit" and status == -1:  # the channel closed without an exit status
-            ended, status = "connection-lost", None
+        status: int | None = None
+        # The loop ends by "exit" once the status is there; the wait is a
+        # guard, never the unbounded recv_exit_status().
+        if how == "exit" and chan.status_event.wait(max(deadline - time.monotonic(), 1.0)):
+            status = chan.exit_status
+        if how == "exit" and status in (None, -1):  # the channel closed without an exit status
+            how, status = "connection-lost", None
         chan.close()
         output = b"".join(chunks).decode(errors="replace").strip("\n")
-        return Completed(command, output, status, time.monotonic() - start, ended_by=ended)
+        return Completed(command, output, status, time.monotonic() - start, ended_by=how)
 
     def upload(self, data: bytes, remote: str, mode: int = 0o755, timeout: float = 60) -> None:
         # dropbear ships no sftp-server; a shell pipe does the job.
