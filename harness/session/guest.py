@@ -42,6 +42,24 @@ _READY = re.compile(re.escape(READY_MARKER) + r" (\S+)\r?\n")
 
 
 @dataclass(frozen=True)
+class Probe:
+    """An active liveness probe's answer: `answered` is None when the
+    transport cannot probe now (no SSH session yet); `detail` is what the
+    transport saw when there was no answer (e.g. "ssh: TCP open, no channel
+    within 5 s"): evidence, never a wait."""
+
+    answered: bool | None
+    window: CpuWindow | None
+    ended: str
+    detail: str = ""
+
+
+# The console lock is held for at most one read by the pump, or one command
+# (bounded by its own timeout) by a step: waiting longer is a harness fault.
+SERIAL_LOCK_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
 class BootOutcome:
     ready: bool
     verdict: str  # "pass" | "fail" | "error"
@@ -210,8 +228,12 @@ class Guest:
     def _serial_owned(self) -> Iterator[SerialSession]:
         self._serial_wanted.set()
         try:
-            with self._serial_lock:
+            if not self._serial_lock.acquire(timeout=SERIAL_LOCK_TIMEOUT_S):
+                raise SessionError(f"serial console still in use after {SERIAL_LOCK_TIMEOUT_S:.0f}s")
+            try:
                 yield self.serial
+            finally:
+                self._serial_lock.release()
         finally:
             self._serial_wanted.clear()
 
@@ -243,9 +265,14 @@ class Guest:
         kernel's network path is dead."""
         before = self._diagnosis()
         # One more attempt, watched from inside: did the NIC receive anything?
-        with contextlib.suppress(SessionError):
-            SshSession(self.machine.spec.ssh_port, self.key).connect(timeout=3)
+        fresh = SshSession(self.machine.spec.ssh_port, self.key)
+        try:
+            fresh.connect(timeout=3)
             return
+        except SessionError:
+            pass
+        finally:
+            fresh.close()
         after = self._diagnosis()
         if after.get("dropbear") != "running" or after.get("key") != "present":
             raise SessionError(
@@ -319,10 +346,12 @@ class Guest:
             self.policy = saved
 
     def _run(self, transport: Transport, command: str, timeout: float) -> Completed:
-        watch = _StepWatch(self, transport)
+        watch = _StepWatch(self, transport, time.monotonic() + timeout)
         if transport == "ssh":
             result = self.ssh().run(command, timeout, abort=watch.check)
-            if result.ended_by == "connection-lost" and not self.machine.alive():
+            if result.ended_by == "no-channel":
+                result = self._ssh_unusable(result)
+            elif result.ended_by == "connection-lost" and not self.machine.alive():
                 # QEMU went away under the connection: a kernel panic (with
                 # panic=-1 QEMU exits) or an infrastructure fault. The console
                 # holds the answer: read it to the end first.
@@ -344,6 +373,20 @@ class Guest:
             raise self.hang
         return result
 
+    def _ssh_unusable(self, result: Completed) -> Completed:
+        """The SSH connection is open but carries no command (no channel, or
+        no exec, within its deadline). A guest that does not answer on
+        serial either is hung (GuestHung); one that does gets the network
+        diagnosis: GuestNetworkUnusable (the kernel's FAIL) when it shows
+        the network path dead, a SessionError (ERROR) otherwise. Returns
+        only when the console shows the kernel died meanwhile."""
+        failure = f"ssh: {result.detail} for {result.command[:60]!r}"
+        self._confirm_alive(failure, via="serial")
+        if self.dead:
+            return replace(result, ended_by="kernel-fatal" if self.watcher.fatal else "eof")
+        self._diagnose_ssh(failure)
+        raise SessionError(f"{failure}, although a fresh connection works (this one is wedged)")
+
     def _raise_if_qemu_gone(self, command: str) -> None:
         """QEMU exiting without a kernel message (killed, crashed) is the
         infrastructure's fault: an ERROR, never the kernel's FAIL."""
@@ -351,10 +394,10 @@ class Guest:
             tail = "; ".join(self.machine.stderr_tail(2)) or "no QEMU output"
             raise MachineError(f"QEMU exited (rc {self.machine.returncode}) during {command[:60]!r}: {tail}")
 
-    def probe_alive(self, via: Transport) -> tuple[bool | None, CpuWindow | None, str]:
-        """An active liveness probe: a serial round trip, or an SSH exec.
-        Returns (answered, the CPU window it took, how it ended); answered is
-        None when this transport cannot probe now (no SSH session yet)."""
+    def probe_alive(self, via: Transport) -> Probe:
+        """An active liveness probe, a serial round trip or an SSH exec,
+        with its own deadline (`probe_timeout_s`; an SSH channel that does
+        not open within 5 s is an answer, not a wait)."""
         before = CpuSample.take(self.machine.pid)
         timeout = self.policy.probe_timeout_s
         if via == "serial":
@@ -362,25 +405,35 @@ class Guest:
                 result = serial.run(":", timeout)
         else:
             if self._ssh is None:
-                return None, None, "no ssh session"
-            result = self._ssh.run(":", timeout)
+                return Probe(None, None, "no ssh session")
+            try:
+                result = self._ssh.run(":", timeout)
+            except SessionError as exc:  # the connection is gone: no answer either
+                result = Completed(":", "", None, 0.0, ended_by="connection-lost", detail=str(exc))
         window = CpuWindow.between(before, CpuSample.take(self.machine.pid))
-        return result.status is not None, window, result.ended_by
+        detail = f"{via}: {result.detail}" if result.detail else ""
+        return Probe(result.status is not None, window, result.ended_by, detail)
 
-    def _confirm_alive(self, why: str, via: Transport) -> None:
+    def _confirm_alive(self, why: str, via: Transport, until: float | None = None) -> None:
         """Probe until the guest answers (return) or is shown hung (raise
-        GuestHung); a starved host only makes it probe again."""
+        GuestHung); a starved host only makes it probe again. No probe
+        starts that could not finish before `until` (a step's deadline: the
+        probe never extends the step), which leaves the question open."""
         for _ in range(self.policy.starved_retries + 1):
-            answered, window, ended = self.probe_alive(via)
-            if answered or answered is None:
+            if until is not None and until - time.monotonic() < self.policy.probe_timeout_s:
                 return
-            if ended in ("kernel-fatal", "eof"):
+            probe = self.probe_alive(via)
+            if probe.answered or probe.answered is None:
+                return
+            if probe.ended in ("kernel-fatal", "eof"):
                 return  # the caller sees the crash through the watcher
-            assert window is not None
-            if not window.starved:
+            assert probe.window is not None
+            if not probe.window.starved:
+                seen = f" ({probe.detail})" if probe.detail else ""
                 self._declare_hang(
-                    f"{why}, then no answer to a {via} round trip within {self.policy.probe_timeout_s:.0f}s",
-                    window,
+                    f"{why}, then no answer to a {via} round trip within"
+                    f" {self.policy.probe_timeout_s:.0f}s{seen}",
+                    probe.window,
                 )
                 assert self.hang is not None
                 raise self.hang
@@ -468,9 +521,10 @@ class _StepWatch:
     `interval_s` without any sign of life. The probe uses the transport the
     step is not using: serial during SSH steps, SSH during serial steps."""
 
-    def __init__(self, guest: Guest, transport: Transport) -> None:
+    def __init__(self, guest: Guest, transport: Transport, deadline: float) -> None:
         self.guest = guest
         self.probe_via: Transport = "serial" if transport == "ssh" else "ssh"
+        self.deadline = deadline  # the step's: a probe never runs past it
         self.life = _Life(guest.machine.pid, guest.watcher.chars_seen)
 
     def check(self, received: int) -> str | None:
@@ -491,7 +545,8 @@ class _StepWatch:
                 if g.spinning(self.life.sample, f"no output for {silent:.0f}s during a serial command"):
                     return "hang"
             else:
-                g._confirm_alive(f"no sign of life for {silent:.0f}s", via=self.probe_via)
+                why = f"no sign of life for {silent:.0f}s"
+                g._confirm_alive(why, via=self.probe_via, until=self.deadline)
         except GuestHung:
             return "hang"
         self.life.reset()

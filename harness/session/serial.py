@@ -7,6 +7,7 @@ command text, so an echoed command line can never match it."""
 from __future__ import annotations
 
 import re
+import select
 import socket
 import time
 import uuid
@@ -119,6 +120,13 @@ class SerialSession:
         tag = uuid.uuid4().hex[:12]
         m1, m2 = "@@PKVMH", tag
         start = time.monotonic()
+        # A guest that stopped reading its UART leaves the socket full: the
+        # write would block for good. Commands are small (a socket buffer
+        # takes them whole once it takes anything).
+        _, writable, _ = select.select([], [self.sock], [], max(timeout, 0))
+        if not writable:
+            spent = time.monotonic() - start
+            return Completed(command, "", None, spent, ended_by="timeout", detail="the console took no input")
         try:
             wrap = _WRAP if isolated else _WRAP_IN_SHELL
             self.child.send(wrap.format(command=command, m1=m1, m2=m2))

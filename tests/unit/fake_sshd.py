@@ -31,12 +31,12 @@ class _Server(paramiko.ServerInterface):
         return AUTH_SUCCESSFUL
 
     def check_channel_request(self, kind: str, chanid: int) -> int:
-        if self.sshd.mode == "no-channel":
+        if not self.sshd.channels:
             self.sshd.release.wait()  # the server's transport thread stops: no answer, ever
         return OPEN_SUCCEEDED
 
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
-        if self.sshd.mode == "no-exec":
+        if not self.sshd.execs:
             self.sshd.release.wait()
             return False
         threading.Thread(target=_execute, args=(channel, command.decode()), daemon=True).start()
@@ -55,10 +55,14 @@ def _execute(channel: paramiko.Channel, command: str) -> None:
 
 class FakeSshd:
     """`with FakeSshd("no-channel") as sshd:` then ssh to 127.0.0.1:sshd.port.
-    "silent" accepts TCP and never says anything (no SSH banner)."""
+    "silent" accepts TCP and never says anything (no SSH banner). The
+    behaviour can change later, e.g. `banner = False`: connections made
+    from then on get no banner."""
 
     def __init__(self, mode: Mode = "ok") -> None:
-        self.mode = mode
+        self.banner = mode != "silent"  # new connections get an SSH server
+        self.channels = mode != "no-channel"  # channel opens are answered
+        self.execs = mode != "no-exec"  # exec requests are answered
         self.release = threading.Event()
         self.host_key = SshKey.generate().paramiko_key()
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -77,7 +81,7 @@ class FakeSshd:
             except OSError:
                 return
             self.conns.append(conn)
-            if self.mode == "silent":
+            if not self.banner:
                 continue
             t = paramiko.Transport(conn)
             t.add_server_key(self.host_key)
