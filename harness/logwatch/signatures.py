@@ -8,7 +8,9 @@ Each signature names:
 - `more`: lines that continue the event (else the event closes at the first
   line that does not match; None with an `end` means "any line");
 - `max_lines`: a cap on the trace, for messages whose end never comes;
-- `fatal`: the kernel is dead; the boot or scenario stops at once (FAIL);
+- `fatal`: the kernel is dead, or stuck in a way it reports itself (a
+  lockup, an RCU stall, the NMI backtraces that come with them); the boot
+  or the running step stops at once and FAILs naming it;
 - `severity`: "error" and "warning" events fail a scenario that forbids them.
 Field decoders for multi-line messages live in `decoders.py`.
 """
@@ -96,6 +98,7 @@ SIGNATURES: tuple[Signature, ...] = (
         end=_END_TRACE,
         more=_ANY,
         max_lines=60,
+        fatal=True,
     ),
     Signature(
         "hard-lockup",
@@ -105,6 +108,7 @@ SIGNATURES: tuple[Signature, ...] = (
         end=_END_TRACE,
         more=_ANY,
         max_lines=60,
+        fatal=True,
     ),
     Signature(
         "rcu-stall",
@@ -114,6 +118,19 @@ SIGNATURES: tuple[Signature, ...] = (
         end=_END_TRACE,
         more=_ANY,
         max_lines=60,
+        fatal=True,
+    ),
+    # A CPU's stack sent on request (an RCU stall, a hard lockup, a hung
+    # task report): on its own, a CPU another one found stuck.
+    Signature(
+        "nmi-backtrace",
+        "lockup",
+        "error",
+        _re(r"^NMI backtrace for cpu (?P<cpu>\d+)"),
+        end=_re(r"^(?:NMI backtrace for cpu|rcu: |---\[ end trace)"),
+        more=_ANY,
+        max_lines=40,
+        fatal=True,
     ),
     Signature(
         "kernel-bug",
@@ -219,7 +236,7 @@ SIGNATURES: tuple[Signature, ...] = (
 GROUPS: dict[str, tuple[str, ...]] = {
     "crash": ("hyp-panic", "hyp-bug", "kernel-panic", "oops", "kernel-bug", "bug", "kasan"),
     "hyp": ("hyp-panic", "hyp-bug"),
-    "lockup": ("soft-lockup", "hard-lockup", "rcu-stall"),
+    "lockup": ("soft-lockup", "hard-lockup", "rcu-stall", "nmi-backtrace"),
     "iommu-fault": tuple(s.name for s in SIGNATURES if s.kind == "iommu-fault"),
     "any-error": tuple(s.name for s in SIGNATURES if s.severity != "info"),
 }

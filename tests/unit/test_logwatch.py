@@ -234,3 +234,56 @@ def test_bare_hyp_bug_address_gets_its_function(tmp_path: Path) -> None:
     assert bug.fields["symbol"] == "__kvm_nvhe___pkvm_host_share_hyp+0x40/0x100"
     assert bug.fields["function"] == "__pkvm_host_share_hyp"
     assert "(__kvm_nvhe___pkvm_host_share_hyp+0x40/0x100)" in bug.to_json()["symbolised"][0]
+
+
+# -- a kernel that reports itself stuck: FAIL at once, naming the report (#22)
+
+
+@pytest.mark.parametrize(
+    ("log", "first", "fields"),
+    [
+        ("7.3-rcu-stall-nmi-backtrace.log", "rcu-stall", {"flavor": "rcu_preempt"}),
+        ("7.3-soft-lockup.log", "soft-lockup", {"cpu": "0", "seconds": "22"}),
+    ],
+)
+def test_stall_reports_are_fatal_and_named(
+    data_dir: Path, log: str, first: str, fields: dict[str, str]
+) -> None:
+    events = events_of(data_dir, log)
+    fatal = next(e for e in events if e.fatal)
+    assert fatal.signature == first and fatal.severity == "error"
+    assert fatal.fields == fields
+    assert fatal.summary().startswith(f"{first}: ")
+    assert {e.signature for e in events} <= {first, "nmi-backtrace", "pkvm-init"}
+
+
+def test_an_nmi_backtrace_names_the_cpu_and_keeps_its_stack(data_dir: Path) -> None:
+    events = events_of(data_dir, "7.3-rcu-stall-nmi-backtrace.log")
+    (nmi,) = [e for e in events if e.signature == "nmi-backtrace"]
+    assert nmi.fatal and nmi.fields == {"cpu": "1"}
+    assert any("spin_irqs_off+0x14/0x20 (P)" in line for line in nmi.trace)
+    assert nmi.trace[-1].startswith("rcu: rcu_preempt kthread")  # the next report ends it (inclusive)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:",
+        "rcu: INFO: rcu_preempt self-detected stall on CPU",
+        "watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [spin:188]",
+        "watchdog: CPU1: Watchdog detected hard LOCKUP on cpu 1",
+        "NMI backtrace for cpu 1",
+    ],
+)
+def test_a_waiting_session_stops_on_stall_reports(line: str) -> None:
+    """The serial session's abort patterns end a step's wait at the report,
+    with a printk timestamp or amid other output on the console."""
+    patterns = fatal_stream_patterns()
+    for text in (line, f"[   42.123456] {line}", f"$ sleep 60[   42.123456] {line}"):
+        assert any(p.search(text) for p in patterns), text
+
+
+def test_the_protected_vm_taint_stops_nothing(data_dir: Path) -> None:
+    text = (data_dir / "7.3-protected-vm-taint.log").read_text()
+    assert not any(p.search(text) for p in fatal_stream_patterns())
+    assert not any(e.fatal for e in parse_log(text))
