@@ -32,7 +32,7 @@ from harness.report.recorder import Cell
 # the pytest plugin's own tests) can replace probing and running.
 from harness.scenario import capabilities, runner
 from harness.scenario.capabilities import CONFIG_TOKENS, KSELFTEST_CAP
-from harness.scenario.runner import ScenarioContext, scenario_result, skip_reason
+from harness.scenario.runner import ScenarioContext, scenario_result
 from harness.session.guest import Guest, booted_guest
 from harness.session.liveness import LivenessPolicy
 
@@ -185,9 +185,9 @@ class BootedCells:
                 self._probe_error = f"capability probe: {exc}"
                 return scenario_result(scenario, unprobed, Verdict.ERROR, self._probe_error)
         ctx = self._context(self._caps, self._first)
-        why = skip_reason(scenario, ctx)
-        if why is not None:
-            return scenario_result(scenario, ctx, Verdict.SKIP, why)
+        unmet = capabilities.requirement_verdict(scenario, ctx)
+        if unmet is not None:
+            return scenario_result(scenario, ctx, *unmet)
         self._first = False
         ui.info("scenario", f"{scenario.name} on {self.profile.name} ...")
         try:

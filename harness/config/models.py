@@ -220,6 +220,10 @@ class Scenario:
     timeout_s: float = 600.0
     forbid_events: tuple[str, ...] = ()
     check_boot_log: bool = False
+    # Fail unless the kernel offers every capability its target and profile
+    # claim (boot-health: a kernel that lost one is red even where no
+    # scenario that needs it runs).
+    check_capabilities: bool = False
     path: Path | None = None
     # Free labels (smoke, dma, pkvm, ...): pytest markers, matrix selection.
     tags: tuple[str, ...] = ()

@@ -192,6 +192,7 @@ def _scenario(doc: LoadedYaml) -> Scenario:
         timeout_s=float(d.get("timeout_s", 600.0)),
         forbid_events=tuple(d.get("forbid_events", ())),
         check_boot_log=bool(d.get("check_boot_log", False)),
+        check_capabilities=bool(d.get("check_capabilities", False)),
         path=doc.path,
         tags=tuple(d.get("tags", ())),
     )

@@ -154,6 +154,7 @@ SCENARIO: dict[str, Any] = {
         "timeout_s": _TIMEOUT,
         "forbid_events": _STR_LIST,
         "check_boot_log": {"type": "boolean"},
+        "check_capabilities": {"type": "boolean"},
         "steps": {"type": "array", "minItems": 1, "items": STEP},
     },
 }

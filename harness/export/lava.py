@@ -454,7 +454,7 @@ def export(
     """One job per target x profile under OUTPUT/<target>_<profile>/, the
     artifacts under OUTPUT/artifacts/, what was left out in left-out.txt."""
     from harness.pipeline import build_all
-    from harness.scenario.capabilities import build_capabilities
+    from harness.scenario.capabilities import static_capabilities
 
     if not scenarios:
         raise ConfigError("lava export: give at least one --scenario")
@@ -471,7 +471,7 @@ def export(
             scratch = store / f"scratch-{profile.scratch_disk_mb}M.img"
             with scratch.open("wb") as f:
                 f.truncate(profile.scratch_disk_mb << 20)
-        caps = frozenset(build_capabilities(artifacts.kernel, profile.features))
+        caps = static_capabilities(artifacts.kernel, profile.features)
         plan = make_plan(target, profile, scenarios, caps)
         job_dir = output / f"{target.name}_{profile.name}"
         job_dir.mkdir(parents=True, exist_ok=True)

@@ -32,8 +32,8 @@ from harness.image.initramfs import READY_MARKER
 from harness.logwatch import Event, LogWatcher
 from harness.report.recorder import RunRecorder
 from harness.report.results import BootRecord, RunResult, TargetRecord, Verdict
-from harness.scenario.capabilities import guest_capabilities
-from harness.scenario.runner import ScenarioContext, run_scenario, scenario_result, skip_reason
+from harness.scenario.capabilities import guest_capabilities, requirement_verdict
+from harness.scenario.runner import ScenarioContext, run_scenario, scenario_result
 from harness.session.base import Completed
 
 
@@ -447,9 +447,9 @@ def _replay_scenarios(
             )
             continue
         c = ctx(caps, first)
-        why = skip_reason(scenario, c)
-        if why is not None:
-            recorder.record(scenario_result(scenario, c, Verdict.SKIP, why))
+        unmet = requirement_verdict(scenario, c)
+        if unmet is not None:
+            recorder.record(scenario_result(scenario, c, *unmet))
             continue
         first = False
         guest.scenario = scenario.name

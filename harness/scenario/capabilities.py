@@ -1,13 +1,24 @@
-"""What the booted kernel offers, so scenarios run only where they can.
+"""What the booted kernel offers, so scenarios run only where they can, and
+what it must offer, so that a lost capability is a FAIL and never a skip.
 
 Capabilities are the profile's features plus what the build config and the
-running guest say. Tokens are plain strings, matched against `requires:`."""
+running guest say. Tokens are plain strings, matched against `requires:`.
+Two kinds of token ride along with them:
+- `expect:<token>`: the target and profile claim it (e.g. pKVM protected
+  mode on Linux >= 7.1 offers protected VMs), so a kernel without it is
+  broken;
+- `answer:<key>=<value>`: the probe's raw answer (the errno of
+  KVM_CREATE_VM(type=PROTECTED), the helper's exit status), quoted in the
+  reason of such a FAIL."""
 
 from __future__ import annotations
 
+from harness.config.models import Scenario
 from harness.errors import GuestFailure, SessionError
 from harness.kernel import KernelBuild
-from harness.scenario.runner import GuestControl
+from harness.report import Verdict
+from harness.scenario.claims import EXPECT, lost_capabilities
+from harness.scenario.runner import GuestControl, ScenarioContext
 
 # Config options worth a capability token.
 _CONFIG_CAPS = {
@@ -38,8 +49,12 @@ test -d /sys/kernel/debug/tracing -o -d /sys/kernel/tracing && echo tracing
 for h in /usr/local/bin/*; do [ -x "$h" ] && echo "helper:${h##*/}"; done
 for d in /usr/lib/kselftests/*; do [ -d "$d" ] && echo "kselftest:${d##*/}"; done
 if [ -x /usr/local/bin/pkvm-vmm ] && [ -c /dev/kvm ]; then
-  pkvm-vmm probe 2>/dev/null | sed -n -e 's/^# protected_vm=1$/protected-vm/p' \
-                                      -e 's/^# pkvm_hypercalls=1$/pkvm-guest-hypercalls/p'
+  out=$(pkvm-vmm probe 2>&1); rc=$?
+  printf '%s\n' "$out" | sed -n -e 's/^# protected_vm=1$/protected-vm/p' \
+                               -e 's/^# pkvm_hypercalls=1$/pkvm-guest-hypercalls/p' \
+                               -e 's/^# \(protected_vm_error\|pkvm_hypercalls_error\)=/answer:\1=/p' \
+                               -e 's/^Bail out! /answer:pkvm_vmm_bail=/p'
+  echo "answer:pkvm_vmm_probe_status=$rc"
 fi
 true
 """
@@ -51,6 +66,26 @@ def _version(text: str) -> tuple[int, ...]:
         digits = "".join(ch for ch in piece if ch.isdigit())
         parts.append(int(digits or 0))
     return tuple(parts)
+
+
+# Linux version from which pKVM offers protected VMs to userspace
+# (KVM_VM_TYPE_ARM_PROTECTED, __pkvm_host_donate_guest): platform notes.
+PROTECTED_VMS_SINCE = (7, 1)
+
+
+def expected_capabilities(kernel_version: str, features: frozenset[str]) -> dict[str, str]:
+    """The capabilities this kernel on this profile must show, each with
+    why it is expected. What the profile does not claim (no `pkvm` on an
+    nvhe profile) is not expected: its scenarios skip."""
+    expected: dict[str, str] = {}
+    if "pkvm" in features:
+        why = "the profile boots pKVM in protected mode"
+        expected |= {"pkvm-protected-mode": why, "kvm": why}
+        if _version(kernel_version) >= PROTECTED_VMS_SINCE:
+            # (no comma: LAVA job metadata carries these tokens comma-separated)
+            why = f"pKVM protected mode is on and Linux {kernel_version} offers protected VMs"
+            expected |= {"protected-vm": why, "pkvm-guest-hypercalls": why}
+    return expected
 
 
 def build_capabilities(kernel: KernelBuild, features: frozenset[str]) -> set[str]:
@@ -89,5 +124,31 @@ def guest_capabilities(guest: GuestControl) -> set[str]:
     return caps
 
 
+def static_capabilities(kernel: KernelBuild, features: frozenset[str]) -> frozenset[str]:
+    """Everything known before the guest boots: the profile's features, the
+    build config's tokens and the `expect:` claims."""
+    claims = expected_capabilities(kernel.version, features)
+    expected = {f"{EXPECT}{token}={why}" for token, why in claims.items()}
+    return frozenset(build_capabilities(kernel, features) | expected)
+
+
 def probe(guest: GuestControl, kernel: KernelBuild, features: frozenset[str]) -> frozenset[str]:
-    return frozenset(build_capabilities(kernel, features) | guest_capabilities(guest))
+    return static_capabilities(kernel, features) | guest_capabilities(guest)
+
+
+def requirement_verdict(scenario: Scenario, ctx: ScenarioContext) -> tuple[Verdict, str] | None:
+    """Whether `scenario` can run with what the kernel offers: None if so;
+    a SKIP for what the profile or target never claimed; a FAIL for a
+    capability they claim and the kernel lost (and, for a scenario that
+    checks every claimed capability, boot-health, any such loss)."""
+    caps = ctx.capabilities
+    lost = lost_capabilities(caps)
+    if scenario.check_capabilities and lost:
+        return Verdict.FAIL, "; ".join(lost)
+    missing = sorted(scenario.requires - caps)
+    needed = lost_capabilities(caps, missing)
+    if needed:
+        return Verdict.FAIL, "; ".join(needed)
+    if missing:
+        return Verdict.SKIP, f"profile {ctx.profile.name} / kernel lacks: {', '.join(missing)}"
+    return None

@@ -31,6 +31,7 @@ from harness.logwatch.signatures import GROUPS, expand
 from harness.report.results import CaseResult, ScenarioResult, StepResult, Verdict
 from harness.scenario import kselftest, ktap
 from harness.scenario import variables as V
+from harness.scenario.claims import lost_capabilities
 from harness.session.base import Completed
 
 MAX_EVENTS_PER_RESULT = 200
@@ -90,13 +91,6 @@ class ScenarioContext:
         }
         out["profile.name"] = self.profile.name
         return out
-
-
-def skip_reason(scenario: Scenario, ctx: ScenarioContext) -> str | None:
-    missing = sorted(scenario.requires - ctx.capabilities)
-    if missing:
-        return f"profile {ctx.profile.name} / kernel lacks: {', '.join(missing)}"
-    return None
 
 
 class _StepFailed(Exception):
@@ -427,6 +421,11 @@ def run_scenario(scenario: Scenario, guest: GuestControl, ctx: ScenarioContext) 
     try:
         for step in scenario.steps:
             missing = sorted(step.requires - ctx.capabilities)
+            lost = lost_capabilities(ctx.capabilities, missing)
+            if lost:  # claimed by the target and profile: the kernel lost it
+                verdict, reason = Verdict.FAIL, f"step {step.name}: {'; '.join(lost)}"
+                steps.append(StepResult(step.name, verdict, reason))
+                break
             if missing:
                 steps.append(StepResult(step.name, Verdict.SKIP, f"needs {', '.join(missing)}"))
                 continue

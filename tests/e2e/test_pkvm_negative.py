@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import run_broken
+from harness.report import Verdict
+from tests.e2e.conftest import SERIES, run_broken, run_scenarios
 
 CASES = [
     # (series, scenario, start of the reason; run-specific values are cut)
@@ -43,3 +44,32 @@ CASES = [
 def test_broken_pkvm_turns_the_scenario_red(tmp_path: Path, series: str, scenario: str, reason: str) -> None:
     result = run_broken(tmp_path, series, "smmuv3-nested", scenario)
     assert str(result["reason"]).startswith(reason), result["reason"]
+
+
+PVM_REFUSED = (
+    "protected-vm expected (pKVM protected mode is on and Linux 7.3.4 offers protected VMs)"
+    " but KVM_CREATE_VM(type=PROTECTED) failed: EINVAL"
+)
+
+
+@pytest.mark.usefixtures("no_leaked_qemu")
+def test_a_kernel_that_refuses_protected_vms_is_red_not_skipped(tmp_path: Path) -> None:
+    """0.3 turned every scenario that needs protected VMs into a skip on such
+    a kernel and exited 0. pKVM in protected mode on 7.3 claims them: the
+    loss fails boot-health and each scenario that needs them, with the
+    kernel's own answer; a scenario that does not need them still runs."""
+    run = run_scenarios(
+        tmp_path,
+        "mainline-7.3",
+        ["smmuv3-nested"],
+        ["boot-health", "pvm-donate", "pfnmap-memslots"],
+        "--series",
+        str(SERIES / "pvm-refused.patch"),
+    )
+    assert run.rc == 1, run.stderr[-2000:]
+    by_name = {r.scenario: r for r in run.run_result.results}
+    assert by_name["boot-health"].verdict == Verdict.FAIL
+    assert PVM_REFUSED in by_name["boot-health"].reason.split("; "), by_name["boot-health"].reason
+    assert by_name["pvm-donate"].verdict == Verdict.FAIL
+    assert PVM_REFUSED in by_name["pvm-donate"].reason.split("; "), by_name["pvm-donate"].reason
+    assert by_name["pfnmap-memslots"].verdict != Verdict.SKIP, by_name["pfnmap-memslots"].reason

@@ -17,7 +17,8 @@ from harness.errors import ExitCode
 from harness.logwatch import Event, LogWatcher
 from harness.report import ScenarioResult, Verdict
 from harness.report.results import exit_code
-from harness.scenario import ScenarioContext, run_scenario, skip_reason
+from harness.scenario import ScenarioContext, run_scenario
+from harness.scenario.capabilities import expected_capabilities, requirement_verdict
 from harness.session.base import Completed
 
 Responder = Callable[[str], tuple[str, int, str]]  # command -> (output, status, console)
@@ -309,10 +310,71 @@ steps:
     assert "expected event smmuv3-event(id=16, sid=0x10, address=0x7000000..0x7001000)" in result.reason
 
 
-def test_skip_reason_names_missing_capability() -> None:
-    scenario = replace(Registry().scenario("boot-health"), requires=frozenset({"pkvm", "protected-vm"}))
-    assert skip_reason(scenario, ctx()) == "profile smmuv3-nested / kernel lacks: protected-vm"
-    assert skip_reason(scenario, ctx(caps=("protected-vm",))) is None
+def test_a_capability_never_claimed_is_a_skip_naming_it() -> None:
+    scenario = Registry().scenario("pvm-donate")
+    caps = ("kvm", "edu", "helper:pkvm-vmm", "pkvm-guest-hypercalls")
+    unmet = requirement_verdict(scenario, ctx(caps=caps))
+    assert unmet == (Verdict.SKIP, "profile smmuv3-nested / kernel lacks: protected-vm")
+    assert requirement_verdict(scenario, ctx(caps=(*caps, "protected-vm"))) is None
+
+
+# What `capabilities.probe` gives on a 7.3 kernel in protected mode whose
+# KVM_CREATE_VM(type=PROTECTED) fails with EINVAL (the pVM regression).
+PVM_REFUSED = (
+    "kvm",
+    "edu",
+    "helper:pkvm-vmm",
+    "pkvm-protected-mode",
+    *(
+        f"expect:{token}=pKVM protected mode is on and Linux 7.3.4 offers protected VMs"
+        for token in ("protected-vm", "pkvm-guest-hypercalls")
+    ),
+    "answer:protected_vm_error=EINVAL",
+    "answer:pkvm_vmm_probe_status=0",
+)
+
+
+def test_a_claimed_capability_the_kernel_lost_is_a_fail_with_the_probes_answer() -> None:
+    scenario = replace(Registry().scenario("pvm-donate"), requires=frozenset({"protected-vm", "kvm"}))
+    unmet = requirement_verdict(scenario, ctx(caps=PVM_REFUSED))
+    assert unmet == (
+        Verdict.FAIL,
+        "protected-vm expected (pKVM protected mode is on and Linux 7.3.4 offers protected VMs)"
+        " but KVM_CREATE_VM(type=PROTECTED) failed: EINVAL",
+    )
+
+
+def test_boot_health_fails_on_any_claimed_capability_the_kernel_lost() -> None:
+    unmet = requirement_verdict(Registry().scenario("boot-health"), ctx(caps=PVM_REFUSED))
+    assert unmet is not None and unmet[0] == Verdict.FAIL
+    assert unmet[1].split("; ") == [
+        "pkvm-guest-hypercalls expected (pKVM protected mode is on and Linux 7.3.4 offers protected VMs)"
+        " but no protected VM could be created to ask for them",
+        "protected-vm expected (pKVM protected mode is on and Linux 7.3.4 offers protected VMs)"
+        " but KVM_CREATE_VM(type=PROTECTED) failed: EINVAL",
+    ]
+    # A step that needs a lost one fails; a scenario that needs none of them
+    # is not this failure's business.
+    pfnmap = Registry().scenario("pfnmap-memslots")
+    guest = ScriptedGuest("", lambda cmd: ("KTAP version 1\n1..1\nok 1 memslot\n", 0, ""))
+    result = run_scenario(pfnmap, guest, ctx(caps=(*PVM_REFUSED, "vfio")))
+    assert result.verdict == Verdict.FAIL
+    assert result.reason.startswith("step protected-vm: protected-vm expected (pKVM protected"), result.reason
+    dma = ctx(caps=(*PVM_REFUSED, "vfio", "helper:edu-dma"))
+    assert requirement_verdict(Registry().scenario("dma-roundtrip"), dma) is None
+
+
+def test_what_pkvm_claims_depends_on_the_profile_and_the_kernel_version() -> None:
+    pkvm = frozenset({"pkvm", "iommu"})
+    assert set(expected_capabilities("7.3.4", pkvm)) == {
+        "kvm",
+        "pkvm-protected-mode",
+        "protected-vm",
+        "pkvm-guest-hypercalls",
+    }
+    # 6.12 has pKVM but no protected VMs for userspace; nvhe claims no pKVM.
+    assert set(expected_capabilities("6.12.117", pkvm)) == {"kvm", "pkvm-protected-mode"}
+    assert expected_capabilities("7.3.4", frozenset({"iommu"})) == {}
 
 
 def test_unknown_variable_is_an_error(tmp_path: Path, data_dir: Path) -> None:

@@ -288,6 +288,11 @@ static void kvm_open(void)
 		     VMM_ENTRY_OFFSET, page_size);
 }
 
+/* The errno of the last refused KVM_CREATE_VM(protected): the probe
+ * reports it, so that a kernel expected to offer pVMs is failed with the
+ * kernel's own answer rather than skipped. */
+static int protected_errno;
+
 /* 1 if pVMs can be created, 0 if not (EINVAL: 6.12, or not protected mode),
  * or -errno for anything unexpected. */
 static int probe_protected(void)
@@ -298,6 +303,7 @@ static int probe_protected(void)
 		close(fd);
 		return 1;
 	}
+	protected_errno = errno;
 	return errno == EINVAL ? 0 : -errno;
 }
 
@@ -624,10 +630,14 @@ static int cmd_probe(void)
 	if (prot < 0)
 		ktap_bail("KVM_CREATE_VM(protected): %s", strerror(-prot));
 	ktap_diag("protected_vm=%d", prot);
-	if (prot)
+	if (prot) {
 		probe_hypercalls();
-	else
+	} else {
+		const char *name = strerrorname_np(protected_errno);
+
+		ktap_diag("protected_vm_error=%s", name ? name : "unknown errno");
 		ktap_diag("pkvm_hypercalls=0");
+	}
 	ktap_result(kvm_api == 12, 0, "probe", "KVM_GET_API_VERSION is not 12");
 	return ktap_exit_code();
 }
