@@ -13,6 +13,8 @@ Two kinds of token ride along with them:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from harness.config.models import Scenario
 from harness.errors import GuestFailure, SessionError
 from harness.kernel import KernelBuild
@@ -73,11 +75,25 @@ def _version(text: str) -> tuple[int, ...]:
 PROTECTED_VMS_SINCE = (7, 1)
 
 
-def expected_capabilities(kernel_version: str, features: frozenset[str]) -> dict[str, str]:
+# pkvm_ownership_selftest() runs at hyp init under NVHE_EL2_DEBUG from 6.16.
+OWNERSHIP_SELFTEST_SINCE = (6, 16)
+# It prints nothing when it passes. What shows that it ran: this symbol in
+# the build (it is compiled in, and called unconditionally by
+# __pkvm_init_finalise() before the host is entered), then the protected-mode
+# success line, which the host prints only after that call returned.
+OWNERSHIP_SELFTEST_SYMBOL = "__kvm_nvhe_pkvm_ownership_selftest"
+
+
+def expected_capabilities(
+    kernel_version: str, features: frozenset[str], config_tokens: frozenset[str] = frozenset()
+) -> dict[str, str]:
     """The capabilities this kernel on this profile must show, each with
     why it is expected. What the profile does not claim (no `pkvm` on an
     nvhe profile) is not expected: its scenarios skip."""
     expected: dict[str, str] = {}
+    if "nvhe-el2-debug" in config_tokens and _version(kernel_version) >= OWNERSHIP_SELFTEST_SINCE:
+        why = f"CONFIG_NVHE_EL2_DEBUG=y on Linux {kernel_version} builds it in"
+        expected["pkvm-ownership-selftest"] = why
     if "pkvm" in features:
         why = "the profile boots pKVM in protected mode"
         expected |= {"pkvm-protected-mode": why, "kvm": why}
@@ -95,10 +111,17 @@ def build_capabilities(kernel: KernelBuild, features: frozenset[str]) -> set[str
     for option, token in _CONFIG_CAPS.items():
         if f"\n{option}=y" in f"\n{config}":
             caps.add(token)
-    # pkvm_ownership_selftest() runs at hyp init under NVHE_EL2_DEBUG from 6.16.
-    if "nvhe-el2-debug" in caps and _version(kernel.version) >= (6, 16):
+    if _has_symbol(kernel.system_map, OWNERSHIP_SELFTEST_SYMBOL):
         caps.add("pkvm-ownership-selftest")
     return caps
+
+
+def _has_symbol(system_map: Path, name: str) -> bool:
+    try:
+        text = system_map.read_text(errors="replace")
+    except OSError:
+        return False
+    return any(line.rsplit(" ", 1)[-1] == name for line in text.splitlines())
 
 
 # Tokens only the harness's console watcher decides (no shell test can).
@@ -127,9 +150,10 @@ def guest_capabilities(guest: GuestControl) -> set[str]:
 def static_capabilities(kernel: KernelBuild, features: frozenset[str]) -> frozenset[str]:
     """Everything known before the guest boots: the profile's features, the
     build config's tokens and the `expect:` claims."""
-    claims = expected_capabilities(kernel.version, features)
+    build = build_capabilities(kernel, features)
+    claims = expected_capabilities(kernel.version, features, frozenset(build))
     expected = {f"{EXPECT}{token}={why}" for token, why in claims.items()}
-    return frozenset(build_capabilities(kernel, features) | expected)
+    return frozenset(build | expected)
 
 
 def probe(guest: GuestControl, kernel: KernelBuild, features: frozenset[str]) -> frozenset[str]:

@@ -36,6 +36,8 @@ def _explain(token: str, answers: dict[str, str]) -> str:
         return "the boot log has no 'Protected [nh]VHE mode initialized successfully'"
     if token == "kvm":
         return "the guest has no /dev/kvm"
+    if token == "pkvm-ownership-selftest":
+        return "the build's System.map has no __kvm_nvhe_pkvm_ownership_selftest: it is not built in"
     return "the probe did not find it"
 
 

@@ -14,11 +14,12 @@ from harness.config import Registry
 from harness.config.models import KnownGap
 from harness.config.registry import load_scenario
 from harness.errors import ExitCode
+from harness.kernel import KernelBuild
 from harness.logwatch import Event, LogWatcher
 from harness.report import ScenarioResult, Verdict
 from harness.report.results import exit_code
 from harness.scenario import ScenarioContext, run_scenario
-from harness.scenario.capabilities import expected_capabilities, requirement_verdict
+from harness.scenario.capabilities import expected_capabilities, requirement_verdict, static_capabilities
 from harness.session.base import Completed
 
 Responder = Callable[[str], tuple[str, int, str]]  # command -> (output, status, console)
@@ -539,3 +540,37 @@ def test_a_step_sets_its_own_liveness_probe(tmp_path: Path, data_dir: Path) -> N
     guest = ScriptedGuest(boot_log(data_dir), lambda c: ("", 0, ""))
     assert run_scenario(scenario, guest, ctx()).verdict == Verdict.PASS
     assert guest.probes == [(120, 20), (None, None)]
+
+
+def kernel_build(tmp_path: Path, system_map: str, version: str = "7.3.4") -> KernelBuild:
+    (tmp_path / "config").write_text("CONFIG_NVHE_EL2_DEBUG=y\nCONFIG_KVM=y\n")
+    (tmp_path / "System.map").write_text(system_map)
+    files = {name: tmp_path / name for name in ("Image", "vmlinux", "build.log")}
+    return KernelBuild(
+        "mainline-7.3", "k", tmp_path, files["Image"], files["vmlinux"], tmp_path / "System.map",
+        tmp_path / "config", files["build.log"], None, {"kernel_version": version},
+    )  # fmt: skip
+
+
+def test_the_ownership_selftest_passes_only_where_the_build_holds_it(tmp_path: Path) -> None:
+    """pkvm_ownership_selftest prints nothing: the evidence that it ran is its
+    symbol in the build (called unconditionally at hyp init, before the
+    protected-mode line the scenario waits for). NVHE_EL2_DEBUG on >= 6.16
+    claims it; a build without it fails the scenario, never passes it."""
+    scenario = Registry().scenario("pkvm-ownership-selftest")
+    profile = Registry().profile("smmuv3-nested")
+    with_it = kernel_build(tmp_path, "ffff8000804f9868 T __kvm_nvhe_pkvm_ownership_selftest\n")
+    caps = static_capabilities(with_it, profile.features)
+    assert requirement_verdict(scenario, ctx(caps=tuple(caps))) is None
+
+    without = kernel_build(tmp_path, "ffff8000804f9868 T __kvm_nvhe_pkvm_ownership_selftest_other\n")
+    caps = static_capabilities(without, profile.features)
+    assert requirement_verdict(scenario, ctx(caps=tuple(caps))) == (
+        Verdict.FAIL,
+        "pkvm-ownership-selftest expected (CONFIG_NVHE_EL2_DEBUG=y on Linux 7.3.4 builds it in) but the"
+        " build's System.map has no __kvm_nvhe_pkvm_ownership_selftest: it is not built in",
+    )
+    # Before 6.16 nothing claims it: a skip.
+    old = kernel_build(tmp_path, "", version="6.12.117")
+    unmet = requirement_verdict(scenario, ctx(caps=tuple(static_capabilities(old, profile.features))))
+    assert unmet == (Verdict.SKIP, "profile smmuv3-nested / kernel lacks: pkvm-ownership-selftest")
