@@ -13,6 +13,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -25,6 +26,23 @@ from harness.machine.profile import MachineSpec, qemu_argv, reproducer_script
 
 _PR_SET_PDEATHSIG = 1
 
+# How long one QMP command may take: QEMU answers within milliseconds unless
+# its main loop is stuck, and then nothing will come.
+QMP_TIMEOUT_S = 10.0
+
+
+class _Qmp(QEMUMonitorProtocol):
+    """The legacy synchronous QMP client, whose connect and close take no
+    timeout, with one."""
+
+    def connect_within(self, timeout: float) -> None:
+        self._qmp.await_greeting = True
+        self._qmp.negotiate = True
+        self._sync(self._qmp.connect(self._address), timeout)
+
+    def close_within(self, timeout: float) -> None:
+        self._sync(self._qmp.disconnect(), timeout)
+
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     libc = ctypes.CDLL(None, use_errno=True)
@@ -34,7 +52,10 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 def qemu_version(binary: str = "qemu-system-aarch64") -> str:
     if shutil.which(binary) is None:
         raise ToolMissingError(f"{binary} not found (install QEMU 10: sudo ci/setup-host.sh)")
-    out = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except subprocess.TimeoutExpired as exc:
+        raise MachineError(f"{binary} --version did not answer within 30s") from exc
     return out.splitlines()[0] if out else "unknown"
 
 
@@ -87,7 +108,10 @@ class QemuMachine:
         self.argv = qemu_argv(spec)
         self.qemu_log = run_dir / "qemu.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.qmp: QEMUMonitorProtocol | None = None
+        self.qmp: _Qmp | None = None
+        # The QMP client is not thread-safe (a step and the cell watchdog
+        # may both ask); holders keep it for one bounded call.
+        self._qmp_lock = threading.Lock()
         self.serial: socket.socket | None = None
         self.launched_at: float | None = None  # time.monotonic() at Popen
 
@@ -133,10 +157,11 @@ class QemuMachine:
                 preexec_fn=_die_with_parent,
             )
         self._wait_for_sockets()
-        self.qmp = QEMUMonitorProtocol(str(self.spec.qmp_socket))
+        self.qmp = _Qmp(str(self.spec.qmp_socket))
+        self.qmp.settimeout(QMP_TIMEOUT_S)  # every command's deadline
         try:
-            self.qmp.connect(negotiate=True)
-        except Exception as exc:  # QEMU died between opening and serving
+            self.qmp.connect_within(self.start_timeout)
+        except Exception as exc:  # QEMU died between opening and serving, or never greeted
             if self.proc is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.proc.wait(2)
@@ -167,27 +192,49 @@ class QemuMachine:
     def resume(self) -> None:
         self.command("cont")
 
-    def command(self, name: str, **args: Any) -> Any:
-        if self.qmp is None:
-            raise MachineError(f"QMP {name}: machine not running")
+    @contextlib.contextmanager
+    def _qmp_owned(self, what: str) -> Iterator[_Qmp]:
+        if not self._qmp_lock.acquire(timeout=QMP_TIMEOUT_S):
+            raise MachineError(f"QMP {what}: another QMP call did not return within {QMP_TIMEOUT_S:.0f}s")
         try:
-            return self.qmp.cmd(name, **args)  # the "return" value; raises on "error"
-        except Exception as exc:  # ExecuteError, connection errors, timeouts
-            raise MachineError(f"QMP {name} failed: {exc}") from exc
+            if self.qmp is None:
+                raise MachineError(f"QMP {what}: machine not running")
+            yield self.qmp
+        finally:
+            self._qmp_lock.release()
+
+    def command(self, name: str, **args: Any) -> Any:
+        """A QMP command's "return" value, within QMP_TIMEOUT_S: an error
+        reply, a lost connection or no answer in time is a MachineError."""
+        with self._qmp_owned(name) as qmp:
+            try:
+                return qmp.cmd(name, **args)
+            except Exception as exc:  # ExecuteError, connection errors, timeouts
+                why = str(exc) or f"no answer within {QMP_TIMEOUT_S:.0f}s"
+                raise MachineError(f"QMP {name} failed: {why}") from exc
 
     def wait_event(self, name: str, timeout: float) -> dict[str, Any] | None:
-        """The next QMP event called `name` within `timeout`, or None."""
-        if self.qmp is None:
-            raise MachineError(f"QMP wait for {name}: machine not running")
+        """The next QMP event called `name` within `timeout`, or None. It
+        waits in slices of a second, so a command (evidence) can come between."""
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
-            try:
-                event = self.qmp.pull_event(wait=left)
-            except Exception:  # the legacy API raises on its own timeout
-                return None
+            with self._qmp_owned(f"wait for {name}") as qmp:
+                try:
+                    event = qmp.pull_event(wait=float(min(left, 1.0)))
+                except TimeoutError:  # the legacy API raises on its own timeout
+                    continue
+                except Exception:  # the connection is gone: no event will come
+                    return None
             if event is not None and event.get("event") == name:
                 return dict(event)
         return None
+
+    def kill(self) -> None:
+        """SIGKILL QEMU now (its sockets close, so every wait on them ends);
+        shutdown() still reaps it."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self.proc.kill()
 
     @property
     def returncode(self) -> int | None:
@@ -201,16 +248,18 @@ class QemuMachine:
         if self.serial is not None:
             self.serial.close()
             self.serial = None
-        if self.proc is not None and self.proc.poll() is None and self.qmp is not None:
+        qmp = self.qmp
+        # Not through _qmp_owned: a call stuck on the lock (the watchdog's
+        # case) must not hold the shutdown up; then QEMU gets signals only.
+        running = self.proc is not None and self.proc.poll() is None
+        if running and qmp is not None and self._qmp_lock.acquire(timeout=1.0):
             try:
-                self.qmp.settimeout(1.0)
-                self.qmp.cmd("quit")
+                qmp.settimeout(1.0)
+                qmp.cmd("quit")
             except Exception:
                 pass  # already going away
-        if self.qmp is not None:
-            with contextlib.suppress(Exception):
-                self.qmp.close()
-            self.qmp = None
+            finally:
+                self._qmp_lock.release()
         rc = None
         if self.proc is not None:
             try:
@@ -221,7 +270,18 @@ class QemuMachine:
                     rc = self.proc.wait(timeout)
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
-                    rc = self.proc.wait()
+                    # A SIGKILLed process is reaped at once, unless it is
+                    # stuck in the host kernel (D state): then leave it.
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        rc = self.proc.wait(10)
+        if qmp is not None:
+            # After QEMU is gone: closing flushes what is still unsent,
+            # which a live but stuck QEMU would never read.
+            if self._qmp_lock.acquire(timeout=1.0):
+                with contextlib.suppress(Exception):
+                    qmp.close_within(2.0)
+                self._qmp_lock.release()
+            self.qmp = None
         for sock in (self.spec.serial_socket, self.spec.qmp_socket):
             sock.unlink(missing_ok=True)
         with _live_lock:
