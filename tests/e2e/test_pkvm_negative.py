@@ -73,3 +73,19 @@ def test_a_kernel_that_refuses_protected_vms_is_red_not_skipped(tmp_path: Path) 
     assert by_name["pvm-donate"].verdict == Verdict.FAIL
     assert PVM_REFUSED in by_name["pvm-donate"].reason.split("; "), by_name["pvm-donate"].reason
     assert by_name["pfnmap-memslots"].verdict != Verdict.SKIP, by_name["pfnmap-memslots"].reason
+
+
+@pytest.mark.usefixtures("no_leaked_qemu")
+def test_a_dead_positive_control_fails_pvm_dma_isolation(tmp_path: Path) -> None:
+    """An identity domain that blocks every DMA makes the host's DMA into
+    the donated page "blocked" without proving anything: the positive
+    control (same domain, same device, a page not donated) fails the
+    scenario, and mainline-7.3's known gap (host DMA reached protected
+    memory) does not cover it."""
+    result = run_broken(tmp_path, "identity-domain-blocks-dma.patch", "smmuv3-nested", "pvm-dma-isolation")
+    reason = str(result["reason"])
+    assert reason.startswith(
+        "step host-dma-into-protected-page: host DMA to a page not donated (positive control):"
+        " positive control failed: the edu's DMA to a host page that is not donated did not land"
+    ), reason
+    assert "(not the known gap of mainline-7.3" in reason

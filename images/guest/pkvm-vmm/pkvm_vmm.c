@@ -1427,19 +1427,26 @@ static bool bounce_holds(const struct bounce *b, uint64_t base, size_t count)
 	return true;
 }
 
-/* Can the device reach host memory at all? Copy the filler out of the
- * bounce page and back in (cleared in between). If it cannot, the tests
- * below pass without proving anything, and this says so. It also leaves
- * the filler in the device buffer, so that a blocked read of the pVM page
- * cannot return what an earlier run left there. */
-static void dma_control(struct edu *e, struct bounce *h, size_t count)
+/* The positive control: can the device reach host memory at all, in the
+ * same domain, on a page that is not donated? Copy the filler out of the
+ * bounce page and back in (cleared in between). If it cannot, a "blocked"
+ * below proves nothing: the control is a test of its own, and fails. It
+ * also leaves the filler in the device buffer, so that a blocked read of
+ * the pVM page cannot return what an earlier run left there. */
+static bool dma_control(struct edu *e, struct bounce *h, size_t count, char *why, size_t len)
 {
+	bool works;
+
 	bounce_fill(h, BOUNCE_FILLER);
 	edu_xfer(e, false, h->pa, count);
 	memset(h->va, 0, page_size);
 	edu_xfer(e, true, h->pa, count);
-	ktap_diag("host_dma_control=%s",
-		  bounce_holds(h, BOUNCE_FILLER, count) ? "works" : "blocked");
+	works = bounce_holds(h, BOUNCE_FILLER, count);
+	ktap_diag("host_dma_control=%s", works ? "works" : "blocked");
+	if (!works)
+		return fail(why, len, "positive control failed: the edu's DMA to a host page that is not"
+			    " donated did not land, so a blocked DMA below would prove nothing");
+	return true;
 }
 
 /* Test 1: the device copies the pVM page into the bounce page. Any word of
@@ -1498,6 +1505,7 @@ static bool check_dma_write(struct vm *vm, struct edu *e, struct bounce *h, uint
 static int cmd_pvm_dma_isolation(const char *bdf)
 {
 	static const char *const names[] = {
+		"host DMA to a page not donated (positive control)",
 		"host DMA read of a donated page",
 		"host DMA write into a donated page",
 	};
@@ -1507,16 +1515,17 @@ static int cmd_pvm_dma_isolation(const char *bdf)
 	struct vm vm;
 	char why[320] = "";
 
-	ktap_header(2);
-	if (!require_protected(names, 2))
+	ktap_header(3);
+	if (!require_protected(names, 3))
 		return ktap_exit_code();
 	if (vm_setup(&vm, true, 1, 1))
 		ktap_bail("%s", err_buf);
 	/* The guest's first access donates the page; it then holds the secret. */
 	if (guest_fill_verify(&vm, 0, SECRET_PAGE, 1)) {
 		snprintf(why, sizeof(why), "guest run failed: %s", err_buf);
-		ktap_result(0, 0, names[0], why);
-		ktap_result(0, 0, names[1], "guest did not run");
+		ktap_result(0, 0, names[0], "guest did not run");
+		ktap_result(0, 0, names[1], why);
+		ktap_result(0, 0, names[2], "guest did not run");
 		goto out;
 	}
 	/* Donated pages are pinned: the VMM's mapping still resolves to them. */
@@ -1529,11 +1538,11 @@ static int cmd_pvm_dma_isolation(const char *bdf)
 
 	edu_prepare(&edu_dev, bdf);
 	ktap_diag("dma_count=%zu", count);
-	dma_control(&edu_dev, &h, count);
+	ktap_result(dma_control(&edu_dev, &h, count, why, sizeof(why)), 0, names[0], why);
 	ktap_result(check_dma_read(&edu_dev, &h, page_pa, count, why, sizeof(why)), 0,
-		    names[0], why);
-	ktap_result(check_dma_write(&vm, &edu_dev, &h, page_pa, count, why, sizeof(why)), 0,
 		    names[1], why);
+	ktap_result(check_dma_write(&vm, &edu_dev, &h, page_pa, count, why, sizeof(why)), 0,
+		    names[2], why);
 	edu_restore(&edu_dev);
 	munmap(h.va, page_size);
 out:
