@@ -17,6 +17,7 @@ _FEAT_TRANS_S1 = 1 << 9
 _FEAT_TRANS_S2 = 1 << 10
 _FEAT_NESTING = 1 << 19
 _EVT_RNW_BIT = 35  # EVTQ_1_RnW
+_EVT_S2_BIT = 39  # EVTQ_1_S2: the fault arose in stage 2 (the SMMU's own record)
 
 
 def smmu_event(fields: Fields, trace: list[str]) -> None:
@@ -30,6 +31,7 @@ def smmu_event(fields: Fields, trace: list[str]) -> None:
         # dword1 bit 35 (6.12 prints no decoded line to read it from).
         if 0x10 <= int(str(fields["id"]), 16) <= 0x13:
             fields["access"] = "read" if dwords[1] >> _EVT_RNW_BIT & 1 else "write"
+            fields["stage"] = "s2" if dwords[1] >> _EVT_S2_BIT & 1 else "s1"
     for line in trace:
         if m := _SMMU_DECODED.search(line):
             fields.update(
@@ -41,6 +43,8 @@ def smmu_event(fields: Fields, trace: list[str]) -> None:
             )
         if m := _SMMU_ACCESS.search(line):
             fields["access"] = m["access"]
+            if m["stage"]:
+                fields["stage"] = m["stage"]
     fields["id"] = hex(int(str(fields["id"]), 16))
     fields.setdefault("name", _SMMU_EVENT_NAMES.get(int(str(fields["id"]), 16), str(fields["id"])))
     client = fields.get("client")
@@ -56,7 +60,7 @@ def requester_bdf(rid: int, segment: int = 0) -> str:
     return f"{segment:04x}:{rid >> 8:02x}:{(rid >> 3) & 0x1F:02x}.{rid & 7}"
 
 
-_SMMU_ACCESS = re.compile(r"\b(?:un)?priv (?:data|inst) (?P<access>read|write)\b")
+_SMMU_ACCESS = re.compile(r"\b(?:un)?priv (?:data|inst) (?P<access>read|write)(?: (?P<stage>s[12])\b)?")
 _SMMU_EVENT_NAMES = {0x10: "F_TRANSLATION", 0x11: "F_ADDR_SIZE", 0x12: "F_ACCESS", 0x13: "F_PERMISSION"}
 
 

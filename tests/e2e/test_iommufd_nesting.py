@@ -114,3 +114,17 @@ def test_dropped_viommu_invalidation_fails_iommufd_nesting(tmp_path: Path) -> No
         " viommu: after a stage-1 change and TLBI_NH_VA, DMA lands at the new page:"
         " old page A changed after TLBI_NH_VA (stale stage-1 translation)"
     ), result["reason"]
+
+
+@pytest.mark.usefixtures("no_leaked_qemu")
+def test_a_stage_1_nest_parent_fails_naming_the_stage_the_smmu_reported(tmp_path: Path) -> None:
+    """The round trip and the fault after unmap look the same through a
+    stage-1 domain: only the SMMU's own fault record says which stage
+    faulted, and the step reads it."""
+    result = run_broken(tmp_path, "nest-parent-stage1.patch", "smmuv3-nested", "iommufd-nesting")
+    reason = str(result["reason"])
+    assert reason.startswith(
+        "step s2-parent-fault-reported: the SMMU did not report a stage-2 fault for DMA to an IOVA"
+        " unmapped from the NEST_PARENT stage 2: expected event smmuv3-event"
+    ), reason
+    assert "stage=s2" in reason and "(saw: " in reason and "stage=s1" in reason, reason

@@ -87,6 +87,7 @@ def test_smmu_event_6_12_form_uses_dwords_only() -> None:
         "address": "0x7000040",
         "name": "F_TRANSLATION",
         "access": "write",  # dword1 bit 35 (RnW) clear
+        "stage": "s1",  # dword1 bit 39 (S2) clear
         "bdf": "0000:00:03.0",  # the StreamID is the requester ID
     }
 
@@ -107,6 +108,20 @@ def test_smmu_permission_fault_direction(data_dir: Path, form: str) -> None:
         ("0x13", "read", "0x5200004"),
     ]
     assert {e.fields["name"] for e in events} == {"F_PERMISSION"}
+    # The SMMU's own record says where the fault arose (EVTQ_1_S2, or "s2"
+    # in 7.3's decoded line): smmuv3-s2's domains are stage 2.
+    assert {e.fields["stage"] for e in events} == {"s2"}
+
+
+def test_smmu_fault_stage_of_a_stage_1_domain(data_dir: Path) -> None:
+    """VFIO on smmuv3-nested gets stage-1 domains: their faults say s1, in
+    the decoded line and in dword1 alike (iommufd-nesting tells a real
+    NEST_PARENT stage 2 from a stage-1 domain by this)."""
+    text = (data_dir / "7.3-smmuv3-nested-vfio-edu-faults.log").read_text()
+    raw_only = "\n".join(ln for ln in text.splitlines() if "event: " not in ln and "priv data" not in ln)
+    for log in (text, raw_only):
+        events = [e for e in parse_log(log) if e.signature == "smmuv3-event"]
+        assert events and {e.fields["stage"] for e in events} == {"s1"}
 
 
 def test_virtio_iommu_faults(data_dir: Path) -> None:
