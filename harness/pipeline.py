@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from harness import __version__, ui
+from harness import __version__, ui, watchdog
 from harness.config.models import Profile, Scenario, Target
 from harness.errors import GuestFailure, HarnessError, Interrupted, MachineError
 from harness.image import GuestImage, build_image
@@ -34,7 +34,7 @@ from harness.scenario import capabilities, runner
 from harness.scenario.capabilities import CONFIG_TOKENS, KSELFTEST_CAP
 from harness.scenario.runner import ScenarioContext, scenario_result
 from harness.session.guest import Guest, booted_guest
-from harness.session.liveness import LivenessPolicy
+from harness.session.liveness import LivenessPolicy, describe_vcpus
 
 
 @dataclass(frozen=True)
@@ -163,6 +163,44 @@ class BootedCells:
         return not self.failed and (self.guest.dead or self._state_unknown)
 
     def run(self, scenario: Scenario) -> ScenarioResult:
+        """One cell, under the cell watchdog (harness.watchdog): if it
+        outlives its step timeouts plus a margin, control comes back here
+        with the cell's evidence, the guest is killed (the next cell gets a
+        fresh boot), and the cell is the harness's ERROR naming the wait it
+        was stuck in, or the kernel's FAIL if it was still waiting on the
+        guest."""
+        prefix = ui.current_prefix()
+
+        def cell() -> ScenarioResult:
+            with ui.prefixed(prefix):
+                return self._run(scenario)
+
+        budget = watchdog.cell_budget(scenario)
+        done = watchdog.run_within(cell, budget, name=f"cell:{scenario.name}")
+        return self._overran(scenario, done) if isinstance(done, watchdog.Overrun) else done
+
+    def _overran(self, scenario: Scenario, overrun: watchdog.Overrun) -> ScenarioResult:
+        where = f"no result after {overrun.seconds:.0f}s, in {overrun.stuck_call}"
+        ui.info("scenario", f"{scenario.name}: {where}")
+        self._state_unknown = True
+        # Evidence while QEMU still runs (QMP may be what is stuck: then the
+        # vCPUs are missing, the console tail is there); then kill it, which
+        # ends every wait on its sockets.
+        evidence: dict[str, object] = dict(self.guest.evidence.collect(None))
+        self.guest.machine.kill()
+        released = overrun.join(timeout=5)
+        evidence["harness_threads"] = overrun.threads
+        evidence["stuck_call"] = overrun.stuck_call
+        ctx = self._context(self._caps or frozenset(), False)
+        limit = f"within {overrun.seconds:.0f}s (its step timeouts plus margin)"
+        if overrun.harness_wait:
+            after = "" if released else "; the call did not return when QEMU was killed"
+            reason = f"harness stuck: no result {limit}, waiting in {overrun.stuck_call}{after}"
+            return scenario_result(scenario, ctx, Verdict.ERROR, reason, evidence=evidence)
+        reason = f"hang: no result {limit}, still waiting on the guest; {describe_vcpus(evidence)}"
+        return scenario_result(scenario, ctx, Verdict.FAIL, reason, evidence=evidence)
+
+    def _run(self, scenario: Scenario) -> ScenarioResult:
         outcome = self.guest.boot_outcome
         assert outcome is not None
         unprobed = self._context(frozenset(), False)

@@ -25,6 +25,12 @@ def prefixed(prefix: str | None) -> Iterator[None]:
         _local.prefix = old
 
 
+def current_prefix() -> str | None:
+    """This thread's prefix, for a thread it starts to carry on."""
+    prefix = getattr(_local, "prefix", None)
+    return prefix if isinstance(prefix, str) else None
+
+
 def info(stage: str, message: str) -> None:
     prefix = getattr(_local, "prefix", None)
     line = f"[{stage}] [{prefix}] {message}" if prefix else f"[{stage}] {message}"
