@@ -10,6 +10,7 @@ from pathlib import Path
 
 from harness import ui
 from harness.errors import HarnessError, ToolMissingError
+from harness.timeouts import TOOL_S, tool_deadline
 
 
 def fetch_debs(packages: list[str], debs: Path, error: type[HarnessError]) -> list[Path]:
@@ -21,12 +22,14 @@ def fetch_debs(packages: list[str], debs: Path, error: type[HarnessError]) -> li
         if shutil.which("apt-get") is None:
             raise ToolMissingError("apt-get not found: guest packages come from Debian")
         ui.info("debs", f"downloading arm64 packages: {' '.join(missing)}")
-        result = subprocess.run(
-            ["apt-get", "download", "-q", *(f"{p}:arm64" for p in missing)],
-            cwd=debs,
-            capture_output=True,
-            text=True,
-        )
+        with tool_deadline(error, "apt-get download"):
+            result = subprocess.run(
+                ["apt-get", "download", "-q", *(f"{p}:arm64" for p in missing)],
+                cwd=debs,
+                capture_output=True,
+                text=True,
+                timeout=TOOL_S,
+            )
         if result.returncode != 0:
             last = (result.stderr.strip().splitlines() or ["no output"])[-1]
             raise error(

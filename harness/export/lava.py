@@ -549,5 +549,6 @@ def run_job_locally(
                 for pid in [*descendants(proc.pid), proc.pid]:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-                proc.wait()
+                with contextlib.suppress(subprocess.TimeoutExpired):  # SIGKILLed: only a D state stays
+                    proc.wait(10)
     return proc.returncode, time.monotonic() - start

@@ -21,6 +21,7 @@ from harness.cache import ContentStore, digest, write_json
 from harness.debs import fetch_debs
 from harness.errors import ImageError, ToolMissingError
 from harness.kernel.selftests import GUEST_DIR, SelftestBuild
+from harness.timeouts import QUICK_S, TOOL_S, tool_deadline
 
 RECIPE_VERSION = "image-recipe-v1"
 CROSS_COMPILE = "aarch64-linux-gnu-"
@@ -95,16 +96,17 @@ def _selftest_cpio(build: SelftestBuild) -> Path:
 
 
 def _cpio(root: Path) -> bytes:
-    names = subprocess.run(
-        ["find", ".", "-mindepth", "1", "-print0"], cwd=root, capture_output=True, check=True
-    ).stdout
-    ordered = b"\0".join(sorted(n for n in names.split(b"\0") if n)) + b"\0"
-    result = subprocess.run(
-        ["cpio", "--null", "-o", "-H", "newc", "-R", "0:0", "--quiet"],
-        cwd=root,
-        input=ordered,
-        capture_output=True,
-    )
+    with tool_deadline(ImageError, f"find | cpio in {root}"):
+        find = ["find", ".", "-mindepth", "1", "-print0"]
+        names = subprocess.run(find, cwd=root, capture_output=True, check=True, timeout=QUICK_S).stdout
+        ordered = b"\0".join(sorted(n for n in names.split(b"\0") if n)) + b"\0"
+        result = subprocess.run(
+            ["cpio", "--null", "-o", "-H", "newc", "-R", "0:0", "--quiet"],
+            cwd=root,
+            input=ordered,
+            capture_output=True,
+            timeout=QUICK_S,
+        )
     if result.returncode != 0:
         raise ImageError(f"cpio failed: {result.stderr.decode().strip()}")
     return result.stdout
@@ -129,17 +131,21 @@ def _cross_version() -> str:
             f"cross compiler {gcc} not found (install gcc-aarch64-linux-gnu,"
             " e.g. with: sudo ci/setup-host.sh)"
         )
-    return subprocess.run([gcc, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    with tool_deadline(ToolMissingError, f"{gcc} --version"):
+        out = subprocess.run([gcc, "--version"], capture_output=True, text=True, timeout=QUICK_S).stdout
+    return out.split("\n")[0]
 
 
 def _build_helpers(guest_dir: Path, out: Path) -> list[Path]:
     if not (guest_dir / "Makefile").exists():
         return []
-    result = subprocess.run(
-        ["make", "-s", "-C", str(guest_dir), f"CROSS_COMPILE={CROSS_COMPILE}", f"O={out}"],
-        capture_output=True,
-        text=True,
-    )
+    with tool_deadline(ImageError, f"guest helper build in {guest_dir}"):
+        result = subprocess.run(
+            ["make", "-s", "-C", str(guest_dir), f"CROSS_COMPILE={CROSS_COMPILE}", f"O={out}"],
+            capture_output=True,
+            text=True,
+            timeout=TOOL_S,
+        )
     if result.returncode != 0:
         errors = [ln for ln in result.stderr.splitlines() if "error" in ln] or [result.stderr]
         raise ImageError(f"guest helper build failed: {errors[0].strip()}")
@@ -183,7 +189,8 @@ def _assemble(stage: Path, packages: list[str], init: Path, guest: Path) -> None
     root = stage / "root"
     root.mkdir()
     for deb in debs:
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+        with tool_deadline(ImageError, f"dpkg-deb -x {deb.name}"):
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True, timeout=QUICK_S)
     for rel in _PRUNE:
         shutil.rmtree(root / rel, ignore_errors=True)
     for d in ("proc", "sys", "dev", "tmp", "run", "root/.ssh", "etc", "usr/local/bin", "var/log"):

@@ -28,6 +28,7 @@ from harness.errors import BuildError, KconfigError, PatchError, ToolMissingErro
 from harness.kernel import diagnostics, kconfig
 from harness.kernel.series import PatchSeries, checkout, load_series
 from harness.kernel.source import check_base_commit, prepare_source, source_identity
+from harness.timeouts import QUICK_S, tool_deadline
 
 ARCH = "arm64"
 # Bump when the way a config or build is produced changes meaning.
@@ -57,7 +58,9 @@ class Toolchain:
                     f"toolchain {self.kind}: {tool} not found"
                     f" (install {hint}, e.g. with: sudo ci/setup-host.sh)"
                 )
-        out = subprocess.run([self.compiler, "--version"], capture_output=True, text=True)
+        with tool_deadline(ToolMissingError, f"{self.compiler} --version"):
+            argv = [self.compiler, "--version"]
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=QUICK_S)
         return out.stdout.splitlines()[0] if out.stdout else self.compiler
 
     def make_vars(self) -> list[str]:

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 from harness.errors import SourceError
+from harness.timeouts import TREE_S, tool_deadline
 
 # A fixed identity: commits made by the harness must not depend on the
 # user's git config (and must work where there is none).
@@ -23,12 +24,14 @@ GIT_ENV = {
 
 
 def git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        ["git", "-C", str(repo), "-c", "advice.detachedHead=false", *args],
-        env={**os.environ, **GIT_ENV},
-        text=True,
-        capture_output=True,
-    )
+    with tool_deadline(SourceError, f"git {args[0]} in {repo}"):
+        result = subprocess.run(
+            ["git", "-C", str(repo), "-c", "advice.detachedHead=false", *args],
+            env={**os.environ, **GIT_ENV},
+            text=True,
+            capture_output=True,
+            timeout=TREE_S,  # `git add -A` of a kernel tree is the slow one
+        )
     if check and result.returncode != 0:
         msg = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1]
         raise SourceError(f"git {args[0]} in {repo} failed: {msg}")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import ConfigError, KconfigError
+from harness.timeouts import TOOL_S, tool_deadline
 
 _SET = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
 _UNSET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
@@ -81,7 +82,8 @@ def resolve_config(
         for name, argv in steps:
             out.write(f"$ {' '.join(argv)}\n")
             out.flush()
-            result = subprocess.run(argv, cwd=tree, stdout=out, stderr=subprocess.STDOUT)
+            with tool_deadline(KconfigError, f"kconfig step {name} (see {log})"):
+                result = subprocess.run(argv, cwd=tree, stdout=out, stderr=subprocess.STDOUT, timeout=TOOL_S)
             if result.returncode != 0:
                 raise KconfigError(f"kconfig step {name} failed (see {log})")
     text = config.read_text()

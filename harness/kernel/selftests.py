@@ -28,6 +28,7 @@ from harness.errors import BuildError, ConfigError, PatchError
 from harness.kernel.build import ARCH, Toolchain, target_series
 from harness.kernel.series import applied_commit, checkout
 from harness.kernel.source import prepare_source, source_identity
+from harness.timeouts import QUICK_S, SELFTEST_BUILD_S, TREE_S, tool_deadline
 
 RECIPE_VERSION = "kselftest-recipe-v1"
 # What headers_install and the selftests' makefiles read of the source tree.
@@ -119,7 +120,11 @@ def _make(argv: list[str], cwd: Path, log: Path, env: dict[str, str] | None = No
     with log.open("a") as out:
         out.write(f"$ {shlex.join(argv)}\n")
         out.flush()
-        rc = subprocess.run(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+        with tool_deadline(BuildError, f"selftest build step {argv[0]} (log: {log})"):
+            run = subprocess.run(
+                argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=SELFTEST_BUILD_S
+            )
+        rc = run.returncode
     if rc != 0:
         lines = log.read_text(errors="replace").splitlines()
         errors = [ln for ln in lines if "error:" in ln or "Error " in ln] or [f"make exited {rc}"]
@@ -150,8 +155,15 @@ def _build(
         archive = subprocess.Popen(
             ["git", "-C", str(repo), "archive", "--format=tar", commit, *_TREE_PARTS], stdout=subprocess.PIPE
         )
-        untar = subprocess.run(["tar", "-x", "-C", str(tree)], stdin=archive.stdout)
-        if archive.wait() != 0 or untar.returncode != 0:
+        try:
+            with tool_deadline(BuildError, f"selftest build: git archive {commit[:12]} | tar"):
+                untar = subprocess.run(["tar", "-x", "-C", str(tree)], stdin=archive.stdout, timeout=TREE_S)
+                archived = archive.wait(QUICK_S)  # its output is all read: it is exiting
+        finally:
+            if archive.poll() is None:
+                archive.kill()
+                archive.wait()
+        if archived != 0 or untar.returncode != 0:
             raise BuildError(f"selftest build: git archive {commit[:12]} failed")
         headers = work / "headers"
         # The UAPI headers of this very tree (the selftests test its ioctls).
@@ -170,7 +182,8 @@ def _build(
         if debs:
             sysroot = work / "sysroot"
             for deb in debs:
-                subprocess.run(["dpkg-deb", "-x", str(deb), str(sysroot)], check=True)
+                with tool_deadline(BuildError, f"dpkg-deb -x {deb.name}"):
+                    subprocess.run(["dpkg-deb", "-x", str(deb), str(sysroot)], check=True, timeout=QUICK_S)
             cflags = f"-I{sysroot}/usr/include"
             ldflags += f" -L{sysroot}/usr/lib/aarch64-linux-gnu"
         out = work / "out"
@@ -223,6 +236,7 @@ def _install(out: Path, dest: Path, strip: str) -> list[str]:
         rel = path.relative_to(out)
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([strip, "--strip-all", "-o", str(target), str(path)], check=True)
+        with tool_deadline(BuildError, f"{strip} {rel}"):
+            subprocess.run([strip, "--strip-all", "-o", str(target), str(path)], check=True, timeout=QUICK_S)
         tests.append(str(rel))
     return tests

@@ -33,6 +33,7 @@ from harness.cache import digest
 from harness.config.models import SeriesSpec
 from harness.errors import PatchError
 from harness.kernel.gitutil import GIT_ENV, git
+from harness.timeouts import TOOL_S, tool_deadline
 
 _SUBJECT_PREFIX = re.compile(r"^\s*(\[[^\]]*\]\s*)+")
 # "Re:", and its translations some mail clients put in instead.
@@ -206,12 +207,15 @@ def _split_mbox(path: Path, spec: SeriesSpec) -> list[_Mail]:
     ends to _lf_if_crlf, which keeps the CRs that are patch content."""
     mboxrd = path.read_bytes().lstrip().startswith(_MBOXRD_MARK)
     with tempfile.TemporaryDirectory() as tmp:
-        result = subprocess.run(
-            ["git", "mailsplit", "-b", "--keep-cr", *(["--mboxrd"] if mboxrd else []), f"-o{tmp}", str(path)],
-            env={**os.environ, **GIT_ENV},
-            capture_output=True,
-            text=True,
-        )
+        with tool_deadline(PatchError, f"series {spec.describe()}: git mailsplit"):
+            rd = ["--mboxrd"] if mboxrd else []
+            result = subprocess.run(
+                ["git", "mailsplit", "-b", "--keep-cr", *rd, f"-o{tmp}", str(path)],
+                env={**os.environ, **GIT_ENV},
+                capture_output=True,
+                text=True,
+                timeout=TOOL_S,
+            )
         if result.returncode != 0:
             last = (result.stderr.strip().splitlines() or ["no output"])[-1]
             raise PatchError(f"series {spec.describe()}: git mailsplit cannot read {path.name}: {last}")

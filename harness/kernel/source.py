@@ -13,6 +13,7 @@ from harness.cache import ContentStore, DigestMemo, digest
 from harness.config.models import SourceSpec
 from harness.errors import SourceError
 from harness.kernel.gitutil import git
+from harness.timeouts import QUICK_S, TREE_S, tool_deadline
 
 
 @dataclass(frozen=True)
@@ -95,17 +96,26 @@ def _unpack(spec: SourceSpec, dest: Path) -> None:
             ["git", "-C", spec.location, "archive", "--format=tar", rev],
             stdout=subprocess.PIPE,
         )
-        untar = subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout)
-        if archive.wait() != 0 or untar.returncode != 0:
+        try:
+            with tool_deadline(SourceError, f"source {spec.describe()}: git archive {rev} | tar"):
+                untar = subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout, timeout=TREE_S)
+                archived = archive.wait(QUICK_S)  # its output is all read: it is exiting
+        finally:
+            if archive.poll() is None:
+                archive.kill()
+                archive.wait()
+        if archived != 0 or untar.returncode != 0:
             raise SourceError(f"source {spec.describe()}: git archive {rev} failed")
         return
     tarball = _tarball_for(spec)
     # Tarballs carry one top directory (linux-source-7.3/); strip it.
-    result = subprocess.run(
-        ["tar", "-x", "-f", str(tarball), "-C", str(dest), "--strip-components=1"],
-        capture_output=True,
-        text=True,
-    )
+    with tool_deadline(SourceError, f"source {spec.describe()}: unpacking {tarball.name}"):
+        result = subprocess.run(
+            ["tar", "-x", "-f", str(tarball), "-C", str(dest), "--strip-components=1"],
+            capture_output=True,
+            text=True,
+            timeout=TREE_S,
+        )
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines() or ["no output"]
         first = lines[0].removeprefix("tar: ")
