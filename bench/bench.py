@@ -14,6 +14,11 @@ Measured in one run:
 - with --lava: the cell boot-health + dma-roundtrip + dma-fault-unmapped
   run directly and as a LAVA job under lava-run (export, lava-run, import),
   wall times side by side and their ratio.
+- with --make-test: `make test` as a new machine runs it (a fresh clone of
+  HEAD, a new venv, an empty harness cache and an empty ccache), its wall
+  time against the CI budget (45 min), each phase ci/test.sh names, and
+  the 25 slowest tests. With --make-run: the warm default suite (`make
+  run` with the kernel cached) against its goal (180 s).
 Targets (from the project's issue): boot <= 2 s, SSH <= 0.5 s after the
 marker, round trip <= 50 ms, ratio <= 1.10. Speed goals are reported here,
 not asserted in tests.
@@ -22,8 +27,10 @@ not asserted in tests.
 from __future__ import annotations
 
 import argparse
+import calendar
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -223,6 +230,63 @@ def lava_vs_direct(target: str, profile: str) -> None:
     print(f"{'same verdicts via LAVA and direct':<38} {verdicts[0] == verdicts[1]!s:>10}")
 
 
+_PHASE = re.compile(r"^== (?P<name>.+) \((?P<at>\d\d:\d\d:\d\d)\)$", re.MULTILINE)
+MAKE_TEST_BUDGET_S = 45 * 60
+MAKE_RUN_WARM_GOAL_S = 180
+
+
+def _phases(output: str, start: float, end: float) -> list[tuple[str, float]]:
+    """`make setup` (to ci/test.sh's first line), then ci/test.sh's
+    `== phase (HH:MM:SS, UTC)` lines as (phase, seconds): from each line to
+    the next one, the last to the end."""
+    day = time.strftime("%Y-%m-%d", time.gmtime(start))
+    marks = [
+        (m["name"], float(calendar.timegm(time.strptime(f"{day} {m['at']}", "%Y-%m-%d %H:%M:%S"))))
+        for m in _PHASE.finditer(output)
+    ]
+    if not marks:
+        return []
+    bounds = [t for _, t in marks[1:]] + [end]
+    return [("setup (make setup)", marks[0][1] - start)] + [
+        (name, max(0.0, until - at)) for (name, at), until in zip(marks, bounds, strict=True)
+    ]
+
+
+def make_test_cold() -> None:
+    """`make test` on what a new machine has: setup is idempotent (the host
+    packages stay), everything the project builds or caches starts empty."""
+    repo = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory(prefix="pkvm-bench-make-test-") as tmp:
+        clone = Path(tmp) / "clone"
+        subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+        env = {
+            **os.environ,
+            "PKVM_HARNESS_CACHE": str(Path(tmp) / "cache"),
+            "CCACHE_DIR": str(Path(tmp) / "ccache"),
+            "CI": "true",
+        }
+        start = time.time()
+        proc = subprocess.run(["make", "test"], cwd=clone, env=env, capture_output=True, text=True)
+        end = time.time()
+    output = proc.stdout + proc.stderr
+    line("make test, new machine: wall", end - start, "s", MAKE_TEST_BUDGET_S)
+    print(f"{'make test exit code':<38} {proc.returncode:>10}")
+    for name, seconds in _phases(output, start, end):
+        line(f"  {name[:36]}", seconds, "s")
+    # pytest's --durations table of the end-to-end run (the last one printed).
+    table = output[output.rfind("slowest") :].splitlines()[1:26] if "slowest" in output else []
+    for row in table:
+        print(f"    {row}")
+
+
+def make_run_warm(target: str) -> None:
+    """The default suite with the kernel cached, as `make run` runs it."""
+    with tempfile.TemporaryDirectory(prefix="pkvm-bench-run-") as tmp:
+        rc, wall = _cli("run", "--target", target, "--output", tmp)
+    line("make run, warm: wall", wall, "s", MAKE_RUN_WARM_GOAL_S)
+    print(f"{'make run exit code':<38} {rc:>10}")
+
+
 def boot_medians(args: argparse.Namespace) -> None:
     build_times(args.target, args.cold)
     artifacts = pipeline.build_all(Registry().target(args.target))
@@ -251,6 +315,10 @@ def main() -> int:
     ap.add_argument(
         "--no-boots", action="store_true", help="skip the build and boot medians"
     )
+    ap.add_argument(
+        "--make-test", action="store_true", help="also time `make test` as a new machine (~45 min)"
+    )
+    ap.add_argument("--make-run", action="store_true", help="also time the warm default suite (`make run`)")
     args = ap.parse_args()
 
     qemu = subprocess.run(["qemu-system-aarch64", "--version"], capture_output=True, text=True)
@@ -271,6 +339,10 @@ def main() -> int:
         series_costs()
     if args.lava:
         lava_vs_direct(args.target, args.profile)
+    if args.make_run:
+        make_run_warm(args.target)
+    if args.make_test:
+        make_test_cold()
     return 0
 
 
