@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 import yaml
+from _pytest._code.code import ReprFileLocation, TerminalRepr
+from _pytest._io import TerminalWriter
 
 from harness import ui
 from harness.config import Registry
@@ -607,6 +609,23 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
         manager.release(item.profile_name)
 
 
+class VerdictRepr(TerminalRepr):
+    """The harness's reason as a report's longrepr: printed as the failure
+    (no traceback into the plugin) and, as `reprcrash`, the message of the
+    short summary line and of junit's <failure message=...>."""
+
+    def __init__(self, reason: str, where: str) -> None:
+        self.reason = reason
+        self.reprcrash = ReprFileLocation(where, 1, reason)
+
+    def toterminal(self, tw: TerminalWriter) -> None:
+        for line in self.reason.splitlines() or [""]:
+            tw.line(line)
+
+    def __str__(self) -> str:
+        return self.reason
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
@@ -615,17 +634,18 @@ def pytest_runtest_makereport(
     exc = call.excinfo.value if call.excinfo is not None else None
     if isinstance(exc, HarnessVerdict):
         # The harness's reason is the message (also junit's), not a traceback.
-        report.longrepr = exc.reason
+        reason = exc.reason
         if exc.verdict == Verdict.ERROR and call.when == "call":
             # pytest has no "error" outcome for the call phase (a Python
             # test's own machine() boot): say which verdict it was.
-            report.longrepr = f"ERROR (the harness or its infrastructure, not the kernel): {exc.reason}"
+            reason = f"ERROR (the harness or its infrastructure, not the kernel): {exc.reason}"
+        report.longrepr = VerdictRepr(reason, item.location[0])
     elif isinstance(item, ScenarioItem) and call.when == "call" and report.passed:
         result = item.result
         if result is not None and result.verdict == Verdict.XPASS:
             # As pytest words a strict xfail that passed.
             report.outcome = "failed"
-            report.longrepr = f"[XPASS(strict)] {result.reason}"
+            report.longrepr = VerdictRepr(f"[XPASS(strict)] {result.reason}", item.location[0])
     return report
 
 

@@ -306,7 +306,7 @@ def test_a_suite_is_built_only_for_scenarios_the_kernel_can_run(
     config = tmp_path / ".config"
     image: Any = SimpleNamespace(metadata={})
     image.with_selftests = lambda builds: image
-    kernel: Any = SimpleNamespace(config=config, version="7.3.4")
+    kernel: Any = SimpleNamespace(config=config, version="7.3.4", system_map=tmp_path / "System.map")
     artifacts = pipeline.Artifacts(kernel=kernel, image=image, seconds=0.0)
     target = reg.target("mainline-7.3")
     config.write_text("CONFIG_VFIO=y\nCONFIG_IOMMUFD=y\n")
