@@ -11,7 +11,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -81,6 +81,36 @@ echo "rx_packets=$(cat /sys/class/net/eth0/statistics/rx_packets 2>/dev/null)"
 pidof dropbear >/dev/null && echo dropbear=running || echo dropbear=missing
 test -s /root/.ssh/authorized_keys && echo key=present || echo key=missing
 """
+
+
+def network_findings(
+    before: Mapping[str, str], after: Mapping[str, str], events: Sequence[Event]
+) -> tuple[bool, str]:
+    """From two network diagnoses of a guest whose SSH does not come up (the
+    second after the host tried once more) and the kernel's events: whether
+    the kernel's network path is dead (its FAIL), and what was seen. Only
+    what is the same on every run goes into the words (no counts, no
+    timings, the first complete fault rather than the latest): the same
+    broken kernel gets the same reason."""
+    nic = after.get("nic") or ""
+    faults = [e for e in events if e.kind == "iommu-fault"]
+    nic_faults = [e for e in faults if e.fields.get("bdf") == nic]
+    rx0, rx1 = before.get("rx_packets", ""), after.get("rx_packets", "")
+    deaf = bool(rx0) and rx0 == rx1
+    findings = [f"eth0 {after.get('operstate')}" + (f" on {nic}" if nic else "")]
+    if deaf:
+        findings.append("the NIC received nothing while the host connected")
+    if nic_faults:
+        first = next((e for e in nic_faults if e.complete), nic_faults[0])
+        findings.append(
+            "IOMMU faults from the NIC, first: "
+            + describe_fault(first.fields, first.signature, {nic: after.get("driver", "")})
+        )
+    elif faults:
+        first = next((e for e in faults if e.complete), faults[0])
+        findings.append("IOMMU faults, first: " + describe_fault(first.fields, first.signature, {}))
+    unusable = not nic or after.get("operstate") != "up" or bool(nic_faults) or deaf
+    return unusable, "; ".join(findings)
 
 
 class _Life:
@@ -279,38 +309,19 @@ class Guest:
                 f"{failure}; in the guest: dropbear {after.get('dropbear')}, key {after.get('key')}"
                 " (broken initramfs?)"
             )
-        nic = after.get("nic") or ""
-        faults = [e for e in self.watcher.events if e.kind == "iommu-fault"]
-        nic_faults = [e for e in faults if e.fields.get("bdf") == nic]
-        rx0, rx1 = before.get("rx_packets", ""), after.get("rx_packets", "")
-        deaf = bool(rx0) and rx0 == rx1
-        # Only what is the same on every run goes into the reason (no
-        # counts, no timings): the same broken kernel gets the same words.
-        findings = [f"eth0 {after.get('operstate')}" + (f" on {nic}" if nic else "")]
-        if deaf:
-            findings.append("the NIC received nothing while the host connected")
-        if nic_faults:
-            first = next((e for e in nic_faults if e.complete), nic_faults[0])
-            findings.append(
-                "IOMMU faults from the NIC, first: "
-                + describe_fault(first.fields, first.signature, {nic: after.get("driver", "")})
-            )
-        elif faults:
-            first = next((e for e in faults if e.complete), faults[0])
-            findings.append("IOMMU faults, first: " + describe_fault(first.fields, first.signature, {}))
+        unusable, findings = network_findings(before, after, self.watcher.events)
         evidence: dict[str, object] = {
             "ssh_error": failure,
             "diagnosis_before": before,
             "diagnosis_after": after,
             "console_tail": console_tail(self.console_log),
         }
-        if not nic or after.get("operstate") != "up" or nic_faults or deaf:
+        if unusable:
             raise GuestNetworkUnusable(
-                "guest network unusable (the guest answers on serial and dropbear runs): "
-                + "; ".join(findings),
+                f"guest network unusable (the guest answers on serial and dropbear runs): {findings}",
                 evidence,
             )
-        raise SessionError(f"{failure}; in the guest: {'; '.join(findings)}")
+        raise SessionError(f"{failure}; in the guest: {findings}")
 
     def _diagnosis(self) -> dict[str, str]:
         with self._serial_owned() as serial:
