@@ -260,7 +260,9 @@ class Attempts:
         if earlier:
             evidence = {**result.evidence, "earlier_attempts": list(earlier)}
             result = replace(result, attempts=len(earlier) + 1, evidence=evidence)
-        ui.info("scenario", f"{where}: {result.verdict.upper()} {result.reason}")
+        # A pass's reason names what it skipped: "PASS (viommu skipped: ...)".
+        why = f"({result.reason})" if result.verdict == Verdict.PASS and result.reason else result.reason
+        ui.info("scenario", f"{where}: {result.verdict.upper()} {why}".rstrip())
         return result
 
 

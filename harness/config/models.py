@@ -208,6 +208,9 @@ class Step:
     # does not answer within hang_timeout_s while it had CPU.
     hang_probe_s: float | None = None
     hang_timeout_s: float | None = None
+    # The scenario's point: if every essential step of a scenario skips, the
+    # scenario is a SKIP, whatever its setup steps did.
+    essential: bool = False
     kselftest: KselftestRun | None = None
 
 

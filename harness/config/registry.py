@@ -139,6 +139,7 @@ def _step(raw: dict[str, Any]) -> Step:
         fail_reason=raw.get("fail_reason"),
         hang_probe_s=raw.get("hang_probe_s"),
         hang_timeout_s=raw.get("hang_timeout_s"),
+        essential=bool(raw.get("essential", False)),
         kselftest=_kselftest(raw["kselftest"]) if "kselftest" in raw else None,
     )
 

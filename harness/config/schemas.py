@@ -113,6 +113,7 @@ STEP: dict[str, Any] = {
         "events_since": {"enum": ["boot", "scenario", "step"]},
         "expect_ktap": {"type": "boolean"},
         "fail_reason": {"type": "string"},
+        "essential": {"type": "boolean"},
         "hang_probe_s": _TIMEOUT,
         "hang_timeout_s": _TIMEOUT,
         "kselftest": {

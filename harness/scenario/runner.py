@@ -448,8 +448,8 @@ def run_scenario(scenario: Scenario, guest: GuestControl, ctx: ScenarioContext) 
             faults = unclaimed_faults(guest.events_since(faults_since), state.claims)
             if faults:
                 verdict, reason = Verdict.FAIL, _fault_reason(faults, guest)
-        if verdict == Verdict.PASS and steps and all(s.verdict == Verdict.SKIP for s in steps):
-            verdict, reason = Verdict.SKIP, "no step applies: " + steps[0].reason
+        if verdict == Verdict.PASS:
+            verdict, reason = _skipped_steps_verdict(scenario, steps)
         if verdict == Verdict.PASS and state.cases:
             verdict, reason = _cases_verdict(state.cases)
     except GuestFailure as exc:  # from settle/sync between steps
@@ -471,6 +471,23 @@ def run_scenario(scenario: Scenario, guest: GuestControl, ctx: ScenarioContext) 
         metrics=state.metrics,
         evidence=state.evidence,
         cases=tuple(state.cases),
+    )
+
+
+def _skipped_steps_verdict(scenario: Scenario, steps: list[StepResult]) -> tuple[Verdict, str]:
+    """A scenario whose steps passed or skipped. Skipped steps are never
+    silent: a PASS names them (its reason), and a scenario none of whose
+    essential steps ran (or none at all, without essential steps) is a SKIP."""
+    skipped = [s for s in steps if s.verdict == Verdict.SKIP]
+    if not skipped:
+        return Verdict.PASS, ""
+    essential = {s.name for s in scenario.steps if s.essential}
+    ran = {s.name for s in steps if s.verdict != Verdict.SKIP}
+    if not ran or (essential and not essential & ran):
+        what = "every essential step skipped" if essential and ran else "no step applies"
+        return Verdict.SKIP, f"{what}: {skipped[0].reason.removeprefix(f'step {skipped[0].name}: ')}"
+    return Verdict.PASS, "; ".join(
+        f"{s.name} skipped: {s.reason.removeprefix(f'step {s.name}: ')}" for s in skipped
     )
 
 

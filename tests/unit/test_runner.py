@@ -262,10 +262,31 @@ def test_a_step_whose_ktap_tests_all_skip_is_a_skip_not_a_pass(tmp_path: Path, d
     assert result.verdict == Verdict.PASS
     assert [(s.name, s.verdict) for s in result.steps] == [("a", Verdict.PASS), ("b", Verdict.SKIP)]
     assert result.steps[1].reason == "step b: all 2 KTAP tests skipped: kernel refused: IDR3.FWB=0"
+    # A pass with skipped steps says so (console line, HTML, results.json).
+    assert result.reason == "b skipped: all 2 KTAP tests skipped: kernel refused: IDR3.FWB=0"
     # One test that ran makes the step a pass again.
     outputs["b"] = "KTAP version 1\n1..2\nok 1 viommu\nok 2 dma # SKIP no vIOMMU\n"
     result = run_scenario(scenario, ScriptedGuest(boot_log(data_dir), lambda c: (outputs[c], 0, "")), ctx())
     assert [s.verdict for s in result.steps] == [Verdict.PASS, Verdict.PASS]
+    assert result.reason == ""
+
+
+def test_a_scenario_whose_essential_steps_all_skip_is_a_skip(tmp_path: Path, data_dir: Path) -> None:
+    """Setup steps that pass do not make a pass: the scenario's point is its
+    essential steps (iommufd-nesting on a kernel that refuses every test)."""
+    scenario = load_scenario(
+        write(
+            tmp_path,
+            "name: s\nsteps:\n  - {name: setup, run: a, expect_ktap: true}\n"
+            "  - {name: point, run: b, expect_ktap: true, essential: true}\n",
+        )
+    )
+    outputs = {"a": "KTAP version 1\n1..1\nok 1 setup\n", "b": "KTAP version 1\n1..1\nok 1 x # SKIP no FWB\n"}
+    result = run_scenario(scenario, ScriptedGuest(boot_log(data_dir), lambda c: (outputs[c], 0, "")), ctx())
+    assert (result.verdict, result.reason) == (
+        Verdict.SKIP,
+        "every essential step skipped: all 1 KTAP tests skipped: no FWB",
+    )
 
 
 def test_ktap_bail_out_is_an_error_not_a_fail(tmp_path: Path, data_dir: Path) -> None:
