@@ -159,6 +159,9 @@ class KnownFailure:
 
     suite: str
     case: str  # fnmatch glob on the case name (binary, or binary/subtest)
+    # Searched in the case's failure (its assertion line): only that failure
+    # is known. A crash, a timeout or another assertion stays a FAIL.
+    failure: re.Pattern[str]
     targets: tuple[str, ...]  # fnmatch globs on target names
     profiles: tuple[str, ...]  # fnmatch globs on profile names ("*": all)
     reason: str
@@ -174,10 +177,14 @@ class KnownFailure:
     def matches(self, case: str) -> bool:
         return fnmatch.fnmatchcase(case, self.case)
 
+    def covers(self, failure: str) -> bool:
+        return self.failure.search(failure) is not None
+
     def to_json(self) -> dict[str, object]:
         return {
             "suite": self.suite,
             "case": self.case,
+            "failure": self.failure.pattern,
             "targets": list(self.targets),
             "profiles": list(self.profiles),
             "reason": self.reason,

@@ -200,10 +200,20 @@ def _scenario(doc: LoadedYaml) -> Scenario:
 
 
 def _known_failures(doc: LoadedYaml) -> tuple[KnownFailure, ...]:
+    def pattern(i: int, text: str) -> re.Pattern[str]:
+        try:
+            return re.compile(text)
+        except re.error as exc:
+            line = doc.line_of(("known_failures", i, "failure"))
+            raise ConfigError(
+                f"{doc.path}:{line}: known_failures.{i}.failure: not a regular expression: {exc}"
+            ) from None
+
     return tuple(
         KnownFailure(
             suite=e["suite"],
             case=e["case"],
+            failure=pattern(i, e["failure"]),
             targets=tuple(e["targets"]),
             profiles=tuple(e.get("profiles", ["*"])),
             reason=" ".join(e["reason"].split()),

@@ -170,10 +170,11 @@ KNOWN_FAILURES: dict[str, Any] = {
             "items": {
                 "type": "object",
                 "additionalProperties": False,
-                "required": ["suite", "case", "targets", "reason"],
+                "required": ["suite", "case", "failure", "targets", "reason"],
                 "properties": {
                     "suite": {"enum": ["kvm", "iommu"]},
                     "case": {"type": "string", "minLength": 1},
+                    "failure": {"type": "string", "minLength": 1},
                     "targets": {**_STR_LIST, "minItems": 1},
                     "profiles": {**_STR_LIST, "minItems": 1},
                     "reason": {"type": "string", "minLength": 10},

@@ -205,8 +205,12 @@ def classify(
         if hit is not None:
             matched[hit].append(f"{c.name}: {c.verdict}")
             k = entries[hit]
-            if c.verdict == Verdict.FAIL:
+            if c.verdict == Verdict.FAIL and not case.timed_out and k.covers(c.reason):
                 c = CaseResult(c.name, Verdict.XFAIL, f"known failure: {k.reason} (got: {c.reason})")
+            elif c.verdict == Verdict.FAIL:
+                c = CaseResult(
+                    c.name, c.verdict, f"{c.reason} (not its known failure /{k.failure.pattern}/, {k.where})"
+                )
             elif c.verdict == Verdict.PASS:
                 c = CaseResult(c.name, Verdict.XPASS, f"listed as a known failure ({k.where}) but passed")
         results.append(c)

@@ -4,6 +4,7 @@ known-failure mapping (xfail, XPASS, unlisted FAIL)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from harness.config.models import KnownFailure, KselftestRun
 from harness.config.registry import load_known_failures, load_scenario
 from harness.errors import ConfigError
 from harness.report import Verdict
+from harness.report.results import CaseResult
 from harness.scenario import ScenarioContext, kselftest, ktap, run_scenario
 from tests.unit.test_runner import ScriptedGuest, boot_log
 
@@ -31,9 +33,14 @@ def verdicts(cases: list[kselftest.Case]) -> dict[str, Verdict]:
 
 
 def known(
-    case: str, targets: tuple[str, ...] = ("mainline-7.3*",), profiles: tuple[str, ...] = ("*",)
+    case: str,
+    targets: tuple[str, ...] = ("mainline-7.3*",),
+    profiles: tuple[str, ...] = ("*",),
+    failure: str = "why",
 ) -> KnownFailure:
-    return KnownFailure("kvm", case, targets, profiles, "a reason long enough", "list.yaml:3")
+    return KnownFailure(
+        "kvm", case, re.compile(failure), targets, profiles, "a reason long enough", "list.yaml:3"
+    )
 
 
 # ---- the parser on real guest output ---------------------------------------
@@ -141,7 +148,6 @@ def test_bail_out_is_raised() -> None:
 
 
 def case(name: str, verdict: Verdict, parent: str | None = None) -> kselftest.Case:
-    from harness.report.results import CaseResult
 
     return kselftest.Case(CaseResult(name, verdict, "why" if verdict == Verdict.FAIL else ""), parent)
 
@@ -161,6 +167,28 @@ def test_listed_failure_is_xfail_listed_pass_is_xpass_unlisted_failure_is_fail()
     assert by["listed-passes"].verdict == Verdict.XPASS and "list.yaml:3" in by["listed-passes"].reason
     assert by["other"].verdict == Verdict.FAIL
     assert [a["matched"] for a in applied] == [["listed-fails: fail"], ["listed-passes: pass"]]
+
+
+def test_a_known_failure_covers_only_its_own_assertion() -> None:
+    """A listed case that fails another way (another assertion, a crash, a
+    timeout) stays a FAIL and says which known failure it is not."""
+    assertion = "arm64/vgic_init.c:179: ret && errno == E2BIG"
+    other = "arm64/vgic_init.c:201: ret == 0 failed"
+    timed_out = kselftest.Case(CaseResult("t3", Verdict.FAIL, assertion), None, timed_out=True)
+    found = [
+        kselftest.Case(CaseResult("t1", Verdict.FAIL, assertion), None),
+        kselftest.Case(CaseResult("t2", Verdict.FAIL, other), None),
+        timed_out,
+    ]
+    entries = [known(t, failure=r"vgic_init\.c:\d+: ret && errno == E2BIG") for t in ("t1", "t2", "t3")]
+    results, _ = kselftest.classify(found, entries, "kvm", "mainline-7.3", "smmuv3-nested")
+    by = {r.name: r for r in results}
+    assert by["t1"].verdict == Verdict.XFAIL
+    assert by["t2"].verdict == Verdict.FAIL
+    assert by["t2"].reason == (
+        f"{other} (not its known failure /vgic_init\\.c:\\d+: ret && errno == E2BIG/, list.yaml:3)"
+    )
+    assert by["t3"].verdict == Verdict.FAIL and "not its known failure" in by["t3"].reason
 
 
 def test_scope_target_profile_and_suite() -> None:
