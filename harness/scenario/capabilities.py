@@ -19,7 +19,7 @@ from harness.config.models import Scenario
 from harness.errors import GuestFailure, SessionError
 from harness.kernel import KernelBuild
 from harness.report import Verdict
-from harness.scenario.claims import EXPECT, lost_capabilities
+from harness.scenario.claims import ANSWER, EXPECT, lost_capabilities
 from harness.scenario.runner import GuestControl, ScenarioContext
 
 # Config options worth a capability token.
@@ -126,6 +126,19 @@ def _has_symbol(system_map: Path, name: str) -> bool:
 
 # Tokens only the harness's console watcher decides (no shell test can).
 CONSOLE_CAPABILITIES = frozenset({"pkvm-protected-mode"})
+
+
+# The tokens only the running guest answers for (PROBE_SCRIPT's lines and the
+# console watcher's); every other token is decided before boot, by
+# static_capabilities. Public: the LAVA exporter leaves out of a job only
+# what is decided before boot.
+GUEST_TOKENS = frozenset({"kvm", "tracing", "protected-vm", "pkvm-guest-hypercalls"}) | CONSOLE_CAPABILITIES
+GUEST_TOKEN_PREFIXES = ("helper:", KSELFTEST_CAP, ANSWER)
+
+
+def decided_by_guest(token: str) -> bool:
+    """Whether only the running guest can say if `token` is offered."""
+    return token in GUEST_TOKENS or token.startswith(GUEST_TOKEN_PREFIXES)
 
 
 def guest_capabilities(guest: GuestControl) -> set[str]:
