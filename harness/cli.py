@@ -305,7 +305,8 @@ def cmd_lava(args: argparse.Namespace, reg: Registry) -> int:
         from harness.export import lava
 
         target = _target(args, reg)
-        profiles = [reg.profile(p) for p in (args.profile or DEFAULT_PROFILES)]
+        # Default: the whole suite on every profile (one job per profile).
+        profiles = [reg.profile(p) for p in (args.profile or reg.profile_names())]
         scenarios = [reg.scenario(n) for n in (args.scenario or reg.scenario_names())]
         exported = lava.export(
             target, profiles, scenarios, Path(args.output), args.artifact_url, args.device_dict, args.upto
@@ -438,7 +439,7 @@ def parser() -> argparse.ArgumentParser:
     lvsub = lv.add_subparsers(dest="lava_cmd", required=True)
     lx = lvsub.add_parser("export", help="a LAVA job definition per target x profile")
     common(lx)
-    lx.add_argument("--profile", action="append", help="repeatable (default: the default suite's)")
+    lx.add_argument("--profile", action="append", help="repeatable (default: every profile)")
     lx.add_argument("--scenario", action="append", help="repeatable (default: all)")
     lx.add_argument("--artifact-url", metavar="BASE", help="artifacts under this URL (default: file://)")
     lx.add_argument("--device-dict", action="store_true", help="also a device for lava-run here")

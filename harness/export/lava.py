@@ -9,9 +9,13 @@ names lava-server's qemu.jinja2 reads); `device_dictionary` renders the
 device a lab's template would make of that context, for `lava-run` here.
 The scenarios' guest commands become one inline Lava-Test-Shell definition:
 a shell plan that runs each command between console markers and reports it
-with `lava-test-case`. What LAVA cannot do (QMP, a value captured at run time
-inside a command, a capability only the console watcher decides) is left
-out, with the reason, in `left-out.txt` and on stderr.
+with `lava-test-case`. Left out, with the reason, in `left-out.txt` and on
+stderr: what `run` skips on what is known before boot (its own rule,
+requirement_verdict, on the static capabilities; what only the guest
+answers is decided in the job), what LAVA cannot do (QMP, a value captured
+at run time inside a command, a capability only the console watcher
+decides), and a scenario whose variables this profile does not define. A
+profile left with no scenario gets no job.
 
 The plan prints the job's metadata first on the console, so a lab's log
 alone is enough for the import."""
@@ -25,19 +29,27 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness import __version__
-from harness.config.models import Profile, Scenario, Target, Transport
+from harness.config.models import Profile, Scenario, Step, Target, Transport
 from harness.errors import ConfigError, HarnessError
 from harness.export.ci import _dump  # the same plain YAML as the CI pipelines
 from harness.machine.profile import MachineSpec, kernel_cmdline, reproducer_argv
-from harness.scenario.capabilities import CONSOLE_CAPABILITIES, PROBE_SCRIPT
+from harness.report import Verdict
+from harness.scenario import kselftest
+from harness.scenario.capabilities import (
+    CONSOLE_CAPABILITIES,
+    GUEST_TOKENS,
+    PROBE_SCRIPT,
+    decided_by_guest,
+    requirement_verdict,
+)
 from harness.scenario.runner import ScenarioContext
-from harness.scenario.variables import substitute
+from harness.scenario.variables import UnknownVariable, substitute
 
 MARK = "@@PKVM-LAVA"
 PROBE_ID = "pkvm-capabilities"
@@ -95,44 +107,118 @@ def _why_not(scenario: Scenario) -> str | None:
     return None
 
 
+class _PlannedVariables(dict[str, str]):
+    """What an expected event's fields can use, as known when the plan is
+    written: the profile's variables, and any `${capture.*}` (the importer
+    has the outputs)."""
+
+    def __contains__(self, key: object) -> bool:
+        return super().__contains__(key) or (isinstance(key, str) and key.startswith("capture."))
+
+    def __missing__(self, key: str) -> str:
+        return f"${{{key}}}"
+
+
+def _before_boot(static_caps: frozenset[str], requires: Iterable[str]) -> frozenset[str]:
+    """The static capabilities with every token that only the guest answers
+    for assumed offered: a requirement they do not meet is decided before
+    boot, whatever the guest's probe says."""
+    return static_caps | GUEST_TOKENS | {t for t in requires if decided_by_guest(t)}
+
+
+def static_verdict(
+    target: Target, profile: Profile, scenario: Scenario, static_caps: frozenset[str]
+) -> tuple[Verdict, str] | None:
+    """What `run`'s rule (requirement_verdict) says of `scenario` on what is
+    known before boot: None if the guest decides (or it runs), else the
+    SKIP or FAIL that `run` gives it on any boot of this kernel and profile."""
+    tokens = scenario.requires.union(*(step.requires for step in scenario.steps))
+    ctx = ScenarioContext(target, profile, _before_boot(static_caps, tokens))
+    return requirement_verdict(scenario, ctx)
+
+
+def _command(step: Step, variables: Mapping[str, str]) -> str | None:
+    """The step's guest command as the runner sends it (None: it has none)."""
+    if step.kselftest is not None:
+        return kselftest.command(step.kselftest)
+    if step.run is None:
+        return None  # an events-only step: decided on import from the console
+    return substitute(step.run, variables)
+
+
+def _plan_steps(
+    scenario: Scenario, profile: Profile, variables: Mapping[str, str], static_caps: frozenset[str]
+) -> list[PlannedCommand] | str:
+    """The scenario's guest commands, or why it cannot be planned. A step
+    whose requirement fails before boot is not planned: the runner skips it
+    (or fails the scenario there) without sending its command."""
+    commands = []
+    for step in scenario.steps:
+        if step.requires - _before_boot(static_caps, step.requires):
+            continue
+        try:
+            command = _command(step, variables)
+            for exp in step.expect_events:  # decided on import: they must expand too
+                for value in exp.fields.values():
+                    if isinstance(value, str):
+                        substitute(value, _PlannedVariables(variables))
+        except UnknownVariable as exc:
+            return f"step {step.name} uses ${{{exc.args[0]}}}, which profile {profile.name} does not define"
+        if command is None:
+            continue
+        if any(ln.strip() in ("PKVM_EOF", "PKVM_PLAN_EOF") for ln in command.splitlines()):
+            raise ConfigError(f"{scenario.path or scenario.name}: step {step.name}: a line PKVM_EOF")
+        commands.append(
+            PlannedCommand(
+                f"{scenario.name}.{step.name}",
+                scenario.name,
+                step.name,
+                command,
+                step.transport,
+                step.requires,
+                step.timeout_s,
+            )
+        )
+    return commands
+
+
 def make_plan(
     target: Target, profile: Profile, scenarios: Sequence[Scenario], static_caps: frozenset[str]
 ) -> Plan:
+    """The job for `scenarios` on this target and profile. Left out, with
+    the reason: what `run` skips on what is known before boot (its own rule,
+    requirement_verdict, with the guest's answers left to the job), what
+    LAVA cannot do, and what cannot be expanded for this profile."""
     variables = _variables(target, profile)
     kept: list[Scenario] = []
     left_out: dict[str, str] = {}
     commands = [PlannedCommand(PROBE_ID, "", None, PROBE_SCRIPT, "serial", frozenset())]
     ssh_steps: list[str] = []
+    notes = []
     for scenario in scenarios:
+        verdict = static_verdict(target, profile, scenario, static_caps)
+        if verdict is not None and verdict[0] == Verdict.SKIP:
+            left_out[scenario.name] = verdict[1]
+            continue
+        if verdict is not None:
+            # Kept: the importer gives it the same verdict from the job's
+            # static capabilities; its commands never run.
+            kept.append(scenario)
+            notes.append(f"{scenario.name}: {verdict[0].value.upper()} before it runs: {verdict[1]}")
+            continue
         why = _why_not(scenario)
-        if why is not None:
-            left_out[scenario.name] = why
+        planned = why if why is not None else _plan_steps(scenario, profile, variables, static_caps)
+        if isinstance(planned, str):
+            left_out[scenario.name] = planned
             continue
         kept.append(scenario)
-        for step in scenario.steps:
-            if step.run is None:
-                continue  # an events-only step: decided on import from the console
-            if step.transport == "ssh":
-                ssh_steps.append(f"{scenario.name}/{step.name}")
-            command = substitute(step.run, variables)
-            if any(ln.strip() in ("PKVM_EOF", "PKVM_PLAN_EOF") for ln in command.splitlines()):
-                raise ConfigError(f"{scenario.path or scenario.name}: step {step.name}: a line PKVM_EOF")
-            commands.append(
-                PlannedCommand(
-                    f"{scenario.name}.{step.name}",
-                    scenario.name,
-                    step.name,
-                    command,
-                    step.transport,
-                    step.requires,
-                    step.timeout_s,
-                )
-            )
-    notes = []
+        commands += planned
+        if any(c.transport == "ssh" for c in planned):
+            ssh_steps.append(scenario.name)
     if ssh_steps:
         notes.append(
             "SSH steps run on the serial console under LAVA (LAVA's test shell owns the console;"
-            f" the guest's sshd is not exercised): {', '.join(ssh_steps)}"
+            f" the guest's sshd is not exercised), those of: {', '.join(ssh_steps)}"
         )
     return Plan(target, profile, tuple(kept), static_caps, tuple(commands), left_out, tuple(notes))
 
@@ -453,12 +539,13 @@ def export(
 ) -> Exported:
     """One job per target x profile under OUTPUT/<target>_<profile>/, the
     artifacts under OUTPUT/artifacts/, what was left out in left-out.txt."""
-    from harness.pipeline import build_all
+    from harness.pipeline import build_all, selftest_suites
     from harness.scenario.capabilities import static_capabilities
 
     if not scenarios:
-        raise ConfigError("lava export: give at least one --scenario")
-    artifacts = build_all(target, upto=upto)
+        raise ConfigError("lava export: no scenario to export")
+    # The kernel selftests the scenarios need are packed in, as `run` packs them.
+    artifacts = build_all(target, upto=upto, suites=selftest_suites(scenarios))
     store = output / "artifacts"
     store.mkdir(parents=True, exist_ok=True)
     kernel = _place(artifacts.kernel.image, store / "Image")
@@ -466,29 +553,35 @@ def export(
     jobs: list[Path] = []
     report: list[str] = []
     for profile in profiles:
+        caps = static_capabilities(artifacts.kernel, profile.features)
+        plan = make_plan(target, profile, scenarios, caps)
+        where = f"{target.name} x {profile.name}"
+        for name, why in plan.left_out.items():
+            report.append(f"{where}: left out {name}: {why}")
+        report += [f"{where}: note: {n}" for n in plan.notes]
+        job_dir = output / f"{target.name}_{profile.name}"
+        if not plan.scenarios:
+            report.append(f"{where}: no scenario left to run: no job")
+            for stale in (JOB_FILE, DEVICE_FILE):  # an earlier export's job must not stay behind
+                (job_dir / stale).unlink(missing_ok=True)
+            continue
         scratch = None
         if profile.scratch_disk_mb:
             scratch = store / f"scratch-{profile.scratch_disk_mb}M.img"
             with scratch.open("wb") as f:
                 f.truncate(profile.scratch_disk_mb << 20)
-        caps = static_capabilities(artifacts.kernel, profile.features)
-        plan = make_plan(target, profile, scenarios, caps)
-        job_dir = output / f"{target.name}_{profile.name}"
         job_dir.mkdir(parents=True, exist_ok=True)
         job = job_definition(plan, kernel, initramfs, scratch, artifact_url)
         (job_dir / JOB_FILE).write_text(_dump(job))
         if with_device:
             (job_dir / DEVICE_FILE).write_text(_dump(device_dictionary(job["context"])))
         jobs.append(job_dir / JOB_FILE)
-        for name, why in plan.left_out.items():
-            report.append(f"{target.name} x {profile.name}: left out {name}: {why}")
-        report += [f"{target.name} x {profile.name}: note: {n}" for n in plan.notes]
-        if not plan.scenarios:
-            report.append(f"{target.name} x {profile.name}: no scenario left to run")
     left_out = output / LEFT_OUT_FILE
     left_out.write_text("".join(f"{line}\n" for line in report) or "nothing left out\n")
     for line in report:
         print(f"pkvm-harness: lava: {line}", file=sys.stderr)
+    if not jobs:
+        raise ConfigError(f"lava export: no job: every scenario was left out on every profile ({left_out})")
     return Exported(tuple(jobs), left_out)
 
 

@@ -13,16 +13,28 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import yaml
 
+from harness import pipeline
+from harness.cli import main
 from harness.config import Registry
+from harness.config.models import Profile
 from harness.errors import ConfigError, ExitCode
 from harness.export import lava, lava_import
+from harness.kernel import KernelBuild
 from harness.report import Verdict, exit_code, load_results
-from harness.scenario.capabilities import PROBE_SCRIPT
+from harness.scenario import kselftest
+from harness.scenario.capabilities import (
+    PROBE_SCRIPT,
+    decided_by_guest,
+    requirement_verdict,
+    static_capabilities,
+)
+from harness.scenario.runner import ScenarioContext
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "lava" / "mainline-7.3-smmuv3-nested"
 CELL = ["boot-health", "dma-roundtrip", "dma-fault-unmapped"]
@@ -31,6 +43,39 @@ CELL = ["boot-health", "dma-roundtrip", "dma-fault-unmapped"]
 @pytest.fixture(scope="module")
 def reg() -> Registry:
     return Registry()
+
+
+# mainline-7.3's build, as far as capabilities go: its config's tokens and
+# the ownership selftest in its System.map.
+MAINLINE_CONFIG = """CONFIG_NVHE_EL2_DEBUG=y
+CONFIG_DMA_MAP_BENCHMARK=y
+CONFIG_VFIO=y
+CONFIG_IOMMUFD=y
+CONFIG_ARM_SMMU_V3_IOMMUFD=y
+CONFIG_VIRTIO_BLK=y
+"""
+
+
+@pytest.fixture(scope="module")
+def kernel(tmp_path_factory: pytest.TempPathFactory) -> KernelBuild:
+    d = tmp_path_factory.mktemp("kernel")
+    (d / "config").write_text(MAINLINE_CONFIG)
+    (d / "System.map").write_text("ffff8000804f9868 T __kvm_nvhe_pkvm_ownership_selftest\n")
+    for name in ("Image", "vmlinux", "build.log"):
+        (d / name).write_bytes(b"")
+    return KernelBuild(
+        "mainline-7.3", "k", d, d / "Image", d / "vmlinux", d / "System.map", d / "config",
+        d / "build.log", None, {"kernel_version": "7.3.4"},
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def build(kernel: KernelBuild) -> KernelBuild:
+    return kernel
+
+
+def _static(kernel: KernelBuild, profile: Profile) -> frozenset[str]:
+    return static_capabilities(kernel, profile.features)
 
 
 # ---------------------------------------------------------------- helpers on the captured log
@@ -248,9 +293,10 @@ def test_left_out_scenarios_import_as_skips_with_the_reason(tmp_path: Path, reg:
 # ---------------------------------------------------------------- export
 
 
-def test_plan_leaves_out_what_lava_cannot_do(reg: Registry) -> None:
+def test_plan_leaves_out_what_lava_cannot_do(reg: Registry, kernel: KernelBuild) -> None:
     scenarios = [reg.scenario(n) for n in [*CELL, "dma-hotplug"]]
-    plan = lava.make_plan(reg.target("mainline-7.3"), reg.profile("smmuv3-nested"), scenarios, frozenset())
+    profile = reg.profile("smmuv3-nested")
+    plan = lava.make_plan(reg.target("mainline-7.3"), profile, scenarios, _static(kernel, profile))
     assert [s.name for s in plan.scenarios] == CELL
     assert "QMP" in plan.left_out["dma-hotplug"]
     assert plan.commands[0].command == PROBE_SCRIPT  # the runner's own probe, replayed on import
@@ -294,9 +340,10 @@ def test_a_profile_that_would_listen_off_loopback_is_refused(reg: Registry, opti
     )
 
 
-def test_job_definition_urls(reg: Registry, tmp_path: Path) -> None:
+def test_job_definition_urls(reg: Registry, build: KernelBuild, tmp_path: Path) -> None:
     scenarios = [reg.scenario(n) for n in CELL]
-    plan = lava.make_plan(reg.target("mainline-7.3"), reg.profile("smmuv3-nested"), scenarios, frozenset())
+    profile = reg.profile("smmuv3-nested")
+    plan = lava.make_plan(reg.target("mainline-7.3"), profile, scenarios, _static(build, profile))
     kernel, initramfs, scratch = (tmp_path / n for n in ("Image", "initramfs.cpio", "scratch-16M.img"))
     local = lava.job_definition(plan, kernel, initramfs, scratch, None)
     images = local["actions"][0]["deploy"]["images"]
@@ -309,3 +356,186 @@ def test_job_definition_urls(reg: Registry, tmp_path: Path) -> None:
     assert "-drive file={scratch},if=none,id=scratch,format=raw" not in lab["context"]["extra_options"]
     text = yaml.safe_dump(lab)
     assert yaml.safe_load(text)["metadata"]["pkvm-harness.scenarios"] == ",".join(CELL)
+
+
+# ---------------------------------------------------------------- the whole suite (#21)
+
+# What mainline-7.3's guest answers to the probe on smmuv3-nested (the
+# tokens only a running guest decides).
+GUEST_ANSWERS = frozenset(
+    {
+        "kvm",
+        "tracing",
+        "protected-vm",
+        "pkvm-guest-hypercalls",
+        "pkvm-protected-mode",
+        "helper:dma-map-bench",
+        "helper:edu-dma",
+        "helper:iommufd-nest",
+        "helper:pkvm-vmm",
+        "kselftest:kvm",
+    }
+)
+LAVA_CANNOT = {"dma-hotplug", "dma-map-stress", "vm-lifecycle"}  # QMP, ${capture.*} in a command
+
+
+def test_the_probes_tokens_are_the_guests_and_the_rest_is_known_before_boot(reg: Registry) -> None:
+    assert all(decided_by_guest(t) for t in GUEST_ANSWERS | {"answer:pkvm_vmm_probe_status=0"})
+    features = {f for name in reg.profile_names() for f in reg.profile(name).features}
+    assert not any(decided_by_guest(t) for t in features | {"iommufd-test", "pkvm-ownership-selftest"})
+
+
+def test_whole_suite_plan_leaves_out_what_run_skips_before_boot(reg: Registry, kernel: KernelBuild) -> None:
+    """#21: the exporter decides by `run`'s rule. On smmuv3-nested a scenario
+    is left out with run's own SKIP reason exactly when run skips it on a
+    guest that answers everything: what the profile or the build lacks."""
+    target, profile = reg.target("mainline-7.3"), reg.profile("smmuv3-nested")
+    scenarios = [reg.scenario(n) for n in reg.scenario_names()]
+    static = _static(kernel, profile)
+    plan = lava.make_plan(target, profile, scenarios, static)
+
+    assert plan.left_out["virtio-iommu-granule"] == "profile smmuv3-nested / kernel lacks: granule-over-page"
+    run_skips = {}
+    for s in scenarios:
+        unmet = requirement_verdict(s, ScenarioContext(target, profile, static | GUEST_ANSWERS))
+        assert unmet is None or unmet[0] == Verdict.SKIP, (s.name, unmet)
+        if unmet is not None:
+            run_skips[s.name] = unmet[1]
+    assert set(run_skips) == {
+        "dma-isolation",
+        "kselftest-iommufd",
+        "virtio-iommu-granule",
+        "virtio-iommu-identity",
+        "virtio-iommu-probe",
+    }
+    # run's reason, less what the job's probe would add (kselftest:iommu is
+    # not packed where CONFIG_IOMMUFD_TEST is off).
+    lacks = "profile smmuv3-nested / kernel lacks: "
+
+    def static_part(reason: str) -> list[str]:
+        return [t for t in reason.removeprefix(lacks).split(", ") if not decided_by_guest(t)]
+
+    assert {n: plan.left_out[n] for n in run_skips} == {
+        n: lacks + ", ".join(static_part(why)) for n, why in run_skips.items()
+    }
+    assert set(plan.left_out) == set(run_skips) | LAVA_CANNOT
+    kept = [s.name for s in plan.scenarios]
+    assert kept == [s.name for s in scenarios if s.name not in plan.left_out]  # in the suite's order
+    # What only the guest decides stays in the job (the importer judges it
+    # on the replayed probe): protected VMs, the selftests, the helpers.
+    assert {"kselftest-kvm", "pvm-donate", "pvm-dma-isolation", "iommufd-nesting"} <= set(kept)
+    kvm = reg.scenario("kselftest-kvm").steps[0]
+    assert kvm.kselftest is not None
+    assert any(c.command == kselftest.command(kvm.kselftest) for c in plan.commands)
+    assert all("${profile." not in c.command for c in plan.commands)
+
+
+def test_every_profile_plans_the_whole_suite(reg: Registry, kernel: KernelBuild) -> None:
+    """No profile's variables stop the plan: a scenario is kept or left
+    out with a reason. A step that needs what the profile lacks is not
+    planned (the runner skips it), so its variables need not expand
+    (boot-health's ${profile.iommu_sysfs} on no-iommu)."""
+    target = reg.target("mainline-7.3")
+    scenarios = [reg.scenario(n) for n in reg.scenario_names()]
+    for name in reg.profile_names():
+        profile = reg.profile(name)
+        plan = lava.make_plan(target, profile, scenarios, _static(kernel, profile))
+        assert {s.name for s in plan.scenarios} | set(plan.left_out) == set(reg.scenario_names()), name
+        assert all(plan.left_out.values())
+    no_iommu = reg.profile("no-iommu")
+    plan = lava.make_plan(target, no_iommu, [reg.scenario("boot-health")], _static(kernel, no_iommu))
+    assert [s.name for s in plan.scenarios] == ["boot-health"]
+    assert not any(c.step == "pci-devices-behind-iommu" for c in plan.commands)
+
+
+def test_an_unexpandable_variable_leaves_the_scenario_out(
+    reg: Registry, kernel: KernelBuild, tmp_path: Path
+) -> None:
+    from harness.config.registry import load_scenario
+
+    target = reg.target("mainline-7.3")
+    p64k = reg.profile("virtio-iommu-64k")
+    bare = replace(p64k, expect={k: v for k, v in p64k.expect.items() if k != "page_mask"})
+    granule = reg.scenario("virtio-iommu-granule")
+    plan = lava.make_plan(target, bare, [reg.scenario("boot-health"), granule], _static(kernel, bare))
+    assert [s.name for s in plan.scenarios] == ["boot-health"]
+    assert plan.left_out == {
+        "virtio-iommu-granule": "step page-mask uses ${profile.page_mask}, which profile virtio-iommu-64k"
+        " does not define"
+    }
+    # An expected event's field too (decided on import), but not ${capture.*}.
+    (tmp_path / "s.yaml").write_text(
+        "name: field-var\ndescription: x\nsteps:\n"
+        "  - name: s\n    run: 'echo iova=0x1000'\n    expect_events:\n"
+        "      - {signature: smmuv3-event, fields: {iova: '${capture.iova}'}}\n"
+        "      - {signature: smmuv3-event, fields: {sid: '${profile.sid}'}}\n"
+    )
+    odd = load_scenario(tmp_path / "s.yaml")
+    plan = lava.make_plan(target, bare, [odd], _static(kernel, bare))
+    why = f"step s uses ${{profile.sid}}, which profile {bare.name} does not define"
+    assert plan.left_out == {"field-var": why}
+
+
+def test_a_fail_known_before_boot_stays_in_the_job(
+    reg: Registry, kernel: KernelBuild, tmp_path: Path
+) -> None:
+    """A capability the target claims and the build lacks is run's FAIL, not
+    a skip: the scenario stays in the job (the importer gives the FAIL from
+    the job's static capabilities), with no command to run."""
+    (tmp_path / "System.map").write_text("")
+    lost = replace(kernel, system_map=tmp_path / "System.map")
+    target, profile = reg.target("mainline-7.3"), reg.profile("smmuv3-nested")
+    scenarios = [reg.scenario(n) for n in ("boot-health", "pkvm-ownership-selftest")]
+    plan = lava.make_plan(target, profile, scenarios, _static(lost, profile))
+    assert [s.name for s in plan.scenarios] == ["boot-health", "pkvm-ownership-selftest"]
+    assert not plan.left_out
+    assert [c.id for c in plan.commands] == [lava.PROBE_ID]
+    assert any(n.startswith("pkvm-ownership-selftest: FAIL before it runs: ") for n in plan.notes)
+
+
+@pytest.fixture
+def cached_build(monkeypatch: pytest.MonkeyPatch, kernel: KernelBuild, tmp_path: Path) -> None:
+    """`build_all` as a cached build returns it (the exporter copies the files)."""
+    initramfs = tmp_path / "initramfs.cpio"
+    initramfs.write_bytes(b"")
+    artifacts = SimpleNamespace(kernel=kernel, image=SimpleNamespace(initramfs=initramfs))
+    monkeypatch.setattr(pipeline, "build_all", lambda *a, **k: artifacts)
+
+
+@pytest.mark.usefixtures("cached_build")
+def test_the_issues_command_exports_one_job_per_profile(
+    reg: Registry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """#21: `lava export --target mainline-7.3` (no --scenario, no
+    --profile): the whole suite, one job per profile, exit 0, no internal
+    error (virtio-iommu-granule's ${profile.page_mask} on SMMU profiles)."""
+    out = tmp_path / "lava"
+    assert main(["lava", "export", "--target", "mainline-7.3", "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "internal error" not in err
+    jobs = sorted(p.name for p in out.iterdir() if (p / lava.JOB_FILE).is_file())
+    assert jobs == sorted(f"mainline-7.3_{n}" for n in reg.profile_names())
+    left_out = (out / lava.LEFT_OUT_FILE).read_text()
+    line = "mainline-7.3 x smmuv3-nested: left out virtio-iommu-granule: profile smmuv3-nested / kernel lacks"
+    assert f"{line}: granule-over-page\n" in left_out
+    assert f"pkvm-harness: lava: {line}: granule-over-page" in err
+    job = yaml.safe_load((out / "mainline-7.3_smmuv3-nested" / lava.JOB_FILE).read_text())
+    kept = job["metadata"]["pkvm-harness.scenarios"].split(",")
+    assert "virtio-iommu-granule" not in kept and "boot-health" in kept
+    assert "virtio-iommu-granule" in job["metadata"]["pkvm-harness.left-out"]
+
+
+@pytest.mark.usefixtures("cached_build")
+def test_a_profile_left_with_no_scenario_gets_no_job(reg: Registry, tmp_path: Path) -> None:
+    target = reg.target("mainline-7.3")
+    profiles = [reg.profile("smmuv3-nested"), reg.profile("virtio-iommu-64k")]
+    out = tmp_path / "lava"
+    stale = out / "mainline-7.3_smmuv3-nested" / lava.JOB_FILE  # from an earlier export
+    stale.parent.mkdir(parents=True)
+    stale.write_text("old\n")
+    exported = lava.export(target, profiles, [reg.scenario("virtio-iommu-granule")], out, with_device=True)
+    assert exported.jobs == (out / "mainline-7.3_virtio-iommu-64k" / lava.JOB_FILE,)
+    assert not stale.exists()
+    assert "mainline-7.3 x smmuv3-nested: no scenario left to run: no job\n" in exported.left_out.read_text()
+    with pytest.raises(ConfigError, match="no job"):
+        lava.export(target, profiles[:1], [reg.scenario("virtio-iommu-granule")], out)
