@@ -218,6 +218,10 @@ class Step:
     # The scenario's point: if every essential step of a scenario skips, the
     # scenario is a SKIP, whatever its setup steps did.
     essential: bool = False
+    # Wait until the kernel's rate limit on IOMMU fault reports (5 s windows)
+    # lets the next report through: this long after the last report the
+    # console showed, in guest time (no wait when there was none).
+    fault_report_window_s: float | None = None
     kselftest: KselftestRun | None = None
 
 

@@ -117,7 +117,7 @@ def _step(raw: dict[str, Any]) -> Step:
     has_run = "run" in raw
     # A step that only checks events looks at the whole boot by default; a
     # step that does something (a command, a QMP action) at what it caused.
-    acts = has_run or "qmp" in raw or "kselftest" in raw
+    acts = has_run or "qmp" in raw or "kselftest" in raw or "fault_report_window_s" in raw
     return Step(
         name=raw["name"],
         requires=frozenset(raw.get("requires", ())),
@@ -140,6 +140,7 @@ def _step(raw: dict[str, Any]) -> Step:
         hang_probe_s=raw.get("hang_probe_s"),
         hang_timeout_s=raw.get("hang_timeout_s"),
         essential=bool(raw.get("essential", False)),
+        fault_report_window_s=raw.get("fault_report_window_s"),
         kselftest=_kselftest(raw["kselftest"]) if "kselftest" in raw else None,
     )
 

@@ -114,6 +114,7 @@ STEP: dict[str, Any] = {
         "expect_ktap": {"type": "boolean"},
         "fail_reason": {"type": "string"},
         "essential": {"type": "boolean"},
+        "fault_report_window_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 60},
         "hang_probe_s": _TIMEOUT,
         "hang_timeout_s": _TIMEOUT,
         "kselftest": {

@@ -141,6 +141,9 @@ def _command(step: Step, variables: Mapping[str, str]) -> str | None:
     """The step's guest command as the runner sends it (None: it has none)."""
     if step.kselftest is not None:
         return kselftest.command(step.kselftest)
+    if step.fault_report_window_s is not None:
+        # The job cannot read the console as it goes: it waits the whole window.
+        return f"sleep {step.fault_report_window_s:g}"
     if step.run is None:
         return None  # an events-only step: decided on import from the console
     return substitute(step.run, variables)

@@ -236,6 +236,31 @@ def _record_cases(
     return results
 
 
+def _wait_fault_report_window(
+    step: Step, window_s: float, guest: GuestControl
+) -> tuple[str | None, Completed | None]:
+    """The kernel prints IOMMU fault reports rate-limited (5 s windows from
+    the first report of a burst): the next report is sure to be printed
+    once `window_s` has passed, in guest time, since the last one the
+    console showed. Wait only what is left of that, instead of a blind
+    sleep; the check that the report came is the next step's, unchanged."""
+    guest.sync_console()
+    faults = [e for e in guest.watcher.events if e.kind == "iommu-fault"]
+    stamps = [e.timestamp for e in faults if e.timestamp is not None]
+    if not stamps:
+        return None, None
+    uptime = guest.run(step.transport, "cut -d' ' -f1 /proc/uptime", 30)
+    try:
+        since_last = float(uptime.output.strip().splitlines()[-1]) - max(stamps)
+    except (ValueError, IndexError):
+        since_last = 0.0  # unknown: wait the whole window
+    left = window_s - since_last
+    if left <= 0:
+        return None, uptime
+    command = f"sleep {left:.2f}"
+    return command, guest.run(step.transport, command, left + 30)
+
+
 def _save_log(ctx: ScenarioContext, step: Step, output: str, state: _State) -> None:
     """The runner's whole output beside the console log (a step keeps only
     its tail)."""
@@ -275,6 +300,8 @@ def _run_step(
             _do_qmp(step, guest, state)
         if step.kselftest is not None:
             command, result = _run_kselftests(step, step.kselftest, guest, state, ctx)
+        elif step.fault_report_window_s is not None:
+            command, result = _wait_fault_report_window(step, step.fault_report_window_s, guest)
         elif step.run is not None:
             command = V.substitute(step.run, state.variables)
             result = guest.run(

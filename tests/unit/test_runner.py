@@ -595,3 +595,38 @@ def test_the_ownership_selftest_passes_only_where_the_build_holds_it(tmp_path: P
     old = kernel_build(tmp_path, "", version="6.12.117")
     unmet = requirement_verdict(scenario, ctx(caps=tuple(static_capabilities(old, profile.features))))
     assert unmet == (Verdict.SKIP, "profile smmuv3-nested / kernel lacks: pkvm-ownership-selftest")
+
+
+FAULT_AT_23_9 = (
+    "[   23.946348] arm-smmu-v3 9050000.smmuv3: event 0x10 received:\n"
+    "[   23.946350] arm-smmu-v3 9050000.smmuv3: \t0x0000001000000010\n"
+    "[   23.946351] arm-smmu-v3 9050000.smmuv3: \t0x0000020000000000\n"
+    "[   23.946352] arm-smmu-v3 9050000.smmuv3: \t0x0000000000101000\n"
+    "[   23.946353] arm-smmu-v3 9050000.smmuv3: \t0x0000000000000000\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("console", "uptime", "waited"),
+    [
+        ("", None, []),  # no report yet: nothing to wait for
+        (FAULT_AT_23_9, "25.946", ["sleep 3.20"]),  # 2 s after the last report: the rest of 5.2 s
+        (FAULT_AT_23_9, "40.000", []),  # long past: no wait
+    ],
+)
+def test_the_fault_report_window_waits_only_what_is_left_of_it(
+    tmp_path: Path, data_dir: Path, console: str, uptime: str | None, waited: list[str]
+) -> None:
+    scenario = load_scenario(
+        write(tmp_path, "name: s\nsteps:\n  - {name: window, transport: ssh, fault_report_window_s: 5.2}\n")
+    )
+
+    def respond(cmd: str) -> tuple[str, int, str]:
+        return (f"{uptime}\n" if "uptime" in cmd else "", 0, "")
+
+    guest = ScriptedGuest(boot_log(data_dir) + console, respond)
+    result = run_scenario(scenario, guest, ctx())
+    assert result.steps[0].verdict == Verdict.PASS
+    commands = [c for _, c in guest.commands]
+    assert [c for c in commands if c.startswith("sleep")] == waited
+    assert any("uptime" in c for c in commands) == bool(console)
