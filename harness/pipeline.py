@@ -519,13 +519,15 @@ def _build_each(
 
 
 def _run_pool(units: list[tuple[RunRequest, Artifacts, Profile]], recorder: RunRecorder, jobs: int) -> None:
+    side_by_side = jobs > 1 and len(units) > 1  # only then do log lines need a unit prefix
+
     def one(unit: tuple[RunRequest, Artifacts, Profile]) -> None:
         request, artifacts, profile = unit
         side = f"{request.side}:" if request.side else ""
-        with ui.prefixed(f"{request.target.name}/{side}{profile.name}" if jobs > 1 else None):
+        with ui.prefixed(f"{request.target.name}/{side}{profile.name}" if side_by_side else None):
             _ProfileRun(request, artifacts, profile, recorder).run()
 
-    if jobs <= 1 or len(units) <= 1:
+    if not side_by_side:
         for unit in units:
             one(unit)
         return
