@@ -38,7 +38,8 @@ lint: venv
 # time. It leaves out the tests marked `cold`: each needs a kernel
 # configuration of its own (stable-6.12 and its no-JUMP_LABEL variant, a
 # cold build of 15-30 min each here), which would put a new machine's run
-# over its 45-minute budget. `make test-full` runs them too.
+# over its 45-minute budget, and those marked `full` (an end-to-end run of
+# what a unit test proves on scripted input). `make test-full` runs them too.
 test: setup
 	bash ci/test.sh
 

@@ -13,13 +13,13 @@
 #   share a work tree and take its lock, so two workers never build at once
 #   in it; every boot has its own ports, directory and QEMU.
 #
-# Usage: ci/test.sh          the tests of `make test` (all but those marked cold)
+# Usage: ci/test.sh          the tests of `make test` (all but those marked cold or full)
 #        ci/test.sh --full   `make test-full`: the cold ones too
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
-MARKERS="not cold"
+MARKERS="not cold and not full"
 [ "${1:-}" = --full ] && MARKERS="cold or not cold"
 E2E_WORKERS=${E2E_WORKERS:-2}
 mkdir -p out

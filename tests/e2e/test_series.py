@@ -83,6 +83,9 @@ def test_bisect_names_the_patch_that_breaks_dma_after_unmap(tmp_path: Path) -> N
     assert (tmp_path / "reproduce.sh").read_text().count("--upto 4") == 1
 
 
+# The two skip cases below are unit tests on scripted outcomes
+# (tests/unit/test_bisect.py); end to end, they run in `make test-full`.
+@pytest.mark.full
 @pytest.mark.usefixtures("no_leaked_qemu")
 def test_bisect_skips_a_patch_that_does_not_build_away_from_the_bad_one(tmp_path: Path) -> None:
     rc, report = bisect(tmp_path, "bisect-dma-unbuildable-far.mbox")
@@ -90,6 +93,7 @@ def test_bisect_skips_a_patch_that_does_not_build_away_from_the_bad_one(tmp_path
     assert all(s["state"] != "bad" for s in report["steps"] if s["patch"] == 2)
 
 
+@pytest.mark.full
 @pytest.mark.usefixtures("no_leaked_qemu")
 def test_bisect_gives_the_range_when_the_unbuildable_patch_is_just_before(tmp_path: Path) -> None:
     rc, report = bisect(tmp_path, "bisect-dma-unbuildable-before.mbox")
