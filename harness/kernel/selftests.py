@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import tempfile
@@ -26,7 +27,7 @@ from harness.config.models import Target
 from harness.debs import fetch_debs
 from harness.errors import BuildError, ConfigError, PatchError
 from harness.kernel.build import ARCH, Toolchain, target_series
-from harness.kernel.series import applied_commit, checkout
+from harness.kernel.series import PatchSeries, applied_commit, checkout
 from harness.kernel.source import prepare_source, source_identity
 from harness.timeouts import QUICK_S, SELFTEST_BUILD_S, TREE_S, tool_deadline
 
@@ -69,6 +70,21 @@ def _load(directory: Path, cached: bool) -> SelftestBuild:
     return SelftestBuild(meta["suite"], directory.name, directory, tuple(meta["tests"]), meta, cached)
 
 
+# What a selftest build reads from the kernel tree: the selftests' own
+# sources and tools/ headers, the uapi headers `make headers_install` copies,
+# and the build machinery. A series that changes none of these (a kernel-side
+# negative test) builds the same binaries as its base.
+_SELFTEST_INPUTS = re.compile(
+    rb"^(?:diff --git a/|\+\+\+ b/|--- a/)"
+    rb"(?:tools/|include/uapi/|arch/[^/]+/include/uapi/|usr/|scripts/|Makefile\b)",
+    re.MULTILINE,
+)
+
+
+def touches_selftest_inputs(series: PatchSeries) -> bool:
+    return any(_SELFTEST_INPUTS.search(p.data) for p in series.patches)
+
+
 def build_selftests(
     target: Target, suite: str, *, upto: int | None = None, jobs: int | None = None
 ) -> SelftestBuild:
@@ -82,6 +98,9 @@ def build_selftests(
     tc_version = toolchain.check()
     source_id = source_identity(target.source, DigestMemo(cache / "digests.json"))
     series = target_series(target, upto)
+    if series is not None and not touches_selftest_inputs(series):
+        # The same binaries as the base's: build (or reuse) those.
+        series = None
     series_id = series.identity if series else None
     key = digest([RECIPE_VERSION, ARCH, source_id, series_id or "no-series", tc_version, suite, *spec.debs])
     store = ContentStore(cache / "kselftests")

@@ -345,3 +345,20 @@ def test_a_suite_is_built_only_for_scenarios_the_kernel_can_run(
     pipeline.with_selftests(artifacts, target, None, needs)
     assert built == ["iommu", "kvm"]
 
+
+
+def test_a_kernel_only_series_reuses_the_bases_selftests(tmp_path: Path) -> None:
+    """A negative test in kernel code (kvm-memslots-cap-short) builds the
+    same selftest binaries as its base: no second ~200 s suite build; a
+    series that touches tools/ or the uapi headers gets its own."""
+    from harness.config.models import SeriesSpec
+    from harness.kernel.selftests import touches_selftest_inputs
+    from harness.kernel.series import load_series
+
+    series_dir = Path(__file__).resolve().parent.parent / "data" / "series"
+    for kernel_only in ("kvm-memslots-cap-short.patch", "test-enable-cacheable-pfnmap.patch"):
+        assert not touches_selftest_inputs(load_series(SeriesSpec("mbox", str(series_dir / kernel_only))))
+    for path in ("tools/testing/selftests/kvm/lib/kvm_util.c", "include/uapi/linux/kvm.h", "Makefile"):
+        patch = tmp_path / f"{path.replace('/', '-')}.diff"
+        patch.write_text(f"diff --git a/{path} b/{path}\n--- a/{path}\n+++ b/{path}\n@@ -1 +1 @@\n-a\n+b\n")
+        assert touches_selftest_inputs(load_series(SeriesSpec("mbox", str(patch)))), path
