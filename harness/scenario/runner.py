@@ -236,6 +236,11 @@ def _record_cases(
     return results
 
 
+# The guest's uptime, as a fault_report_window_s step asks for it. Public:
+# the LAVA importer answers it from what the job recorded for that step.
+UPTIME_COMMAND = "cut -d' ' -f1 /proc/uptime"
+
+
 def _wait_fault_report_window(
     step: Step, window_s: float, guest: GuestControl
 ) -> tuple[str | None, Completed | None]:
@@ -249,7 +254,7 @@ def _wait_fault_report_window(
     stamps = [e.timestamp for e in faults if e.timestamp is not None]
     if not stamps:
         return None, None
-    uptime = guest.run(step.transport, "cut -d' ' -f1 /proc/uptime", 30)
+    uptime = guest.run(step.transport, UPTIME_COMMAND, 30)
     try:
         since_last = float(uptime.output.strip().splitlines()[-1]) - max(stamps)
     except (ValueError, IndexError):
