@@ -48,7 +48,7 @@ from harness.scenario.capabilities import (
     decided_by_guest,
     requirement_verdict,
 )
-from harness.scenario.runner import ScenarioContext
+from harness.scenario.runner import UPTIME_COMMAND, ScenarioContext
 from harness.scenario.variables import UnknownVariable, substitute
 
 MARK = "@@PKVM-LAVA"
@@ -72,6 +72,9 @@ class PlannedCommand:
     transport: Transport
     requires: frozenset[str]  # the step's (the scenario's are guarded around it)
     timeout_s: float = 60.0
+    # A fault_report_window_s step: it prints the guest's uptime, then waits
+    # the whole window (the import answers the runner's uptime question).
+    report_window: bool = False
 
 
 @dataclass(frozen=True)
@@ -142,8 +145,10 @@ def _command(step: Step, variables: Mapping[str, str]) -> str | None:
     if step.kselftest is not None:
         return kselftest.command(step.kselftest)
     if step.fault_report_window_s is not None:
-        # The job cannot read the console as it goes: it waits the whole window.
-        return f"sleep {step.fault_report_window_s:g}"
+        # The job cannot read the console as it goes: it prints the uptime
+        # the runner asks for (the importer answers with it) and waits the
+        # whole window, which covers whatever the runner would wait.
+        return f"{UPTIME_COMMAND}; sleep {step.fault_report_window_s:g}"
     if step.run is None:
         return None  # an events-only step: decided on import from the console
     return substitute(step.run, variables)
@@ -180,6 +185,7 @@ def _plan_steps(
                 step.transport,
                 step.requires,
                 step.timeout_s,
+                report_window=step.fault_report_window_s is not None,
             )
         )
     return commands
@@ -525,6 +531,54 @@ def _place(src: Path, dest: Path) -> Path:
     return dest
 
 
+_CPIO_TRAILER = b"TRAILER!!!"
+
+
+def _cpio_entries(data: bytes, origin: Path) -> list[tuple[list[int], bytes, bytes]]:
+    """A newc archive's entries (header fields, name, contents), trailer excluded."""
+    out, pos = [], 0
+    while pos + 110 <= len(data):
+        if data[pos : pos + 6] not in (b"070701", b"070702"):
+            raise HarnessError(f"{origin}: not a newc cpio at byte {pos}")
+        fields = [int(data[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
+        namesize, filesize = fields[11], fields[6]
+        name_end = pos + 110 + namesize
+        name = data[pos + 110 : name_end - 1]
+        body = name_end + (-name_end % 4)
+        contents = data[body : body + filesize]
+        pos = body + filesize + (-(body + filesize) % 4)
+        if name == _CPIO_TRAILER:
+            break
+        out.append((fields, name, contents))
+    return out
+
+
+def _merge_cpio(parts: Sequence[Path], dest: Path) -> Path:
+    """One newc archive of `parts` in order (later entries win, as when the
+    kernel unpacks them concatenated). LAVA unpacks the initramfs with
+    `cpio --extract`, which stops at the first archive's trailer: the
+    image's extra archives (kernel selftests) must be inside the first.
+    Inode numbers are renumbered: the same number in two archives would
+    read as a hard link."""
+    chunks: list[bytes] = []
+
+    def entry(fields: list[int], name: bytes, contents: bytes) -> None:
+        fields = [*fields[:11], len(name) + 1, 0]
+        fields[6] = len(contents)
+        head = b"070701" + b"".join(b"%08X" % f for f in fields) + name + b"\0"
+        chunks.extend([head, b"\0" * (-len(head) % 4), contents, b"\0" * (-len(contents) % 4)])
+
+    inodes: dict[tuple[int, int], int] = {}
+    for i, part in enumerate(parts):
+        for fields, name, contents in _cpio_entries(part.read_bytes(), part):
+            fields[0] = inodes.setdefault((i, fields[0]), len(inodes) + 1)
+            entry(fields, name, contents)
+    entry([0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0], _CPIO_TRAILER, b"")
+    dest.unlink(missing_ok=True)
+    dest.write_bytes(b"".join(chunks))
+    return dest
+
+
 @dataclass(frozen=True)
 class Exported:
     jobs: tuple[Path, ...]
@@ -552,7 +606,11 @@ def export(
     store = output / "artifacts"
     store.mkdir(parents=True, exist_ok=True)
     kernel = _place(artifacts.kernel.image, store / "Image")
-    initramfs = _place(artifacts.image.initramfs, store / "initramfs.cpio")
+    initramfs = store / "initramfs.cpio"
+    if artifacts.image.extras:
+        _merge_cpio([artifacts.image.initramfs, *artifacts.image.extras], initramfs)
+    else:
+        _place(artifacts.image.initramfs, initramfs)
     jobs: list[Path] = []
     report: list[str] = []
     for profile in profiles:

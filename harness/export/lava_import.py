@@ -33,7 +33,7 @@ from harness.logwatch import Event, LogWatcher
 from harness.report.recorder import RunRecorder
 from harness.report.results import BootRecord, RunResult, TargetRecord, Verdict
 from harness.scenario.capabilities import guest_capabilities, requirement_verdict
-from harness.scenario.runner import ScenarioContext, run_scenario, scenario_result
+from harness.scenario.runner import UPTIME_COMMAND, ScenarioContext, run_scenario, scenario_result
 from harness.session.base import Completed
 
 
@@ -184,6 +184,7 @@ class ReplayGuest:
         self.pos = 0  # console lines fed to the watcher
         self.gone = False  # a command never ended: the guest (or the job) died under it
         self._used: set[str] = set()
+        self._window: PlannedCommand | None = None  # the fault-report window step being answered
         # Where a scenario's output ends: the next scenario or command marker.
         self._stops = sorted(
             i
@@ -214,14 +215,12 @@ class ReplayGuest:
         hang_probe_s: float | None = None,
         hang_timeout_s: float | None = None,
     ) -> Completed:
-        planned = next(
-            (
-                c
-                for c in self.plan
-                if c.scenario == self.scenario and c.command == command and c.id not in self._used
-            ),
-            None,
-        )
+        window, self._window = self._window, None
+        planned = self._planned(command)
+        if planned is None and window is not None:
+            # What the runner waits of the fault-report window after the
+            # uptime: the job waited the whole window (the console is there).
+            return Completed(command, "", 0, 0.0)
         if planned is None:
             raise HarnessError(
                 f"command not in the LAVA job's plan: {command.strip().splitlines()[0][:80]!r}"
@@ -245,6 +244,16 @@ class ReplayGuest:
         if rec.timed_out:
             return Completed(command, self._output(rec), None, seconds, ended_by="timeout")
         return Completed(command, self._output(rec), rec.status, seconds)
+
+    def _planned(self, command: str) -> PlannedCommand | None:
+        """The job's command the runner asks for: the same text, in this
+        scenario, not used yet. The uptime a fault-report window step asks
+        for is that step's command (which printed it first)."""
+        unused = [c for c in self.plan if c.scenario == self.scenario and c.id not in self._used]
+        if command == UPTIME_COMMAND:
+            self._window = next((c for c in unused if c.report_window), None)
+            return self._window
+        return next((c for c in unused if c.command == command), None)
 
     def _output(self, rec: _Record) -> str:
         if rec.out is None:

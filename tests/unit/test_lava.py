@@ -23,7 +23,7 @@ from harness import pipeline
 from harness.cli import main
 from harness.config import Registry
 from harness.config.models import Profile
-from harness.errors import ConfigError, ExitCode
+from harness.errors import ConfigError, ExitCode, HarnessError
 from harness.export import lava, lava_import
 from harness.kernel import KernelBuild
 from harness.report import Verdict, exit_code, load_results
@@ -34,7 +34,7 @@ from harness.scenario.capabilities import (
     requirement_verdict,
     static_capabilities,
 )
-from harness.scenario.runner import ScenarioContext
+from harness.scenario.runner import UPTIME_COMMAND, ScenarioContext
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "lava" / "mainline-7.3-smmuv3-nested"
 CELL = ["boot-health", "dma-roundtrip", "dma-fault-unmapped"]
@@ -498,7 +498,7 @@ def cached_build(monkeypatch: pytest.MonkeyPatch, kernel: KernelBuild, tmp_path:
     """`build_all` as a cached build returns it (the exporter copies the files)."""
     initramfs = tmp_path / "initramfs.cpio"
     initramfs.write_bytes(b"")
-    artifacts = SimpleNamespace(kernel=kernel, image=SimpleNamespace(initramfs=initramfs))
+    artifacts = SimpleNamespace(kernel=kernel, image=SimpleNamespace(initramfs=initramfs, extras=()))
     monkeypatch.setattr(pipeline, "build_all", lambda *a, **k: artifacts)
 
 
@@ -539,3 +539,57 @@ def test_a_profile_left_with_no_scenario_gets_no_job(reg: Registry, tmp_path: Pa
     assert "mainline-7.3 x smmuv3-nested: no scenario left to run: no job\n" in exported.left_out.read_text()
     with pytest.raises(ConfigError, match="no job"):
         lava.export(target, profiles[:1], [reg.scenario("virtio-iommu-granule")], out)
+
+
+def test_a_fault_report_window_step_replays_from_the_jobs_record(reg: Registry, kernel: KernelBuild) -> None:
+    """The runner asks the guest's uptime, then waits what is left of the
+    window; the job printed the uptime and waited the whole window. On
+    import the uptime is the job's, and the wait is already in the console."""
+    profile = reg.profile("smmuv3-nested")
+    scenario = reg.scenario("dma-fault-unmapped")
+    plan = lava.make_plan(reg.target("mainline-7.3"), profile, [scenario], _static(kernel, profile))
+    (window,) = [c for c in plan.commands if c.report_window]
+    assert window.command.startswith(f"{UPTIME_COMMAND}; sleep ")
+    console = [
+        lava_import.LogLine(1.0, f"@@PKVM-LAVA:BEGIN:{window.id}"),
+        lava_import.LogLine(6.2, f"@@PKVM-LAVA:OUT:{window.id}"),
+        lava_import.LogLine(6.2, "41.07"),
+        lava_import.LogLine(6.2, ""),
+        lava_import.LogLine(6.2, f"@@PKVM-LAVA:END:{window.id}:0"),
+    ]
+    guest = lava_import.ReplayGuest(console, plan.commands)
+    guest.scenario = scenario.name
+    uptime = guest.run("ssh", UPTIME_COMMAND, 30)
+    assert (uptime.output, uptime.status) == ("41.07\n", 0)
+    assert guest.pos == len(console)  # the console through the whole wait
+    assert guest.run("ssh", "sleep 3.17", 33.17).status == 0
+    with pytest.raises(HarnessError, match="not in the LAVA job's plan"):
+        guest.run("ssh", "sleep 3.17", 33.17)
+
+
+def test_the_initramfs_is_one_archive_with_the_selftests(tmp_path: Path) -> None:
+    """LAVA unpacks the initramfs with `cpio --extract`, which stops at the
+    first trailer: the exporter merges the image's extra archives (kernel
+    selftests) into one, later entries winning as for the kernel."""
+
+    def run(argv: list[str], cwd: Path, data: bytes | None = None) -> bytes:
+        return subprocess.run(argv, cwd=cwd, input=data, capture_output=True, check=True).stdout
+
+    parts = []
+    base = {"init": "base", "etc/a": "1"}
+    for i, files in enumerate([base, {"usr/lib/kselftests/kvm/t": "bin", "etc/a": "2"}]):
+        root = tmp_path / f"root{i}"
+        for rel, text in files.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(text)
+        names = run(["find", ".", "-mindepth", "1"], root)
+        archive = tmp_path / f"part{i}.cpio"
+        archive.write_bytes(run(["cpio", "-o", "-H", "newc", "--quiet"], root, names))
+        parts.append(archive)
+    merged = lava._merge_cpio(parts, tmp_path / "initramfs.cpio")
+    out = tmp_path / "unpacked"
+    out.mkdir()
+    run(["cpio", "--extract", "--make-directories", "--unconditional", "--quiet", "--file", str(merged)], out)
+    assert (out / "init").read_text() == "base"
+    assert (out / "usr/lib/kselftests/kvm/t").read_text() == "bin"
+    assert (out / "etc/a").read_text() == "2"
