@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import calendar
+import contextlib
 import json
 import os
 import re
@@ -252,11 +253,18 @@ def _phases(output: str, start: float, end: float) -> list[tuple[str, float]]:
     ]
 
 
-def make_test_cold() -> None:
+def make_test_cold(keep: Path | None) -> None:
     """`make test` on what a new machine has: setup is idempotent (the host
-    packages stay), everything the project builds or caches starts empty."""
+    packages stay), everything the project builds or caches starts empty.
+    With `keep`, the clone, the caches and the log (make-test.log) stay
+    there for a look afterwards."""
     repo = Path(__file__).resolve().parent.parent
-    with tempfile.TemporaryDirectory(prefix="pkvm-bench-make-test-") as tmp:
+    with contextlib.ExitStack() as stack:
+        if keep is None:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="pkvm-bench-make-test-"))
+        else:
+            keep.mkdir(parents=True, exist_ok=False)
+            tmp = str(keep)
         clone = Path(tmp) / "clone"
         subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
         env = {
@@ -266,9 +274,12 @@ def make_test_cold() -> None:
             "CI": "true",
         }
         start = time.time()
-        proc = subprocess.run(["make", "test"], cwd=clone, env=env, capture_output=True, text=True)
+        proc = subprocess.run(
+            ["make", "test"], cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         end = time.time()
-    output = proc.stdout + proc.stderr
+        (Path(tmp) / "make-test.log").write_text(proc.stdout)
+    output = proc.stdout
     line("make test, new machine: wall", end - start, "s", MAKE_TEST_BUDGET_S)
     print(f"{'make test exit code':<38} {proc.returncode:>10}")
     for name, seconds in _phases(output, start, end):
@@ -319,6 +330,7 @@ def main() -> int:
         "--make-test", action="store_true", help="also time `make test` as a new machine (~45 min)"
     )
     ap.add_argument("--make-run", action="store_true", help="also time the warm default suite (`make run`)")
+    ap.add_argument("--keep", type=Path, help="with --make-test: run in this new directory and keep it")
     args = ap.parse_args()
 
     qemu = subprocess.run(["qemu-system-aarch64", "--version"], capture_output=True, text=True)
@@ -342,7 +354,7 @@ def main() -> int:
     if args.make_run:
         make_run_warm(args.target)
     if args.make_test:
-        make_test_cold()
+        make_test_cold(args.keep)
     return 0
 
 
