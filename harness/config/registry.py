@@ -29,6 +29,7 @@ from harness.errors import ConfigError
 from harness.logwatch.signatures import known_names
 
 T = TypeVar("T")
+_PROFILE_VARIABLE = re.compile(r"\$\{profile\.(?P<key>[A-Za-z0-9_]+)\}")
 
 
 def _target(doc: LoadedYaml, fragment_dir: Path) -> Target:
@@ -259,6 +260,7 @@ class Registry:
     targets_dir: Path = field(default_factory=lambda: paths.data_dir("targets"))
     profiles_dir: Path = field(default_factory=lambda: paths.data_dir("profiles"))
     scenarios_dir: Path = field(default_factory=lambda: paths.data_dir("scenarios"))
+    _profile_variables: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def _names(self, directory: Path) -> list[str]:
         return sorted(p.stem for p in directory.glob("*.yaml"))
@@ -305,4 +307,28 @@ class Registry:
         scenario = load_scenario(path)
         if scenario.name != path.stem and path.parent == self.scenarios_dir:
             raise ConfigError(f"{path}:1: name '{scenario.name}' differs from file name")
+        self._check_profile_variables(path)
         return scenario
+
+    def profile_variables(self) -> frozenset[str]:
+        """Every `${profile.X}` some profile defines (its `expect:` keys, and
+        `name`). A scenario may use one that only some profiles define: it
+        does not apply to the others."""
+        if self._profile_variables is None:
+            keys = {"name"}
+            for name in self.profile_names():
+                keys |= set(self.profile(name).expect)
+            self._profile_variables = frozenset(keys)
+        return self._profile_variables
+
+    def _check_profile_variables(self, path: Path) -> None:
+        """A `${profile.X}` that no profile defines is a typo: a load error
+        with file:line, never an internal error in the middle of a run."""
+        known = self.profile_variables()
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            for m in _PROFILE_VARIABLE.finditer(line):
+                if m["key"] not in known:
+                    raise ConfigError(
+                        f"{path}:{number}: ${{profile.{m['key']}}}: no profile defines it"
+                        f" (defined: {', '.join(sorted(known))})"
+                    )

@@ -173,3 +173,16 @@ def test_a_known_gap_reason_is_a_regular_expression(tmp_path: Path) -> None:
     t.write_text(GAP_TARGET % ("host-dma-into-protected-page", "reached ("))
     with pytest.raises(ConfigError, match=r"t\.yaml:7: known_gaps\.pvm-dma-isolation\.reason: not a regular"):
         load_target(t)
+
+
+def test_a_profile_variable_no_profile_defines_is_a_load_error_with_file_and_line(tmp_path: Path) -> None:
+    scenarios = tmp_path / "scenarios"
+    scenarios.mkdir()
+    (scenarios / "s.yaml").write_text("name: s\nsteps:\n  - name: a\n    run: echo ${profile.no_such_key}\n")
+    reg = Registry(scenarios_dir=scenarios)
+    with pytest.raises(ConfigError) as err:
+        reg.scenario("s")
+    where = f"{scenarios / 's.yaml'}:4"
+    assert str(err.value).startswith(f"{where}: ${{profile.no_such_key}}: no profile defines it")
+    # One that only some profiles define is fine (virtio-iommu-granule's page_mask).
+    assert Registry().scenario("virtio-iommu-granule").name == "virtio-iommu-granule"
