@@ -8,8 +8,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from harness.errors import SourceError
-from harness.timeouts import TREE_S, tool_deadline
+from harness.errors import HarnessError, SourceError
+from harness.timeouts import QUICK_S, TREE_S, tool_deadline
 
 # A fixed identity: commits made by the harness must not depend on the
 # user's git config (and must work where there is none).
@@ -36,3 +36,23 @@ def git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
         msg = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1]
         raise SourceError(f"git {args[0]} in {repo} failed: {msg}")
     return result
+
+
+def archive_into(
+    repo: Path | str, rev: str, dest: Path, error: type[HarnessError], what: str, parts: tuple[str, ...] = ()
+) -> None:
+    """`git archive rev [parts] | tar -x -C dest`, both under deadlines; a
+    failure is `error` naming `what`."""
+    archive = subprocess.Popen(
+        ["git", "-C", str(repo), "archive", "--format=tar", rev, *parts], stdout=subprocess.PIPE
+    )
+    try:
+        with tool_deadline(error, f"{what}: git archive {rev} | tar"):
+            untar = subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout, timeout=TREE_S)
+            archived = archive.wait(QUICK_S)  # its output is all read: it is exiting
+    finally:
+        if archive.poll() is None:
+            archive.kill()
+            archive.wait()
+    if archived != 0 or untar.returncode != 0:
+        raise error(f"{what}: git archive {rev} failed")

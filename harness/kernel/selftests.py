@@ -27,9 +27,10 @@ from harness.config.models import Target
 from harness.debs import fetch_debs
 from harness.errors import BuildError, ConfigError, PatchError
 from harness.kernel.build import ARCH, Toolchain, target_series
+from harness.kernel.gitutil import archive_into
 from harness.kernel.series import PatchSeries, applied_commit, checkout
 from harness.kernel.source import prepare_source, source_identity
-from harness.timeouts import QUICK_S, SELFTEST_BUILD_S, TREE_S, tool_deadline
+from harness.timeouts import QUICK_S, SELFTEST_BUILD_S, tool_deadline
 
 RECIPE_VERSION = "kselftest-recipe-v1"
 # What headers_install and the selftests' makefiles read of the source tree.
@@ -70,19 +71,13 @@ def _load(directory: Path, cached: bool) -> SelftestBuild:
     return SelftestBuild(meta["suite"], directory.name, directory, tuple(meta["tests"]), meta, cached)
 
 
-# What a selftest build reads from the kernel tree: the selftests' own
-# sources and tools/ headers, the uapi headers `make headers_install` copies,
-# and the build machinery. A series that changes none of these (a kernel-side
-# negative test) builds the same binaries as its base.
-_SELFTEST_INPUTS = re.compile(
-    rb"^(?:diff --git a/|\+\+\+ b/|--- a/)"
-    rb"(?:tools/|include/uapi/|arch/[^/]+/include/uapi/|usr/|scripts/|Makefile\b)",
-    re.MULTILINE,
-)
-
-
 def touches_selftest_inputs(series: PatchSeries) -> bool:
-    return any(_SELFTEST_INPUTS.search(p.data) for p in series.patches)
+    """A selftest build reads only `_TREE_PARTS` of the tree (it archives
+    them): a series that changes none of them (a kernel-side negative test)
+    gives the very same archive, so the same binaries as its base."""
+    parts = "|".join(re.escape(p) for p in _TREE_PARTS)
+    touched = re.compile(rf"^(?:diff --git a/|\+\+\+ b/|--- a/)(?:{parts})(?:/|\s|$)".encode(), re.MULTILINE)
+    return any(touched.search(p.data) for p in series.patches)
 
 
 def build_selftests(
@@ -171,19 +166,7 @@ def _build(
         # run meanwhile.
         tree = work / "src"
         tree.mkdir()
-        archive = subprocess.Popen(
-            ["git", "-C", str(repo), "archive", "--format=tar", commit, *_TREE_PARTS], stdout=subprocess.PIPE
-        )
-        try:
-            with tool_deadline(BuildError, f"selftest build: git archive {commit[:12]} | tar"):
-                untar = subprocess.run(["tar", "-x", "-C", str(tree)], stdin=archive.stdout, timeout=TREE_S)
-                archived = archive.wait(QUICK_S)  # its output is all read: it is exiting
-        finally:
-            if archive.poll() is None:
-                archive.kill()
-                archive.wait()
-        if archived != 0 or untar.returncode != 0:
-            raise BuildError(f"selftest build: git archive {commit[:12]} failed")
+        archive_into(repo, commit, tree, BuildError, "selftest build", _TREE_PARTS)
         headers = work / "headers"
         # The UAPI headers of this very tree (the selftests test its ioctls).
         hdr_cmd = [

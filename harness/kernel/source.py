@@ -12,8 +12,8 @@ from harness import paths, ui
 from harness.cache import ContentStore, DigestMemo, digest
 from harness.config.models import SourceSpec
 from harness.errors import SourceError
-from harness.kernel.gitutil import git
-from harness.timeouts import QUICK_S, TREE_S, tool_deadline
+from harness.kernel.gitutil import archive_into, git
+from harness.timeouts import TREE_S, tool_deadline
 
 
 @dataclass(frozen=True)
@@ -92,20 +92,7 @@ def _kernel_version(tree: Path) -> str:
 def _unpack(spec: SourceSpec, dest: Path) -> None:
     if spec.kind == "git":
         rev = _git_snapshot(spec)
-        archive = subprocess.Popen(
-            ["git", "-C", spec.location, "archive", "--format=tar", rev],
-            stdout=subprocess.PIPE,
-        )
-        try:
-            with tool_deadline(SourceError, f"source {spec.describe()}: git archive {rev} | tar"):
-                untar = subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout, timeout=TREE_S)
-                archived = archive.wait(QUICK_S)  # its output is all read: it is exiting
-        finally:
-            if archive.poll() is None:
-                archive.kill()
-                archive.wait()
-        if archived != 0 or untar.returncode != 0:
-            raise SourceError(f"source {spec.describe()}: git archive {rev} failed")
+        archive_into(spec.location, rev, dest, SourceError, f"source {spec.describe()}")
         return
     tarball = _tarball_for(spec)
     # Tarballs carry one top directory (linux-source-7.3/); strip it.
