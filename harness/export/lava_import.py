@@ -83,6 +83,30 @@ def _epoch(dt: object) -> float | None:
         return None
 
 
+# A command id is SCENARIO.STEP: letters, digits, '-', '_' and '.'.
+_MARKER = re.compile(
+    re.escape(MARK) + r":(BEGIN|OUT|END|TIMEOUT|SCENARIO|SCENARIO-END):([\w.-]+)(?::(-?\d+))?"
+)
+
+
+def _split_at_markers(text: str) -> list[str]:
+    """One console line as the lines it holds. The kernel prints to the
+    console the job's shell writes to, so a printk can land in the middle of
+    a marker's line ("@@PKVM-LAVA:OUT:id[   48.63] arm-smmu-v3 ...: event
+    0x10 received:"). Each marker gets a line of its own, and what the kernel
+    wrote around it keeps one for the log watcher."""
+    parts: list[str] = []
+    rest = text
+    while (m := _MARKER.search(rest)) is not None:
+        if m.start() > 0:
+            parts.append(rest[: m.start()])
+        parts.append(m[0])
+        rest = rest[m.end() :]
+    if rest or not parts:
+        parts.append(rest)
+    return parts
+
+
 _QEMU_VERSION = re.compile(r"qemu-system-\S+, installed at version: ([^\s,]+)")
 
 
@@ -104,7 +128,8 @@ def read_job_log(job_output: Path) -> JobLog:
         lvl, msg = e["lvl"], e.get("msg")
         if lvl == "target" and isinstance(msg, str):
             # lava_dispatcher.shell escapes every '"' of the console as '\"'.
-            log.console.append(LogLine(_epoch(e.get("dt")), msg.replace('\\"', '"')))
+            at = _epoch(e.get("dt"))
+            log.console.extend(LogLine(at, part) for part in _split_at_markers(msg.replace('\\"', '"')))
         elif lvl == "results" and isinstance(msg, dict):
             log.results.append(msg)
         elif lvl in ("error", "exception") and isinstance(msg, str):
@@ -138,11 +163,6 @@ class _Record:
     end: int | None = None
     status: int | None = None
     timed_out: bool = False
-
-
-_MARKER = re.compile(
-    re.escape(MARK) + r":(BEGIN|OUT|END|TIMEOUT|SCENARIO|SCENARIO-END):([^:\s]+)(?::(-?\d+))?"
-)
 
 
 def _records(console: list[LogLine]) -> dict[str, _Record]:

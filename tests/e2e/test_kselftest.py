@@ -96,4 +96,3 @@ def test_kselftest_iommufd_on_the_selftests_target(tmp_path: Path) -> None:
     assert len(subtests) > 100
     assert all(c.reason for c in result.cases if c.verdict != Verdict.PASS)
     assert not [c for c in result.cases if c.verdict in (Verdict.FAIL, Verdict.NOT_RUN)]
-

@@ -346,7 +346,6 @@ def test_a_suite_is_built_only_for_scenarios_the_kernel_can_run(
     assert built == ["iommu", "kvm"]
 
 
-
 def test_a_kernel_only_series_reuses_the_bases_selftests(tmp_path: Path) -> None:
     """A negative test in kernel code (kvm-memslots-cap-short) builds the
     same selftest binaries as its base: no second ~200 s suite build; a

@@ -593,3 +593,45 @@ def test_the_initramfs_is_one_archive_with_the_selftests(tmp_path: Path) -> None
     assert (out / "init").read_text() == "base"
     assert (out / "usr/lib/kselftests/kvm/t").read_text() == "bin"
     assert (out / "etc/a").read_text() == "2"
+
+
+WHOLE_SUITE = DATA.parent / "mainline-7.3-smmuv3-nested-whole-suite"
+
+
+def test_a_printk_on_a_markers_line_is_split_off(tmp_path: Path, reg: Registry) -> None:
+    """A real whole-suite job (CI, 2026-12-03): the SMMU's fault report for
+    s2-parent landed on the same console line as the step's OUT marker,
+    "@@PKVM-LAVA:OUT:iommufd-nesting.s2-parent[   48.631316] arm-smmu-v3
+    ...: event 0x10 received:". The importer once read the step's id as
+    "iommufd-nesting.s2-parent[" and the step as having printed nothing."""
+    raw = (WHOLE_SUITE / "output.yaml").read_text()
+    assert "@@PKVM-LAVA:OUT:iommufd-nesting.s2-parent[   48.631316] arm-smmu-v3" in raw
+    log = lava_import.read_job_log(WHOLE_SUITE)
+    texts = [ln.text for ln in log.console]
+    i = texts.index("@@PKVM-LAVA:OUT:iommufd-nesting.s2-parent")
+    assert texts[i + 1] == "[   48.631316] arm-smmu-v3 9050000.smmuv3: event 0x10 received:"
+
+    out = tmp_path / "imported"
+    lava_import.import_results(WHOLE_SUITE, out, reg)
+    nesting = next(r for r in load_results(out).results if r.scenario == "iommufd-nesting")
+    steps = {s.name: s for s in nesting.steps}
+    assert nesting.verdict == Verdict.PASS, nesting.reason
+    assert "ok 3 s2-parent: DMA after unmap changes nothing" in steps["s2-parent"].output
+    # The event whose first line shared the marker's line is still seen,
+    # with the stage the SMMU recorded.
+    assert steps["s2-parent-fault-reported"].verdict == Verdict.PASS
+    assert any(e["signature"] == "smmuv3-event" and e["fields"].get("stage") == "s2" for e in nesting.events)
+
+
+@pytest.mark.parametrize(
+    ("line", "parts"),
+    [
+        ("@@PKVM-LAVA:END:a.b-c:0", ["@@PKVM-LAVA:END:a.b-c:0"]),
+        ("@@PKVM-LAVA:END:a.b:1[    9.1] x", ["@@PKVM-LAVA:END:a.b:1", "[    9.1] x"]),
+        ("[    9.1] x@@PKVM-LAVA:BEGIN:a.b", ["[    9.1] x", "@@PKVM-LAVA:BEGIN:a.b"]),
+        ("plain", ["plain"]),
+        ("", [""]),
+    ],
+)
+def test_console_lines_split_at_markers(line: str, parts: list[str]) -> None:
+    assert lava_import._split_at_markers(line) == parts
