@@ -228,7 +228,8 @@ def build_kernel(
             ui.info(
                 "kernel", f"configuring {target.name} ({base.version}, {len(target.fragments)} fragments)"
             )
-            config_text = kconfig.resolve_config(make, base.path, outdir, target.fragments, log)
+            saved = _saved_config(target, source_id, series, tc_version, toolchain.make_vars())
+            config_text = kconfig.resolve_config(make, base.path, outdir, target.fragments, log, saved)
             build_key = digest(["build", input_key, config_text])
             with store.lock(build_key):
                 if store.get(build_key) is None:
@@ -249,6 +250,28 @@ def build_kernel(
         raise
     store.set_alias(input_key, build_key)
     return _load(store.path(build_key), target.name, cached=False)
+
+
+def _saved_config(
+    target: Target, source_id: str, series: PatchSeries | None, tc_version: str, make_vars: list[str]
+) -> Path:
+    """Where the resolved .config of this source, series, fragments and
+    toolchain is kept. A series that changes no Kconfig input (most
+    negative-test and review series: C files only) resolves to its base's
+    .config, so they share one."""
+    changes_kconfig = series is not None and kconfig.reads_kconfig_inputs(series.touched_paths())
+    kconfig_changes = series.identity if series is not None and changes_kconfig else "none"
+    key = digest(
+        [
+            "kconfig-v1",
+            source_id,
+            kconfig_changes,
+            tc_version,
+            *make_vars,
+            *(f"{f.name}\n{f.read_text()}" for f in target.fragments),
+        ]
+    )
+    return paths.cache_root() / "kconfig" / f"{key}.config"
 
 
 def _build_into_store(

@@ -5,9 +5,10 @@ dependencies are unmet; the harness does not."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,11 +67,62 @@ def dropped_options(config_text: str, fragments: Sequence[Path]) -> list[ConfigR
     return [r for r in final.values() if values.get(r.option, "n") != r.value]
 
 
+def reads_kconfig_inputs(paths: Iterable[str]) -> bool:
+    """Whether changing `paths` can change what Kconfig resolves: a Kconfig*
+    file (they `source` one another), a script under scripts/ (Kconfig's
+    $(shell,...) and $(cc-option,...) run them, and scripts/kconfig is
+    Kconfig itself), or the top-level Makefile (the version in the .config
+    header)."""
+    return any(
+        Path(path).name.startswith("Kconfig") or path.startswith("scripts/") or path == "Makefile"
+        for path in paths
+    )
+
+
 def resolve_config(
-    make: Sequence[str], tree: Path, outdir: Path, fragments: Sequence[Path], log: Path
+    make: Sequence[str],
+    tree: Path,
+    outdir: Path,
+    fragments: Sequence[Path],
+    log: Path,
+    saved: Path | None = None,
 ) -> str:
     """Run allnoconfig + merge_config.sh + olddefconfig in `outdir` and return
-    the verified .config text."""
+    the verified .config text. `saved`: where the .config of these very
+    Kconfig inputs (source, fragments, toolchain) is kept: reused when there,
+    written when not. The three steps cost ~9 s on this machine, more than
+    the compile of a typical one-file negative series."""
+    config = outdir / ".config"
+    if saved is not None and saved.is_file():
+        text = saved.read_text()
+        with log.open("a") as out:
+            out.write(f"# .config from {saved} (the same Kconfig inputs, resolved before)\n")
+        # Untouched when equal: a newer .config makes kbuild sync again.
+        if not config.is_file() or config.read_text() != text:
+            config.write_text(text)
+    else:
+        _run_config_steps(make, tree, outdir, fragments, log)
+        text = config.read_text()
+    dropped = dropped_options(text, fragments)
+    if dropped:
+        got = parse_config(text)
+        first = dropped[0]
+        more = f" (and {len(dropped) - 1} more)" if len(dropped) > 1 else ""
+        raise KconfigError(
+            f"config option dropped: {first.describe()} but .config has"
+            f" {first.option}={got.get(first.option, 'n')}: {why_dropped(tree, first.option)}{more}"
+        )
+    if saved is not None and not saved.is_file():
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        tmp = saved.with_name(f".{saved.name}.{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, saved)  # whole or absent, for a concurrent reader
+    return text
+
+
+def _run_config_steps(
+    make: Sequence[str], tree: Path, outdir: Path, fragments: Sequence[Path], log: Path
+) -> None:
     merge = tree / "scripts" / "kconfig" / "merge_config.sh"
     config = outdir / ".config"
     steps: list[tuple[str, list[str]]] = [
@@ -86,17 +138,6 @@ def resolve_config(
                 result = subprocess.run(argv, cwd=tree, stdout=out, stderr=subprocess.STDOUT, timeout=TOOL_S)
             if result.returncode != 0:
                 raise KconfigError(f"kconfig step {name} failed (see {log})")
-    text = config.read_text()
-    dropped = dropped_options(text, fragments)
-    if dropped:
-        got = parse_config(text)
-        first = dropped[0]
-        more = f" (and {len(dropped) - 1} more)" if len(dropped) > 1 else ""
-        raise KconfigError(
-            f"config option dropped: {first.describe()} but .config has"
-            f" {first.option}={got.get(first.option, 'n')}: {why_dropped(tree, first.option)}{more}"
-        )
-    return text
 
 
 _ENTRY = re.compile(r"^\s*(?:menu)?config\s+(\S+)\s*$")

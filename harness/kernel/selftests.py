@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import subprocess
 import tempfile
@@ -75,9 +74,7 @@ def touches_selftest_inputs(series: PatchSeries) -> bool:
     """A selftest build reads only `_TREE_PARTS` of the tree (it archives
     them): a series that changes none of them (a kernel-side negative test)
     gives the very same archive, so the same binaries as its base."""
-    parts = "|".join(re.escape(p) for p in _TREE_PARTS)
-    touched = re.compile(rf"^(?:diff --git a/|\+\+\+ b/|--- a/)(?:{parts})(?:/|\s|$)".encode(), re.MULTILINE)
-    return any(touched.search(p.data) for p in series.patches)
+    return series.touches(_TREE_PARTS)
 
 
 def build_selftests(

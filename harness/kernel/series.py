@@ -63,6 +63,12 @@ class Patch:
     message_id: str | None = None  # without the <>
 
 
+# The paths a diff names: git's "diff --git a/X b/Y" header, or the "---"
+# and "+++" lines of a bare diff (/dev/null for a created or deleted file
+# never matches "a/" or "b/").
+_DIFF_PATH = re.compile(rb"^(?:diff --git a/(\S+) b/(\S+)|--- a/(\S+)|\+\+\+ b/(\S+))", re.MULTILINE)
+
+
 @dataclass(frozen=True)
 class PatchSeries:
     spec: SeriesSpec
@@ -82,6 +88,21 @@ class PatchSeries:
     def describe(self, patch: Patch) -> str:
         total = self.total or len(self.patches)
         return f"patch {patch.index}/{total} '{patch.subject}' ({patch.origin})"
+
+    def touched_paths(self) -> frozenset[str]:
+        """Every tree path a patch of the series changes, creates, deletes
+        or renames (both names of a rename), from the diffs themselves."""
+        paths_: set[str] = set()
+        for p in self.patches:
+            for m in _DIFF_PATH.finditer(p.data):
+                paths_.update(g.decode(errors="replace") for g in m.groups() if g)
+        return frozenset(paths_)
+
+    def touches(self, parts: tuple[str, ...]) -> bool:
+        """Whether a patch changes `parts` (a path, or anything under a
+        directory of that name)."""
+        touched = self.touched_paths()
+        return any(path == part or path.startswith(f"{part}/") for path in touched for part in parts)
 
     def prefix(self, count: int) -> PatchSeries:
         """The series up to and including patch `count` (per-patch checks

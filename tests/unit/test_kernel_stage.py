@@ -11,7 +11,7 @@ import pytest
 from harness.cache import ContentStore, DigestMemo
 from harness.cli import main
 from harness.config.models import SeriesSpec, SourceSpec
-from harness.errors import PatchError
+from harness.errors import KconfigError, PatchError
 from harness.kernel import kconfig
 from harness.kernel.gitutil import git
 from harness.kernel.series import BASE_TAG, checkout, load_series
@@ -235,3 +235,76 @@ def test_a_prefix_is_applied_once_and_the_next_prefix_continues_from_it(
     assert "applying 1 patches (" in capsys.readouterr().err  # only patch 2: patch 1 was there
     assert git(base.path, "rev-parse", "HEAD~1").stdout.strip() == one != two
     assert series.prefix(1).describe(series.patches[0]).startswith("patch 1/2 ")
+
+
+SERIES = Path(__file__).resolve().parents[1] / "data" / "series"
+
+
+def test_a_series_names_the_paths_it_touches() -> None:
+    unmap_noop = load_series(SeriesSpec("mbox", str(SERIES / "unmap-noop.patch")))
+    assert unmap_noop.touched_paths() == {"drivers/vfio/vfio_iommu_type1.c"}
+    assert unmap_noop.touches(("drivers/vfio",)) and not unmap_noop.touches(("drivers/vf",))
+    enable = load_series(SeriesSpec("mbox", str(SERIES / "test-enable-cacheable-pfnmap.patch")))
+    assert any(p.endswith("Kconfig") for p in enable.touched_paths())
+    # What decides whether a series can reuse its base's resolved .config.
+    assert not kconfig.reads_kconfig_inputs(unmap_noop.touched_paths())
+    assert kconfig.reads_kconfig_inputs(enable.touched_paths())
+
+
+@pytest.mark.parametrize(
+    ("path", "reads"),
+    [
+        ("arch/arm64/Kconfig", True),
+        ("lib/Kconfig.debug", True),
+        ("scripts/Kconfig.include", True),
+        ("scripts/cc-version.sh", True),
+        ("Makefile", True),
+        ("drivers/iommu/Makefile", False),
+        ("drivers/iommu/arm/arm-smmu-v3/arm-smmu-v3.c", False),
+        ("Documentation/Kconfig", True),  # conservative: any Kconfig* file
+    ],
+)
+def test_what_kconfig_reads(path: str, reads: bool) -> None:
+    assert kconfig.reads_kconfig_inputs([path]) is reads
+
+
+def _fake_kconfig_tree(tmp_path: Path, config_text: str) -> tuple[list[str], Path, Path, Path]:
+    """A tree whose `make *config` and merge_config.sh only count their runs
+    and leave `config_text` as the .config."""
+    tree, outdir = tmp_path / "tree", tmp_path / "out"
+    (tree / "scripts" / "kconfig").mkdir(parents=True)
+    outdir.mkdir()
+    runs = tmp_path / "runs"
+    merge = tree / "scripts" / "kconfig" / "merge_config.sh"
+    merge.write_text(f"#!/bin/sh\necho merge >> {runs}\n")
+    make = tmp_path / "make"
+    make.write_text(f"#!/bin/sh\necho make >> {runs}\nprintf '%s' '{config_text}' > {outdir}/.config\n")
+    for script in (merge, make):
+        script.chmod(0o755)
+    return [str(make)], tree, outdir, runs
+
+
+def test_a_resolved_config_is_reused_for_the_same_kconfig_inputs(tmp_path: Path) -> None:
+    frag = tmp_path / "pkvm.config"
+    frag.write_text("CONFIG_KVM=y\n")
+    make, tree, outdir, runs = _fake_kconfig_tree(tmp_path, "CONFIG_KVM=y\n")
+    saved = tmp_path / "kconfig" / "key.config"
+    log = tmp_path / "log"
+    assert kconfig.resolve_config(make, tree, outdir, [frag], log, saved) == "CONFIG_KVM=y\n"
+    assert runs.read_text().split() == ["make", "merge", "make"] and saved.read_text() == "CONFIG_KVM=y\n"
+
+    (outdir / ".config").write_text("CONFIG_KVM=n\n")  # another series' config in the O= dir
+    assert kconfig.resolve_config(make, tree, outdir, [frag], log, saved) == "CONFIG_KVM=y\n"
+    assert runs.read_text().split() == ["make", "merge", "make"]  # no step ran again
+    assert (outdir / ".config").read_text() == "CONFIG_KVM=y\n"
+    assert f"# .config from {saved}" in log.read_text()
+
+
+def test_a_reused_config_is_still_checked_for_dropped_options(tmp_path: Path) -> None:
+    frag = tmp_path / "pkvm.config"
+    frag.write_text("CONFIG_KVM=y\n")
+    make, tree, outdir, _ = _fake_kconfig_tree(tmp_path, "")
+    saved = tmp_path / "key.config"
+    saved.write_text("# CONFIG_KVM is not set\n")
+    with pytest.raises(KconfigError, match=r"config option dropped: pkvm.config:1: CONFIG_KVM=y"):
+        kconfig.resolve_config(make, tree, outdir, [frag], tmp_path / "log", saved)
