@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pexpect
 
@@ -279,6 +280,9 @@ def make_test_cold(keep: Path | None) -> None:
         )
         end = time.time()
         (Path(tmp) / "make-test.log").write_text(proc.stdout)
+        junit = clone / "out" / "e2e-junit.xml"
+        if proc.returncode == 0 and junit.is_file():
+            record_e2e_durations(junit, repo / "tests" / "e2e" / "durations.json")
     output = proc.stdout
     line("make test, new machine: wall", end - start, "s", MAKE_TEST_BUDGET_S)
     print(f"{'make test exit code':<38} {proc.returncode:>10}")
@@ -288,6 +292,22 @@ def make_test_cold(keep: Path | None) -> None:
     table = output[output.rfind("slowest") :].splitlines()[1:26] if "slowest" in output else []
     for row in table:
         print(f"    {row}")
+
+
+def record_e2e_durations(junit: Path, out: Path) -> None:
+    """Each e2e test's seconds on a cold `make test` (its junit.xml), for
+    the longest-first order of tests/e2e/conftest.py."""
+    root = ElementTree.parse(junit).getroot()
+    seconds: dict[str, float] = {}
+    for case in root.iter("testcase"):
+        # junit names a test by dotted class and name; pytest's nodeid is
+        # the file path, "::" and the name (with its parameters).
+        path = case.get("classname", "").replace(".", "/") + ".py"
+        nodeid = f"{path}::{case.get('name', '')}".split("@", 1)[0]
+        seconds[nodeid] = round(seconds.get(nodeid, 0.0) + float(case.get("time", 0) or 0), 1)
+    ordered = dict(sorted(seconds.items(), key=lambda kv: -kv[1]))
+    out.write_text(json.dumps(ordered, indent=1) + "\n")
+    print(f"{'e2e durations recorded':<38} {len(ordered):>10}  ({out})")
 
 
 def make_run_warm(target: str) -> None:
@@ -323,9 +343,7 @@ def main() -> int:
     ap.add_argument("--series", action="store_true", help="also time series check and bisect")
     ap.add_argument("--lava", action="store_true", help="also time the cell under lava-run vs direct")
     ap.add_argument("--only-lava", action="store_true", help="only the LAVA comparison (no boot medians)")
-    ap.add_argument(
-        "--no-boots", action="store_true", help="skip the build and boot medians"
-    )
+    ap.add_argument("--no-boots", action="store_true", help="skip the build and boot medians")
     ap.add_argument(
         "--make-test", action="store_true", help="also time `make test` as a new machine (~45 min)"
     )

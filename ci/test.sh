@@ -49,4 +49,6 @@ trap - EXIT
 tail -n 3 "$prebuild_log" >&2
 
 phase "end-to-end tests, $E2E_WORKERS at a time"
-exec "$VENV/bin/pytest" -m "e2e and ($MARKERS)" -n "$E2E_WORKERS" --dist loadgroup
+# junit.xml: each test's time, from which bench/bench.py --make-test
+# refreshes tests/e2e/durations.json (the longest-first order).
+exec "$VENV/bin/pytest" -m "e2e and ($MARKERS)" -n "$E2E_WORKERS" --dist loadgroup --junitxml=out/e2e-junit.xml

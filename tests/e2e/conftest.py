@@ -28,8 +28,31 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if "tests/e2e/" in str(item.fspath):
             item.add_marker(pytest.mark.e2e)
     # The tests that read `make run`'s results go first and together (one
-    # xdist worker, `--dist loadgroup`): that run is the longest piece.
-    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
+    # xdist worker, `--dist loadgroup`): that run is the longest piece. The
+    # rest go longest first (as a cold `make test` measured them), so that
+    # the last tests handed out are short and neither worker idles long at
+    # the end. Unknown tests count as typical ones.
+    seconds = _recorded_durations()
+    typical = sorted(seconds.values())[len(seconds) // 2] if seconds else 0.0
+
+    def order(item: pytest.Item) -> tuple[bool, float]:
+        recorded = seconds.get(item.nodeid.split("@", 1)[0], typical)
+        return item.get_closest_marker("xdist_group") is None, -recorded
+
+    items.sort(key=order)
+
+
+DURATIONS = Path(__file__).resolve().parent / "durations.json"
+
+
+def _recorded_durations() -> dict[str, float]:
+    """nodeid -> seconds, written by `bench/bench.py --make-test` from the
+    e2e junit.xml of a cold `make test` (tests/e2e/durations.json)."""
+    try:
+        raw = json.loads(DURATIONS.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): float(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
 
 
 @pytest.fixture(scope="session", autouse=True)
