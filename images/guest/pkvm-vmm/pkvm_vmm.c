@@ -1920,6 +1920,9 @@ static int cmd_pfnmap(bool protected, bool cacheable)
 	return ktap_exit_code();
 }
 
+/* pvm-share-dma (share_dma.c: the share-DMA invariant, both ways) */
+#include "share_dma.c"
+
 /* ---------------------------------------------------------------- main */
 
 static void __attribute__((noreturn)) usage(const char *why)
@@ -1929,7 +1932,8 @@ static void __attribute__((noreturn)) usage(const char *why)
 		"       pkvm-vmm lifecycle [--cycles N] [--vcpus K] [--protected]\n"
 		"       pkvm-vmm pvm-teardown [--pages N]\n"
 		"       pkvm-vmm pvm-dma-isolation [--bdf BDF]\n"
-		"       pkvm-vmm pfnmap [--protected] [--cacheable]\n");
+		"       pkvm-vmm pfnmap [--protected] [--cacheable]\n"
+		"       pkvm-vmm pvm-share-dma --via type1|iommufd [--bdf BDF]\n");
 	ktap_bail("usage: %s", why);
 }
 
@@ -1950,7 +1954,7 @@ int main(int argc, char **argv)
 {
 	int cycles = 10, vcpus = 1, pages = 2048;
 	bool protected = false, cacheable = false;
-	const char *cmd, *bdf = NULL;
+	const char *cmd, *bdf = NULL, *via = NULL;
 
 	if (argc < 2)
 		usage("no subcommand");
@@ -1968,6 +1972,8 @@ int main(int argc, char **argv)
 			cacheable = true;
 		else if (!strcmp(argv[i], "--bdf") && argv[i + 1])
 			bdf = argv[++i];
+		else if (!strcmp(argv[i], "--via") && argv[i + 1])
+			via = argv[++i];
 		else
 			usage(argv[i]);
 	}
@@ -1995,5 +2001,10 @@ int main(int argc, char **argv)
 		return cmd_pvm_dma_isolation(bdf);
 	if (!strcmp(cmd, "pfnmap"))
 		return cmd_pfnmap(protected, cacheable);
+	if (!strcmp(cmd, "pvm-share-dma")) {
+		if (!via || (strcmp(via, "type1") && strcmp(via, "iommufd")))
+			usage("pvm-share-dma needs --via type1|iommufd");
+		return cmd_pvm_share_dma(!strcmp(via, "iommufd"), bdf);
+	}
 	usage(cmd);
 }
