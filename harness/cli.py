@@ -17,7 +17,7 @@ from harness.config.models import SeriesSpec, SourceSpec, Target
 from harness.errors import ConfigError, ExitCode, HarnessError, Interrupted
 from harness.kernel import remote
 from harness.machine.qemu import install_signal_handlers
-from harness.report import exit_code
+from harness.report import Verdict, exit_code, verdicts
 from harness.report.compare import compare, render_text
 from harness.report.writers import atomic_write
 from harness.session.liveness import LivenessPolicy
@@ -143,7 +143,7 @@ def cmd_boot(args: argparse.Namespace, reg: Registry) -> int:
         print(f"console log: {guest.console_log}", file=sys.stderr)
         if not outcome.ready:
             print(f"boot {outcome.verdict.upper()}: {outcome.reason}", file=sys.stderr)
-            return ExitCode.FAIL if outcome.verdict == "fail" else ExitCode.ERROR
+            return verdicts.exit_code([verdicts.boot_verdict(outcome.verdict)])
         if args.command:
             result = guest.run("serial", args.command, args.timeout)
             print(result.output)
@@ -478,9 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args, Registry()))
     except HarnessError as exc:
-        kind = "FAIL" if exc.series_defect else "error"
+        kind = "FAIL" if verdicts.failure_verdict(exc) == Verdict.FAIL else "error"
         print(f"pkvm-harness: {kind}: {exc}", file=sys.stderr)
-        return int(exc.verdict_exit_code)
+        return int(verdicts.error_exit_code(exc))
     except BrokenPipeError:  # e.g. `pkvm-harness list | head`: the reader left, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return int(ExitCode.OK)

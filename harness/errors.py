@@ -33,7 +33,8 @@ class HarnessError(Exception):
 
     `series_defect` marks a problem of the patch series under test (it does
     not apply, does not build, drops a requested option): in a command given
-    a series that is the series' FAIL (exit 1), not bad input."""
+    a series that is the series' FAIL (exit 1), not bad input: the rule is
+    harness.report.verdicts.failure_verdict."""
 
     exit_code = ExitCode.ERROR
 
@@ -41,10 +42,6 @@ class HarnessError(Exception):
         super().__init__(message)
         self.message = message
         self.series_defect = series_defect
-
-    @property
-    def verdict_exit_code(self) -> ExitCode:
-        return ExitCode.FAIL if self.series_defect else self.exit_code
 
     def __str__(self) -> str:
         return self.message

@@ -25,7 +25,8 @@ from harness.kernel.selftests import build_selftests
 from harness.kernel.symbols import SymbolTable
 from harness.machine import qemu_version
 from harness.machine.qemu import kill_all_machines
-from harness.report import BootRecord, RunRecorder, RunResult, ScenarioResult, TargetRecord, Verdict
+from harness.report import BootRecord, RunRecorder, RunResult, ScenarioResult, TargetRecord, Verdict, verdicts
+from harness.report import results as contract
 from harness.report.recorder import Cell
 
 # Modules, not their functions: looked up at call time, so that a test (and
@@ -486,7 +487,6 @@ def _build_each(
         key = _build_id(request)
         if key in failed:
             continue
-        side = f" ({request.side})" if request.side else ""
         try:
             if key in built:
                 built[key] = with_selftests(built[key], request.target, request.upto, suites[key])
@@ -498,19 +498,17 @@ def _build_each(
             built[key] = build_all(request.target, upto=request.upto, suites=suites[key])
         except HarnessError as exc:
             failed.add(key)
-            if not exc.series_defect and len(distinct) == 1:
-                recorder.fill_pending(Verdict.ERROR, f"build{side}: {exc}")
+            verdict, why = verdicts.build_failure(exc, request.side)
+            if verdict == Verdict.ERROR and len(distinct) == 1:
+                recorder.fill_pending(verdict, why)
                 raise  # the one kernel of this run: a one-line error, exit 2
-            if exc.series_defect:
-                # The series does not apply, build or configure: its FAIL, in every cell.
-                verdict, why = Verdict.FAIL, f"series: {exc}"
-            else:
-                verdict, why = Verdict.ERROR, f"build{side}: {exc}"
             for r in requests:
                 if _build_id(r) == key:
-                    for name, cell_side, profile_name, scenario in r.cells():
+                    for _, cell_side, profile_name, scenario in r.cells():
                         recorder.record(
-                            ScenarioResult(scenario, profile_name, name, verdict, why, 0.0, side=cell_side)
+                            contract.scenario_result(
+                                scenario, r.target, profile_name, verdict, why, side=cell_side
+                            )
                         )
             continue
         recorder.add_target(_target_record(built[key], request.side))

@@ -33,20 +33,10 @@ from avocado.core.nrunner.runner import BaseRunner
 from avocado.core.plugin_interfaces import Resolver
 from avocado.core.resolver import ReferenceResolution, ReferenceResolutionResult
 
+from harness.report.verdicts import AVOCADO, Verdict
+
 KIND = "pkvm-scenario"
 DEFAULT_PROFILES = ("smmuv3-nested", "virtio-iommu")
-
-# The harness's verdicts as avocado's test statuses. avocado has no xfail:
-# a declared known gap is a WARN (it finished, with a reason to look at).
-STATUS = {
-    "pass": "pass",
-    "fail": "fail",
-    "error": "error",
-    "skip": "skip",
-    "not-run": "skip",
-    "xfail": "warn",
-    "xpass": "fail",  # a stale known gap fails the run, as with `pkvm-harness run`
-}
 
 
 def _is_scenario(path: Path) -> bool:
@@ -93,8 +83,8 @@ def run_cell(scenario: str, target: str, profile: str, output: Path) -> dict[str
         (result,) = load_results(output).results
     except Exception as exc:  # no results: the harness itself could not run
         last = (proc.stderr.strip().splitlines() or [str(exc)])[-1]
-        return {"result": "error", "fail_reason": last, "returncode": proc.returncode}
-    status: dict[str, Any] = {"result": STATUS[str(result.verdict)], "returncode": proc.returncode}
+        return {"result": AVOCADO[Verdict.ERROR], "fail_reason": last, "returncode": proc.returncode}
+    status: dict[str, Any] = {"result": AVOCADO[result.verdict], "returncode": proc.returncode}
     if result.reason:
         status["fail_reason"] = f"{result.verdict}: {result.reason}"
     return status

@@ -50,7 +50,9 @@ from harness.config import Registry
 from harness.config.models import Profile, Scenario, Target
 from harness.config.registry import load_scenario
 from harness.errors import HarnessError, MachineError
-from harness.report.results import ScenarioResult, Verdict
+from harness.report import verdicts
+from harness.report.results import ScenarioResult, Verdict, unknown_cell
+from harness.report.verdicts import PytestOutcome
 
 # A module, not its functions: looked up at call time, so a test can replace
 # run_scenario without booting anything.
@@ -82,6 +84,11 @@ class HarnessVerdict(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+    @staticmethod
+    def of(verdict: Verdict, reason: str) -> HarnessVerdict:
+        """The exception that carries a FAIL or an ERROR into pytest."""
+        return ScenarioFailed(reason) if verdict == Verdict.FAIL else ScenarioErrored(reason)
 
 
 class ScenarioFailed(HarnessVerdict):
@@ -423,14 +430,12 @@ class BootManager:
         try:
             target, profile = self.target(), self.profile(profile_name)
         except HarnessError as exc:
-            return ScenarioResult(scenario.name, profile_name, self.target_name, Verdict.ERROR, str(exc), 0.0)
+            return unknown_cell(scenario.name, self.target_name, profile_name, str(exc))
         try:
             self.artifacts()
         except HarnessError as exc:
             ctx = scenario_runner.ScenarioContext(target=target, profile=profile, capabilities=frozenset())
-            if exc.series_defect:  # the series does not apply or build: its FAIL
-                return scenario_runner.scenario_result(scenario, ctx, Verdict.FAIL, f"series: {exc}")
-            return scenario_runner.scenario_result(scenario, ctx, Verdict.ERROR, f"build: {exc}")
+            return scenario_runner.scenario_result(scenario, ctx, *verdicts.build_failure(exc))
         attempts = Attempts(self.retries, profile.name)
         while True:
             final = attempts.settle(self._attempt(scenario, profile))
@@ -443,7 +448,7 @@ class BootManager:
             boot = self._shared_boot(profile)
         except MachineError as exc:  # QEMU would not start
             ctx = scenario_runner.ScenarioContext(self.target(), profile, frozenset())
-            return scenario_runner.scenario_result(scenario, ctx, Verdict.ERROR, f"machine: {exc}")
+            return scenario_runner.scenario_result(scenario, ctx, *verdicts.launch_failure(exc))
         result = boot.cells.run(scenario)
         if boot.cells.spent:  # crashed, hung, or in an unknown state: the next items get a fresh boot
             self.release(profile.name)
@@ -520,17 +525,19 @@ class ScenarioItem(pytest.Item):
     def setup(self) -> None:
         result = self.result = _manager(self.config).result(self.scenario, self.profile_name)
         _attach(self, result)
-        if result.verdict == Verdict.ERROR:
+        outcome = verdicts.PYTEST[result.verdict]
+        if outcome == PytestOutcome.ERROR:
             raise ScenarioErrored(result.reason)
-        if result.verdict in (Verdict.SKIP, Verdict.NOT_RUN):
+        if outcome == PytestOutcome.SKIPPED:
             # Located at the scenario file, not at this line of the plugin.
             raise pytest.skip.Exception(result.reason, _use_item_location=True)
 
     def runtest(self) -> None:
         assert self.result is not None
-        if self.result.verdict == Verdict.FAIL:
+        outcome = verdicts.PYTEST[self.result.verdict]
+        if outcome == PytestOutcome.FAILED:
             raise ScenarioFailed(self.result.reason)
-        if self.result.verdict == Verdict.XFAIL:
+        if outcome == PytestOutcome.XFAILED:
             pytest.xfail(self.result.reason)
 
     def reportinfo(self) -> tuple[Path, int, str]:
@@ -642,7 +649,7 @@ def pytest_runtest_makereport(
         report.longrepr = VerdictRepr(reason, item.location[0])
     elif isinstance(item, ScenarioItem) and call.when == "call" and report.passed:
         result = item.result
-        if result is not None and result.verdict == Verdict.XPASS:
+        if result is not None and verdicts.PYTEST[result.verdict] == PytestOutcome.XPASS_STRICT:
             # As pytest words a strict xfail that passed.
             report.outcome = "failed"
             report.longrepr = VerdictRepr(f"[XPASS(strict)] {result.reason}", item.location[0])
@@ -696,9 +703,7 @@ def kernel_build(pytestconfig: pytest.Config) -> Artifacts:
     try:
         return _manager(pytestconfig).artifacts()
     except HarnessError as exc:
-        if exc.series_defect:
-            raise ScenarioFailed(f"series: {exc}") from None
-        raise ScenarioErrored(f"build: {exc}") from None
+        raise HarnessVerdict.of(*verdicts.build_failure(exc)) from None
 
 
 @pytest.fixture
@@ -720,15 +725,16 @@ def machine(request: pytest.FixtureRequest, kernel_build: Artifacts) -> Iterator
             try:
                 boot_id, _, guest = stack.enter_context(manager.booted(chosen))
             except MachineError as exc:
-                raise ScenarioErrored(f"machine: {exc}") from None
+                raise HarnessVerdict.of(*verdicts.launch_failure(exc)) from None
             request.node.user_properties.append(("console_log", str(guest.console_log)))
             outcome = guest.boot_outcome
             assert outcome is not None
             if outcome.ready:
                 return guest
-            if outcome.verdict == "fail":
-                raise BootFailed(f"{boot_id}: {outcome.reason}", guest)
-            raise ScenarioErrored(f"{boot_id}: {outcome.reason}")
+            reason = f"{boot_id}: {outcome.reason}"
+            if verdicts.boot_verdict(outcome.verdict) == Verdict.FAIL:
+                raise BootFailed(reason, guest)
+            raise HarnessVerdict.of(verdicts.boot_verdict(outcome.verdict), reason)
 
         yield boot
 

@@ -12,10 +12,10 @@ from harness.report.results import (
     ScenarioResult,
     StepResult,
     TargetRecord,
-    Verdict,
     exit_code,
     load_results,
 )
+from harness.report.verdicts import Verdict
 from harness.report.writers import write_reports
 
 __all__ = [

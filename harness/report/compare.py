@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.report.results import ScenarioResult, Verdict
+from harness.report.verdicts import RANK
 
 # Verdicts that say the kernel did what it should (xfail: as declared).
 _GOOD = {Verdict.PASS, Verdict.XPASS}
@@ -118,8 +119,7 @@ def _metric_changes(
 def _worst(results: Sequence[ScenarioResult]) -> ScenarioResult:
     """With several runs of one cell, the one that says most: a FAIL beats
     an ERROR beats the rest."""
-    order = {Verdict.FAIL: 0, Verdict.ERROR: 1, Verdict.NOT_RUN: 2, Verdict.XFAIL: 3}
-    return min(results, key=lambda r: order.get(r.verdict, 9))
+    return min(results, key=lambda r: RANK[r.verdict])
 
 
 def compare(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from harness.report.compare import Comparison, compare
 from harness.report.results import RunResult, ScenarioResult, Verdict, load_results
+from harness.report.verdicts import HTML_CLASS, RANK
 
 _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
@@ -43,7 +44,9 @@ def _link(path: str | None, base: Path, label: str) -> str:
 
 
 def _summary(run: RunResult) -> str:
-    counts = " ".join(f'<span class="{_e(v)}">{_e(v)}: {n}</span>' for v, n in run.counts().items() if n)
+    counts = " ".join(
+        f'<span class="{HTML_CLASS[Verdict(v)]}">{_e(v)}: {n}</span>' for v, n in run.counts().items() if n
+    )
     state = "complete" if run.complete else f"incomplete ({_e(run.interrupted or 'running')})"
     targets = ", ".join(
         f"{_e(t.name)}{'/' + _e(t.side) if t.side else ''} ({_e(t.kernel.get('kernel_version', '?'))})"
@@ -72,7 +75,7 @@ def _matrix(results: Iterable[ScenarioResult]) -> str:
             else:
                 anchor = f"r-{r.scenario}-{r.target}-{r.side or ''}-{r.profile}"
                 tds.append(
-                    f'<td class="{_e(r.verdict)}" title="{_e(r.reason)}">'
+                    f'<td class="{HTML_CLASS[r.verdict]}" title="{_e(r.reason)}">'
                     f'<a href="#{_e(anchor)}">{_e(r.verdict)}</a></td>'
                 )
         body.append(f"<tr><th>{_e(scenario)}</th>{''.join(tds)}</tr>")
@@ -82,7 +85,7 @@ def _matrix(results: Iterable[ScenarioResult]) -> str:
 def _result(r: ScenarioResult, base: Path) -> str:
     anchor = f"r-{r.scenario}-{r.target}-{r.side or ''}-{r.profile}"
     parts = [
-        f'<h3 id="{_e(anchor)}" class="{_e(r.verdict)}">{_e(r.scenario)} [{_e(r.profile)}]'
+        f'<h3 id="{_e(anchor)}" class="{HTML_CLASS[r.verdict]}">{_e(r.scenario)} [{_e(r.profile)}]'
         f" {_e(r.target)}{' ' + _e(r.side) if r.side else ''}: {_e(r.verdict)}</h3>",
         f'<p class="reason">{_e(r.reason) or "&nbsp;"}</p>',
         f"<p>{r.duration_s:.1f} s{f', attempts {r.attempts}' if r.attempts > 1 else ''}."
@@ -129,14 +132,13 @@ def _result(r: ScenarioResult, base: Path) -> str:
 def _cases(r: ScenarioResult) -> str:
     """Every case with its verdict and reason, the ones that did not pass
     first; open when any case failed."""
-    order = {Verdict.FAIL: 0, Verdict.ERROR: 0, Verdict.XPASS: 1, Verdict.NOT_RUN: 2, Verdict.XFAIL: 3}
-    ranked = sorted(r.cases, key=lambda c: order.get(c.verdict, 4))
+    ranked = sorted(r.cases, key=lambda c: RANK[c.verdict])
     counts: dict[str, int] = {}
     for c in r.cases:
         counts[str(c.verdict)] = counts.get(str(c.verdict), 0) + 1
     summary = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
     rows = "".join(
-        f'<tr class="{_e(c.verdict)}"><td>{_e(c.name)}</td>'
+        f'<tr class="{HTML_CLASS[c.verdict]}"><td>{_e(c.name)}</td>'
         f"<td>{_e(c.verdict)}</td><td>{_e(c.reason)}</td></tr>"
         for c in ranked
     )

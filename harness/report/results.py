@@ -17,8 +17,8 @@ Schema version 1 already holds what later features put in it:
 
 from __future__ import annotations
 
-import enum
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -26,20 +26,13 @@ from typing import Any
 
 import jsonschema
 
+from harness.config.models import KnownFailure, Target
 from harness.errors import ExitCode, HarnessError
+from harness.report import verdicts
+from harness.report.verdicts import Verdict as Verdict  # re-exported: the contract names it
 
 SCHEMA_VERSION = 1
 SCHEMA_FILE = "results.schema.json"
-
-
-class Verdict(enum.StrEnum):
-    PASS = "pass"
-    FAIL = "fail"  # the kernel under test misbehaved
-    ERROR = "error"  # the harness, its input or its infrastructure failed
-    SKIP = "skip"  # not applicable here (profile or kernel lacks a feature)
-    XFAIL = "xfail"  # failed in a way the target declares as a known gap
-    XPASS = "xpass"  # declared as a known failure, but passed (the list is stale)
-    NOT_RUN = "not-run"  # planned, but the run ended before it (interrupt, crash)
 
 
 def _round(x: float) -> float:
@@ -288,19 +281,97 @@ class RunResult:
         )
 
 
-def exit_code(results: tuple[ScenarioResult, ...] | list[ScenarioResult]) -> ExitCode:
-    """ERROR outranks FAIL: a run whose infrastructure broke proves nothing
-    either way, so CI must look at it before trusting any verdict. A cell
-    that never ran leaves the run unproven, like an ERROR. An XPASS (a
-    declared known gap or known failure that passed) fails the run: a list
-    of expected failures that nobody has to update rots, and a stale entry
-    would hide the next real failure of that check."""
-    verdicts = {r.verdict for r in results}
-    if verdicts & {Verdict.ERROR, Verdict.NOT_RUN}:
-        return ExitCode.ERROR
-    if verdicts & {Verdict.FAIL, Verdict.XPASS}:
-        return ExitCode.FAIL
-    return ExitCode.OK
+def exit_code(results: Iterable[ScenarioResult]) -> ExitCode:
+    """The exit code of a run: the rule is harness.report.verdicts.exit_code."""
+    return verdicts.exit_code(r.verdict for r in results)
+
+
+# The constructors: the only places a ScenarioResult or a CaseResult is
+# made (the recorder's not-run placeholders aside), so the policy of
+# harness.report.verdicts applies to every result.
+
+
+def scenario_result(
+    scenario: str,
+    target: Target,
+    profile: str,
+    verdict: Verdict,
+    reason: str,
+    *,
+    side: str | None = None,
+    boot: str | None = None,
+    console_log: str | None = None,
+    reproducer: str | None = None,
+    duration_s: float = 0.0,
+    events: Sequence[dict[str, Any]] = (),
+    steps: tuple[StepResult, ...] = (),
+    metrics: Mapping[str, float] | None = None,
+    evidence: Mapping[str, object] | None = None,
+    cases: tuple[CaseResult, ...] = (),
+) -> ScenarioResult:
+    """The one place a ScenarioResult is made, and so where a target's
+    declared known gap applies, whoever produced the verdict (a step, the
+    boot, the probe, a build of the series). The gap turns into an xfail
+    only the failure it declares (its step, its reason); any other failure
+    of the scenario stays a FAIL, and a pass is an XPASS (the declaration
+    is stale)."""
+    gap = target.known_gaps.get(scenario)
+    if gap is not None and verdict == Verdict.FAIL:
+        failed_step = steps[-1].name if steps and steps[-1].verdict == Verdict.FAIL else None
+        if gap.covers(failed_step, reason):
+            verdict = Verdict.XFAIL
+            reason = f"known gap of {target.name}: {gap.why} ({reason})"
+        else:
+            reason = f"{reason} (not the known gap of {target.name}, which is {gap.describe()})"
+    elif gap is not None and verdict == Verdict.PASS:
+        verdict = Verdict.XPASS
+        reason = (
+            f"passed unexpectedly: {target.name} declares a known gap here ({gap.why});"
+            " remove it from known_gaps"
+        )
+    return ScenarioResult(
+        scenario=scenario,
+        profile=profile,
+        target=target.name,
+        side=side,
+        verdict=verdict,
+        reason=reason,
+        duration_s=duration_s,
+        events=tuple(events),
+        steps=steps,
+        metrics=dict(metrics or {}),
+        evidence=dict(evidence or {}),
+        console_log=console_log,
+        reproducer=reproducer,
+        boot=boot,
+        cases=cases,
+    )
+
+
+def unknown_cell(
+    scenario: str, target: str, profile: str, reason: str, side: str | None = None
+) -> ScenarioResult:
+    """A cell whose target or profile could not even be loaded: an ERROR (bad
+    input), with no known gap to apply since there is no target."""
+    return ScenarioResult(scenario, profile, target, Verdict.ERROR, reason, 0.0, side=side)
+
+
+def case_result(
+    name: str, verdict: Verdict, reason: str = "", known: KnownFailure | None = None, timed_out: bool = False
+) -> CaseResult:
+    """The one place a CaseResult is made. `known` is the known-failure
+    entry listing this case: a failure it covers (not a timeout) is an
+    xfail with its reason, another failure stays a FAIL naming the entry,
+    a pass is an XPASS (the list is stale)."""
+    if known is not None and verdict == Verdict.FAIL and not timed_out and known.covers(reason):
+        return CaseResult(name, Verdict.XFAIL, f"known failure: {known.reason} (got: {reason})")
+    if known is not None and verdict == Verdict.FAIL:
+        return CaseResult(
+            name, verdict, f"{reason} (not its known failure /{known.failure.pattern}/, {known.where})"
+        )
+    if known is not None and verdict == Verdict.PASS:
+        return CaseResult(name, Verdict.XPASS, f"listed as a known failure ({known.where}) but passed")
+    return CaseResult(name, verdict, reason)
 
 
 def results_schema() -> dict[str, Any]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from junit_xml import TestCase, TestSuite, to_xml_report_string
 
+from harness.report import verdicts
 from harness.report.results import RunResult, ScenarioResult, Verdict, validate_results
 
 
@@ -27,16 +28,22 @@ def _junit(run: RunResult) -> str:
             elapsed_sec=r.duration_s,
             stdout="\n".join(f"{s.name}: {s.verdict} {s.reason}".rstrip() for s in r.steps),
         )
-        if r.verdict == Verdict.FAIL:
-            case.add_failure_info(message=r.reason, output=_event_text(r.events))
-        elif r.verdict == Verdict.XPASS:
-            case.add_failure_info(message=f"xpass: {r.reason}")
-        elif r.verdict == Verdict.ERROR:
-            case.add_error_info(message=r.reason)
-        elif r.verdict in (Verdict.SKIP, Verdict.XFAIL, Verdict.NOT_RUN):
-            case.add_skipped_info(message=f"{r.verdict}: {r.reason}")
+        output = _event_text(r.events) if r.verdict == Verdict.FAIL else None
+        add_junit_outcome(case, r.verdict, r.reason, output)
         suites.setdefault(f"{r.target}/{r.profile}", []).append(case)
     return str(to_xml_report_string([TestSuite(name, cases) for name, cases in suites.items()]))
+
+
+def add_junit_outcome(case: TestCase, verdict: Verdict, reason: str, output: str | None = None) -> None:
+    """The verdict as junit's failure/error/skipped element (the table is
+    harness.report.verdicts.JUNIT); every junit writer goes through here."""
+    kind, message = verdicts.junit_outcome(verdict, reason)
+    if kind == verdicts.JunitKind.FAILURE:
+        case.add_failure_info(message=message, output=output)
+    elif kind == verdicts.JunitKind.ERROR:
+        case.add_error_info(message=message)
+    elif kind == verdicts.JunitKind.SKIPPED:
+        case.add_skipped_info(message=message)
 
 
 def _event_text(events: tuple[dict[str, object], ...]) -> str:

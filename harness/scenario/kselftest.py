@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from harness.config.models import KnownFailure, KselftestRun
 from harness.kernel.selftests import GUEST_DIR
-from harness.report.results import CaseResult, Verdict
+from harness.report.results import CaseResult, Verdict, case_result
 from harness.scenario import ktap
 
 # Seconds between SIGTERM and SIGKILL for a binary past its timeout.
@@ -204,15 +204,7 @@ def classify(
         hit = next((i for i, k in enumerate(entries) if k.matches(c.name)), None)
         if hit is not None:
             matched[hit].append(f"{c.name}: {c.verdict}")
-            k = entries[hit]
-            if c.verdict == Verdict.FAIL and not case.timed_out and k.covers(c.reason):
-                c = CaseResult(c.name, Verdict.XFAIL, f"known failure: {k.reason} (got: {c.reason})")
-            elif c.verdict == Verdict.FAIL:
-                c = CaseResult(
-                    c.name, c.verdict, f"{c.reason} (not its known failure /{k.failure.pattern}/, {k.where})"
-                )
-            elif c.verdict == Verdict.PASS:
-                c = CaseResult(c.name, Verdict.XPASS, f"listed as a known failure ({k.where}) but passed")
+            c = case_result(c.name, c.verdict, c.reason, known=entries[hit], timed_out=case.timed_out)
         results.append(c)
     by_parent: dict[str, list[CaseResult]] = {}
     for case, res in zip(found, results, strict=True):

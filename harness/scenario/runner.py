@@ -28,6 +28,7 @@ from harness.errors import GuestFailure, HarnessError
 from harness.logwatch import Event, LogWatcher
 from harness.logwatch.decoders import describe_fault
 from harness.logwatch.signatures import GROUPS, expand
+from harness.report import results as contract
 from harness.report.results import CaseResult, ScenarioResult, StepResult, Verdict
 from harness.scenario import kselftest, ktap
 from harness.scenario import variables as V
@@ -400,40 +401,23 @@ def scenario_result(
     evidence: Mapping[str, object] | None = None,
     cases: tuple[CaseResult, ...] = (),
 ) -> ScenarioResult:
-    """The one place a ScenarioResult is made, and so where a target's
-    declared known gap applies, whoever produced the verdict. The gap turns
-    into an xfail only the failure it declares (its step, its reason); any
-    other failure of the scenario stays a FAIL, and a pass is an XPASS (the
-    declaration is stale)."""
-    gap = ctx.target.known_gaps.get(scenario.name)
-    if gap is not None and verdict == Verdict.FAIL:
-        failed_step = steps[-1].name if steps and steps[-1].verdict == Verdict.FAIL else None
-        if gap.covers(failed_step, reason):
-            verdict = Verdict.XFAIL
-            reason = f"known gap of {ctx.target.name}: {gap.why} ({reason})"
-        else:
-            reason = f"{reason} (not the known gap of {ctx.target.name}, which is {gap.describe()})"
-    elif gap is not None and verdict == Verdict.PASS:
-        verdict = Verdict.XPASS
-        reason = (
-            f"passed unexpectedly: {ctx.target.name} declares a known gap here ({gap.why});"
-            " remove it from known_gaps"
-        )
-    return ScenarioResult(
-        scenario=scenario.name,
-        profile=ctx.profile.name,
-        target=ctx.target.name,
+    """A ScenarioResult for `scenario` in `ctx`'s cell, through the one
+    constructor (harness.report.results.scenario_result: known gaps, XPASS)."""
+    return contract.scenario_result(
+        scenario.name,
+        ctx.target,
+        ctx.profile.name,
+        verdict,
+        reason,
         side=ctx.side,
-        verdict=verdict,
-        reason=reason,
-        duration_s=duration_s,
-        events=tuple(e.to_json() if isinstance(e, Event) else e for e in events[:MAX_EVENTS_PER_RESULT]),
-        steps=steps,
-        metrics=dict(metrics or {}),
-        evidence=dict(evidence or {}),
+        boot=ctx.boot,
         console_log=ctx.console_log,
         reproducer=ctx.reproducer,
-        boot=ctx.boot,
+        duration_s=duration_s,
+        events=[e.to_json() if isinstance(e, Event) else e for e in events[:MAX_EVENTS_PER_RESULT]],
+        steps=steps,
+        metrics=metrics,
+        evidence=evidence,
         cases=cases,
     )
 

@@ -30,7 +30,7 @@ from harness.config.models import Profile, Scenario, Target
 from harness.errors import ExitCode, HarnessError
 from harness.kernel import build_kernel
 from harness.kernel.series import PatchSeries, load_series
-from harness.report import RunResult, ScenarioResult, Verdict
+from harness.report import RunResult, ScenarioResult, Verdict, verdicts
 from harness.report.writers import atomic_write
 
 _ADDRESS = re.compile(r"0x[0-9a-f]+|\b[0-9a-f]{8,16}\b")
@@ -76,7 +76,7 @@ class BisectReport:
 
     @property
     def exit_code(self) -> ExitCode:
-        return ExitCode.FAIL if self.verdict in ("found", "ambiguous") else ExitCode.ERROR
+        return verdicts.bisect_exit_code(found=self.verdict in ("found", "ambiguous"))
 
     def to_json(self, series: PatchSeries) -> dict[str, Any]:
         def patch(k: int) -> dict[str, Any]:

@@ -24,8 +24,8 @@ from harness.image import build_image
 from harness.kernel import KernelBuild, build_kernel, diagnostics
 from harness.kernel.series import PatchSeries, load_series
 from harness.kernel.source import check_base_commit
-from harness.report import Verdict, exit_code
-from harness.report.writers import atomic_write
+from harness.report import Verdict, exit_code, verdicts
+from harness.report.writers import add_junit_outcome, atomic_write
 
 CHECKS = ("apply", "kconfig", "build", "warnings", "boot")  # the order they run in
 
@@ -101,10 +101,7 @@ class SeriesReport:
 
     @property
     def exit_code(self) -> ExitCode:
-        verdicts = {p.verdict for p in self.patches}
-        if Verdict.ERROR in verdicts:
-            return ExitCode.ERROR
-        return ExitCode.FAIL if Verdict.FAIL in verdicts else ExitCode.OK
+        return verdicts.series_exit_code(p.verdict for p in self.patches)
 
 
 @dataclass(frozen=True)
@@ -126,12 +123,7 @@ def _junit(report: SeriesReport) -> str:
                 elapsed_sec=c.seconds,
                 stdout=p.subject,
             )
-            if c.verdict == Verdict.FAIL:
-                case.add_failure_info(message=c.reason)
-            elif c.verdict == Verdict.ERROR:
-                case.add_error_info(message=c.reason)
-            elif c.verdict in (Verdict.SKIP, Verdict.NOT_RUN):
-                case.add_skipped_info(message=c.reason or str(c.verdict))
+            add_junit_outcome(case, c.verdict, c.reason)
             cases.append(case)
     return str(to_xml_report_string([TestSuite(f"series {report.series}", cases)]))
 
@@ -180,7 +172,7 @@ def _boot_check(
     if not bad:
         return CheckResult("boot", Verdict.PASS, "", seconds)
     first = bad[0]
-    verdict = Verdict.ERROR if exit_code(result.results) == ExitCode.ERROR else Verdict.FAIL
+    verdict = Verdict.ERROR if exit_code(result.results) == ExitCode.ERROR else Verdict.FAIL  # XPASS: a FAIL
     return CheckResult("boot", verdict, f"{first.scenario} [{first.profile}]: {first.reason}", seconds)
 
 
@@ -216,13 +208,16 @@ def check_series(target: Target, output: Path, options: CheckOptions) -> SeriesR
                 raise
             checks.append(CheckResult("apply", Verdict.FAIL, str(exc)))
         except KconfigError as exc:
-            checks += [CheckResult("apply", Verdict.PASS), CheckResult("kconfig", _defect(exc), str(exc))]
+            checks += [
+                CheckResult("apply", Verdict.PASS),
+                CheckResult("kconfig", verdicts.failure_verdict(exc), str(exc)),
+            ]
         except BuildError as exc:
             seconds = time.monotonic() - start
             checks += [
                 CheckResult("apply", Verdict.PASS),
                 CheckResult("kconfig", Verdict.PASS),
-                CheckResult("build", _defect(exc), str(exc).split(" (log: ")[0], seconds),
+                CheckResult("build", verdicts.failure_verdict(exc), str(exc).split(" (log: ")[0], seconds),
             ]
             log = str(exc).rsplit("(log: ", 1)[-1].rstrip(")")
         else:
@@ -265,10 +260,6 @@ def check_series(target: Target, output: Path, options: CheckOptions) -> SeriesR
         report = replace(report, patches=(*report.patches, skipped))
     _write(report, output)
     return report
-
-
-def _defect(exc: HarnessError) -> Verdict:
-    return Verdict.FAIL if exc.series_defect else Verdict.ERROR
 
 
 def _base_info(base: KernelBuild, series: PatchSeries, source: SourceSpec) -> dict[str, Any]:
