@@ -93,3 +93,28 @@ def test_split_ref_keeps_scp_style_urls_whole() -> None:
     assert remote.split_ref("git@host:o/r.git") == ("git@host:o/r.git", "HEAD")
     assert remote.split_ref("git@host:o/r.git@main") == ("git@host:o/r.git", "main")
     assert remote.split_ref("file:///x/linux@topic/pkvm-smmu") == ("file:///x/linux", "topic/pkvm-smmu")
+
+
+def test_a_branch_on_an_unpacked_source_fetches_only_its_own_commits(tmp_path: Path, cache: Path) -> None:
+    spec_tar = SourceSpec("tarball", str(make_tarball(tmp_path)))
+    store = ContentStore(cache / "sources")
+    base = prepare_source(spec_tar, source_identity(spec_tar, DigestMemo(cache / "d.json")), store)
+    work = branch_on_top_of(base.path, tmp_path / "linux")
+
+    fetched = remote.fetch(f"file://{work}@feature", "main")
+    alternates = (fetched.repo / "objects" / "info" / "alternates").read_text().split()
+    assert alternates == [str(base.path / ".git" / "objects")]
+    # The mirror's own objects: the two commits, their trees and blobs, not
+    # the release's tree (which it reads through the alternate).
+    own = git(fetched.repo, "count-objects", "-v").stdout
+    counts = dict(line.split(": ") for line in own.splitlines())
+    assert int(counts["count"]) + int(counts["in-pack"]) <= 12, own
+    assert git(fetched.repo, "cat-file", "-e", f"{fetched.base}^{{tree}}").returncode == 0
+
+    # The source it borrowed from gone: the mirror starts again (a whole
+    # fetch) rather than failing.
+    base.path.rename(tmp_path / "moved-away")
+    again = remote.fetch(f"file://{work}@feature", "main")
+    assert again.tip == fetched.tip
+    assert (again.repo / "objects" / "info" / "alternates").read_text() == ""
+    assert git(again.repo, "cat-file", "-e", f"{again.base}^{{tree}}").returncode == 0
