@@ -1,4 +1,5 @@
-"""Command line: argument parsing and dispatch only."""
+"""Command line: argument parsing and dispatch only (the values and the
+rules between options are checked in harness.options)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import traceback
 from dataclasses import replace
 from pathlib import Path
 
-from harness import __version__, paths, pipeline, ui
+from harness import __version__, options, paths, pipeline, ui
 from harness.config import Registry
 from harness.config.models import SeriesSpec, SourceSpec, Target
 from harness.errors import ConfigError, ExitCode, HarnessError, Interrupted
@@ -24,6 +25,41 @@ from harness.session.liveness import LivenessPolicy
 
 DEFAULT_TARGET = "mainline-7.3"
 DEFAULT_PROFILES = ("smmuv3-nested", "virtio-iommu")
+
+DESCRIPTION = """\
+Integration tests for arm64 pKVM and its IOMMU work: build an arm64 kernel
+(a target's source, optionally with a patch series and config fragments),
+boot it under QEMU on machine profiles (SMMUv3 stage 1/2/nested,
+virtio-iommu, ...), run YAML scenarios in the guest, and write results.json,
+junit.xml and an HTML report."""
+
+EPILOG = f"""\
+defaults:
+  --target {DEFAULT_TARGET}; `run` boots the profiles {" and ".join(DEFAULT_PROFILES)}
+  and runs every scenario. `pkvm-harness list` names every target, profile
+  and scenario; `pkvm-harness COMMAND --help` tells each command's options.
+
+exit codes:
+  0      everything passed (or was skipped)
+  1      FAIL: the kernel, or the patch series under test, misbehaved
+  2      ERROR: bad input, a missing tool, or a fault of the harness or its
+         infrastructure (it outranks a FAIL)
+  128+N  interrupted by signal N (130: Ctrl-C, 143: SIGTERM)
+
+environment:
+  PKVM_HARNESS_CACHE  where kernels, images and sources are cached
+                      (default ~/.cache/pkvm-harness)
+  PKVM_HARNESS_DATA   a directory holding targets/, profiles/, scenarios/ ...
+  PKVM_HARNESS_DEBUG  set to 1: a traceback with an internal error
+
+examples:
+  pkvm-harness list
+  pkvm-harness run --output out/r1 boot-health
+  pkvm-harness series check --series fix.mbox --output out/check"""
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  pkvm-harness {line}" for line in lines)
 
 
 def _source(value: str) -> SourceSpec:
@@ -54,6 +90,7 @@ def _target(args: argparse.Namespace, reg: Registry) -> Target:
         target = replace(target, series=_series(args.series))
     if args.toolchain:
         target = replace(target, toolchain=args.toolchain)
+    options.check_series(args.upto, target)
     return target
 
 
@@ -323,17 +360,30 @@ def cmd_lava(args: argparse.Namespace, reg: Registry) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pkvm-harness", description=__doc__)
+    raw = argparse.RawDescriptionHelpFormatter
+    p = options.Parser(prog="pkvm-harness", description=DESCRIPTION, epilog=EPILOG, formatter_class=raw)
     p.add_argument("--version", action="version", version=f"pkvm-harness {__version__}")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    ls = sub.add_parser("list", help="targets, profiles, scenarios")
-    ls.add_argument("kind", nargs="?", choices=["targets", "profiles", "scenarios"])
-    ls.add_argument("--json", action="store_true")
+    def command(name: str, summary: str, *examples: str) -> argparse.ArgumentParser:
+        """A subcommand whose help ends with examples and the exit codes."""
+        epilog = (
+            _examples(*examples)
+            + "\n\nexit codes: 0 pass, 1 FAIL, 2 ERROR (bad input, harness), 128+N signal N"
+        )
+        return sub.add_parser(name, help=summary, description=summary, epilog=epilog, formatter_class=raw)
+
+    ls = command("list", "targets, profiles, scenarios", "list", "list scenarios", "list profiles --json")
+    ls.add_argument(
+        "kind", nargs="?", choices=["targets", "profiles", "scenarios"], help="default: all three"
+    )
+    ls.add_argument("--json", action="store_true", help="as JSON")
     ls.set_defaults(func=cmd_list)
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--target", default=DEFAULT_TARGET, help="target name or .yaml path")
+        sp.add_argument(
+            "--target", default=DEFAULT_TARGET, help=f"target name or .yaml path (default {DEFAULT_TARGET})"
+        )
         sp.add_argument("--series", help="patch series: mbox file, patch dir, or message-id (b4)")
         sp.add_argument(
             "--source",
@@ -345,12 +395,23 @@ def parser() -> argparse.ArgumentParser:
         )
         sp.add_argument("--toolchain", choices=["gcc", "llvm"], help="gcc (cross) or llvm (LLVM=1)")
         sp.add_argument(
-            "--upto", type=int, metavar="K", help="only the first K patches of the series (0: the base)"
+            "--upto",
+            type=options.non_negative_int,
+            metavar="K",
+            help="only the first K patches of the series (0: the base)",
         )
 
-    b = sub.add_parser("build", help="build (or fetch from cache) the kernel and image")
+    b = command(
+        "build",
+        "build (or fetch from cache) the kernel and image",
+        "build",
+        "build --target stable-6.12 --series fix.mbox --upto 2",
+        "build --toolchain llvm all",
+    )
     common(b)
-    b.add_argument("--jobs", "-j", type=int, default=None)
+    b.add_argument(
+        "--jobs", "-j", type=options.positive_int, default=None, help="make -j (default: all CPUs)"
+    )
     b.add_argument(
         "scenarios",
         nargs="*",
@@ -359,16 +420,40 @@ def parser() -> argparse.ArgumentParser:
     )
     b.set_defaults(func=cmd_build)
 
-    bt = sub.add_parser("boot", help="boot a guest and give an interactive shell")
+    bt = command(
+        "boot",
+        "boot a guest and give an interactive shell",
+        "boot",
+        "boot --target stable-6.12 --profile smmuv3-s2",
+        "boot --profile virtio-iommu -c 'dmesg | grep -i iommu'",
+    )
     common(bt)
-    bt.add_argument("--profile", default=DEFAULT_PROFILES[0])
-    bt.add_argument("--output", default="out/boot")
-    bt.add_argument("--boot-timeout", type=float, default=120.0)
+    bt.add_argument("--profile", default=DEFAULT_PROFILES[0], help=f"default {DEFAULT_PROFILES[0]}")
+    bt.add_argument("--output", default="out/boot", help="console and QEMU logs (default out/boot)")
+    bt.add_argument(
+        "--boot-timeout",
+        type=options.positive_float,
+        default=120.0,
+        metavar="SECONDS",
+        help="give up on a boot that reaches no shell in this long (default 120)",
+    )
     bt.add_argument("--command", "-c", help="run this command instead of a shell")
-    bt.add_argument("--timeout", type=float, default=300.0)
+    bt.add_argument(
+        "--timeout",
+        type=options.positive_float,
+        default=300.0,
+        metavar="SECONDS",
+        help="with --command: its time limit (default 300)",
+    )
     bt.set_defaults(func=cmd_boot)
 
-    r = sub.add_parser("run", help="run scenarios and write results")
+    r = command(
+        "run",
+        "run scenarios and write results",
+        "run --output out/r1 boot-health dma-roundtrip",
+        "run --series fix.mbox --against-base --profile smmuv3-nested --output out/vs-base",
+        "run --matrix regression --shard 2/4 --output out/s2",
+    )
     common(r)
     r.add_argument(
         "--profile",
@@ -376,29 +461,43 @@ def parser() -> argparse.ArgumentParser:
         help=f"machine profile (repeatable; default: {' '.join(DEFAULT_PROFILES)})",
     )
     r.add_argument("--output", required=True, help="results directory")
-    r.add_argument("--boot-timeout", type=float, default=120.0)
+    r.add_argument(
+        "--boot-timeout",
+        type=options.positive_float,
+        default=120.0,
+        metavar="SECONDS",
+        help="give up on a boot that reaches no shell in this long (default 120)",
+    )
     r.add_argument(
         "--retries",
-        type=int,
+        type=options.non_negative_int,
         default=1,
         help="re-run a cell that ended in ERROR (infrastructure) this many times on a fresh boot;"
         " a FAIL is never retried (default 1)",
     )
     r.add_argument(
         "--hang-probe",
-        type=float,
+        type=options.positive_float,
         default=LivenessPolicy.interval_s,
         metavar="SECONDS",
         help="probe a silent guest after this long; it is hung when it then does not answer"
         f" within --hang-timeout (default {LivenessPolicy.interval_s:.0f})",
     )
-    r.add_argument("--hang-timeout", type=float, default=LivenessPolicy.probe_timeout_s, metavar="SECONDS")
+    r.add_argument(
+        "--hang-timeout",
+        type=options.positive_float,
+        default=LivenessPolicy.probe_timeout_s,
+        metavar="SECONDS",
+        help="a probed guest that does not answer in this long is hung: FAIL"
+        f" (default {LivenessPolicy.probe_timeout_s:.0f})",
+    )
     r.add_argument(
         "--boot-stall",
-        type=float,
+        type=options.positive_float,
         default=LivenessPolicy.boot_stall_s,
         metavar="SECONDS",
-        help="a boot whose console stays silent this long (with CPU to run) has stalled: FAIL",
+        help="a boot whose console stays silent this long (with CPU to run) has stalled: FAIL"
+        f" (default {LivenessPolicy.boot_stall_s:.0f})",
     )
     r.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="default: all")
     r.set_defaults(func=cmd_run)
@@ -409,65 +508,148 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--jobs",
         "-j",
-        type=int,
+        type=options.positive_int,
         help="target x profile units run side by side (default: fits cores and memory)",
     )
     r.add_argument("--shard", metavar="I/N", help="with --matrix: run only shard I of N (for CI)")
 
-    ci = sub.add_parser("ci", help="CI pipelines for a matrix")
-    cisub = ci.add_subparsers(dest="ci_cmd", required=True)
-    gen = cisub.add_parser("generate", help="write a GitLab CI or GitHub Actions pipeline")
+    ci = command("ci", "CI pipelines for a matrix", "ci generate --gitlab", "ci generate --github --shards 8")
+    cisub = ci.add_subparsers(dest="ci_cmd", required=True, metavar="COMMAND")
+    gen = cisub.add_parser(
+        "generate",
+        help="write a GitLab CI or GitHub Actions pipeline",
+        description="write a GitLab CI or GitHub Actions pipeline: one job per shard of the matrix",
+        epilog=_examples(
+            "ci generate --gitlab", "ci generate --github --matrix smoke --shards 2 --output ci.yml"
+        ),
+        formatter_class=raw,
+    )
     gen.add_argument("--matrix", default="regression", help="matrix file or name (default regression)")
     which = gen.add_mutually_exclusive_group(required=True)
-    which.add_argument("--gitlab", action="store_true")
-    which.add_argument("--github", action="store_true")
-    gen.add_argument("--shards", type=int, default=4)
+    which.add_argument("--gitlab", action="store_true", help="a .gitlab-ci.yml")
+    which.add_argument("--github", action="store_true", help="a GitHub Actions workflow")
+    gen.add_argument(
+        "--shards",
+        type=options.positive_int,
+        default=4,
+        metavar="N",
+        help="cut the matrix into N jobs run in parallel (default 4)",
+    )
     gen.add_argument("--output", help="default: ci/gitlab-ci.yml or ci/github-workflow.yml")
     gen.set_defaults(func=cmd_ci_generate)
 
-    rp = sub.add_parser("report", help="an HTML report of a results directory; of two: what changed")
+    rp = command(
+        "report",
+        "an HTML report of a results directory; of two: what changed",
+        "report out/r1",
+        "report out/before out/after --output out/diff.html",
+    )
     rp.add_argument("dirs", nargs="+", metavar="DIR", help="DIR, or BEFORE AFTER")
     rp.add_argument("--output", help="default: report.html in the (last) results directory")
     rp.set_defaults(func=cmd_report)
 
-    mg = sub.add_parser("merge", help="combine results directories (shards) into one")
-    mg.add_argument("inputs", nargs="+", metavar="DIR")
-    mg.add_argument("--output", required=True)
+    mg = command(
+        "merge",
+        "combine results directories (shards) into one",
+        "merge out/s1 out/s2 out/s3 out/s4 --output out/all",
+    )
+    mg.add_argument("inputs", nargs="+", metavar="DIR", help="results directories (each with results.json)")
+    mg.add_argument("--output", required=True, help="the merged results directory")
     mg.set_defaults(func=cmd_merge)
 
-    lv = sub.add_parser("lava", help="LAVA: export jobs for a lab; import lava-run's output")
-    lvsub = lv.add_subparsers(dest="lava_cmd", required=True)
-    lx = lvsub.add_parser("export", help="a LAVA job definition per target x profile")
+    lv = command(
+        "lava",
+        "LAVA: export jobs for a lab; import lava-run's output",
+        "lava export --profile smmuv3-nested --device-dict --output out/lava",
+        "lava import out/lava-run --output out/lava-results",
+    )
+    lvsub = lv.add_subparsers(dest="lava_cmd", required=True, metavar="COMMAND")
+    lx = lvsub.add_parser(
+        "export",
+        help="a LAVA job definition per target x profile",
+        description="a LAVA job definition per target x profile (default: every profile, every scenario)",
+        epilog=_examples(
+            "lava export --profile smmuv3-nested --scenario boot-health --output out/lava",
+            "lava export --artifact-url https://lab.example/pkvm --output out/lava",
+        ),
+        formatter_class=raw,
+    )
     common(lx)
     lx.add_argument("--profile", action="append", help="repeatable (default: every profile)")
     lx.add_argument("--scenario", action="append", help="repeatable (default: all)")
-    lx.add_argument("--artifact-url", metavar="BASE", help="artifacts under this URL (default: file://)")
+    lx.add_argument(
+        "--artifact-url", type=options.url, metavar="BASE", help="artifacts under this URL (default: file://)"
+    )
     lx.add_argument("--device-dict", action="store_true", help="also a device for lava-run here")
-    lx.add_argument("--output", required=True)
+    lx.add_argument("--output", required=True, help="jobs, artifacts and left-out.txt go here")
     lx.set_defaults(func=cmd_lava)
-    li = lvsub.add_parser("import", help="lava-run's output directory into results.json")
-    li.add_argument("job_output", metavar="JOB_OUTPUT_DIR")
-    li.add_argument("--output", required=True)
+    li = lvsub.add_parser(
+        "import",
+        help="lava-run's output directory into results.json",
+        description="lava-run's output directory into results.json",
+        epilog=_examples("lava import out/lava-run --output out/lava-results"),
+        formatter_class=raw,
+    )
+    li.add_argument("job_output", metavar="JOB_OUTPUT_DIR", help="lava-run's --output-dir")
+    li.add_argument("--output", required=True, help="results directory")
     li.set_defaults(func=cmd_lava)
 
-    se = sub.add_parser("series", help="a reviewer's checks of a patch series")
-    ssub = se.add_subparsers(dest="series_cmd", required=True)
-    ck = ssub.add_parser("check", help="per patch: applies, builds, no new warning, options kept, boots")
+    se = command(
+        "series",
+        "a reviewer's checks of a patch series",
+        "series check --series thread.mbox --output out/check",
+        "series bisect --series thread.mbox --output out/bisect dma-after-unmap",
+    )
+    ssub = se.add_subparsers(dest="series_cmd", required=True, metavar="COMMAND")
+    ck = ssub.add_parser(
+        "check",
+        help="per patch: applies, builds, no new warning, options kept, boots",
+        description="per patch: applies, builds, no new warning, options kept; with --boot, boots",
+        epilog=_examples(
+            "series check --series thread.mbox --output out/check",
+            "series check --series thread.mbox --boot --profile smmuv3-nested --output out/check",
+        ),
+        formatter_class=raw,
+    )
     common(ck)
-    ck.add_argument("--output", required=True)
+    ck.add_argument("--output", required=True, help="series.json and junit.xml go here")
     ck.add_argument("--boot", action="store_true", help="boot each patch and run the smoke set")
-    ck.add_argument("--profile", action="append", help="profiles to boot on (repeatable)")
+    ck.add_argument(
+        "--profile",
+        action="append",
+        help=f"with --boot: profiles to boot on (repeatable; default {DEFAULT_PROFILES[0]})",
+    )
     ck.add_argument("--scenario", action="append", help="smoke set (repeatable; default boot-health)")
     ck.add_argument("--allow-warnings", action="store_true", help="new warnings are informational")
     ck.add_argument("--warnings-level", metavar="N", help="make W=N (e.g. 1)")
-    ck.add_argument("--jobs", "-j", type=int, default=None)
+    ck.add_argument(
+        "--jobs", "-j", type=options.positive_int, default=None, help="make -j (default: all CPUs)"
+    )
     ck.set_defaults(func=cmd_series_check)
-    bi = ssub.add_parser("bisect", help="the first patch that breaks the given scenarios")
+    bi = ssub.add_parser(
+        "bisect",
+        help="the first patch that breaks the given scenarios",
+        description="the first patch of the series that breaks the given scenarios",
+        epilog=_examples(
+            "series bisect --series thread.mbox --output out/bisect dma-after-unmap",
+            "series bisect --series thread.mbox --confirm 2 --output out/b boot-health",
+        ),
+        formatter_class=raw,
+    )
     common(bi)
-    bi.add_argument("--output", required=True)
-    bi.add_argument("--profile", default=DEFAULT_PROFILES[0])
-    bi.add_argument("--confirm", type=int, default=1, help="re-runs of the answer and its parent")
-    bi.add_argument("scenarios", nargs="+", metavar="SCENARIO")
+    bi.add_argument("--output", required=True, help="bisect.json and each step's results go here")
+    bi.add_argument(
+        "--profile", default=DEFAULT_PROFILES[0], help=f"the profile to boot (default {DEFAULT_PROFILES[0]})"
+    )
+    bi.add_argument(
+        "--confirm",
+        type=options.non_negative_int,
+        default=1,
+        help="re-runs of the answer and its parent (default 1)",
+    )
+    bi.add_argument(
+        "scenarios", nargs="+", metavar="SCENARIO", help="what must pass on the base and fail at the tip"
+    )
     bi.set_defaults(func=cmd_series_bisect)
     return p
 
@@ -476,6 +658,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     install_signal_handlers()
     try:
+        options.check_args(args)
         return int(args.func(args, Registry()))
     except HarnessError as exc:
         kind = "FAIL" if verdicts.failure_verdict(exc) == Verdict.FAIL else "error"

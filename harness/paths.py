@@ -25,6 +25,10 @@ def data_search_path() -> list[Path]:
     out = []
     env = os.environ.get("PKVM_HARNESS_DATA")
     if env:
+        if not Path(env).is_dir():
+            raise ConfigError(
+                f"PKVM_HARNESS_DATA={env}: no such directory (it names one holding targets/, ...)"
+            )
         out.append(Path(env))
     out.append(REPO_ROOT)
     for prefix in dict.fromkeys((sys.prefix, sysconfig.get_path("data"))):  # ordered, no repeats
@@ -48,6 +52,32 @@ def cache_root() -> Path:
         return Path(env)
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".cache") / "pkvm-harness"
+
+
+def unwritable(directory: Path) -> str | None:
+    """Why this process cannot write in `directory` (made if missing); None if it can."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except (FileExistsError, NotADirectoryError):
+        file = next((p for p in (directory, *directory.parents) if p.exists() and not p.is_dir()), directory)
+        return f"{file} is a file, not a directory"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def check_cache() -> None:
+    """The cache root is a directory this process can write in (made if
+    missing): a command that builds finds out before it starts."""
+    root = cache_root()
+    why = unwritable(root)
+    if why is not None:
+        env = os.environ.get("PKVM_HARNESS_CACHE")
+        where = f"PKVM_HARNESS_CACHE={env}" if env else f"cache {root} (set PKVM_HARNESS_CACHE)"
+        raise ConfigError(f"{where}: cannot write there: {why}")
 
 
 def source_dir() -> Path:

@@ -184,8 +184,22 @@ def _check_event_names(doc: LoadedYaml) -> None:
                 check(exp["signature"], ("steps", s, "expect_events", i, "signature"))
 
 
+# A step does at least one of these; one with none would pass having checked nothing.
+_STEP_ACTIONS = ("run", "qmp", "kselftest", "expect_events", "forbid_events", "fault_report_window_s")
+
+
+def _check_steps_act(doc: LoadedYaml) -> None:
+    for i, step in enumerate(doc.data["steps"]):
+        if not any(key in step for key in _STEP_ACTIONS):
+            raise ConfigError(
+                f"{doc.path}:{doc.line_of(('steps', i))}: steps.{i} ({step['name']}): does nothing:"
+                f" give it one of {', '.join(_STEP_ACTIONS)}"
+            )
+
+
 def _scenario(doc: LoadedYaml) -> Scenario:
     _check_event_names(doc)
+    _check_steps_act(doc)
     d = doc.data
     return Scenario(
         name=d["name"],
@@ -271,6 +285,9 @@ class Registry:
             if not as_path.is_file():
                 raise ConfigError(f"{kind} file {name}: not found")
             return as_path
+        if "/" in name or name.startswith("."):
+            # A name never leaves its directory: a file is given by its path.
+            raise ConfigError(f"{kind} '{name}': not a name (a file is given as a path ending in .yaml)")
         path = directory / f"{name}.yaml"
         if not path.is_file():
             known = ", ".join(self._names(directory)) or "none"

@@ -601,6 +601,12 @@ def export(
 
     if not scenarios:
         raise ConfigError("lava export: no scenario to export")
+    # What no LAVA job can run is known from the scenario files: when that is
+    # every scenario, say so before the kernel build, not after.
+    static = [(s.name, _why_not(s)) for s in scenarios]
+    if all(why is not None for _, why in static):
+        left = "; ".join(f"{name}: {why}" for name, why in static)
+        raise ConfigError(f"lava export: no scenario a LAVA job can run ({left})")
     # The kernel selftests the scenarios need are packed in, as `run` packs them.
     artifacts = build_all(target, upto=upto, suites=selftest_suites(scenarios))
     store = output / "artifacts"
