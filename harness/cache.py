@@ -15,8 +15,12 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import IO
+
+from harness import ui
 
 
 def digest(parts: Iterable[str | bytes]) -> str:
@@ -65,10 +69,18 @@ class ContentStore:
         _atomic_write(self.root / "index" / alias, key + "\n")
 
     @contextlib.contextmanager
-    def lock(self, key: str) -> Iterator[None]:
-        with (self.root / ".locks" / key).open("w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
+    def lock(self, key: str, what: str | None = None, stage: str = "cache") -> Iterator[None]:
+        """Hold `key` against other processes. Waiting for one that holds
+        it is said at once and every WAIT_REPORT_S, with its pid and since
+        when (`what` names what it does, e.g. "another build of X"): a wait
+        of minutes is never silent."""
+        with (self.root / ".locks" / key).open("a+") as f:
+            _acquire(f, what or f"another process using {self.root.name}/{key[:16]}", stage)
             try:
+                f.seek(0)
+                f.truncate()
+                f.write(f"{os.getpid()} {time.time():.0f}\n")
+                f.flush()
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
@@ -87,6 +99,38 @@ class ContentStore:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+WAIT_REPORT_S = 30.0
+
+
+def _holder(f: IO[str]) -> str:
+    """Who holds the lock, as its holder wrote it when it took it."""
+    f.seek(0)
+    fields = f.read().split()
+    if len(fields) == 2 and fields[0].isdigit() and fields[1].isdigit():
+        since = time.strftime("%H:%M:%S", time.localtime(int(fields[1])))
+        return f"lock held by pid {fields[0]} since {since}"
+    return "lock held by another process"
+
+
+def _acquire(f: IO[str], what: str, stage: str) -> None:
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    next_report = 0.0
+    while True:
+        now = time.monotonic()
+        if now >= next_report:
+            ui.info(stage, f"waiting for {what} ({_holder(f)})")
+            next_report = now + WAIT_REPORT_S
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            time.sleep(0.2)
 
 
 def _atomic_write(path: Path, text: str) -> None:

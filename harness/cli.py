@@ -236,6 +236,9 @@ def cmd_run(args: argparse.Namespace, reg: Registry) -> int:
     profiles = tuple(reg.profile(p) for p in (args.profile or DEFAULT_PROFILES))
     names = args.scenarios or reg.scenario_names()
     scenarios = tuple(reg.scenario(n) for n in names)
+    from harness.kernel.build import check_applies
+
+    check_applies(target, args.upto)  # a series that does not apply: its FAIL, before any build
     liveness = LivenessPolicy(
         interval_s=args.hang_probe, probe_timeout_s=args.hang_timeout, boot_stall_s=args.boot_stall
     )
@@ -331,6 +334,9 @@ def cmd_series_bisect(args: argparse.Namespace, reg: Registry) -> int:
     target = _target(args, reg)
     scenarios = tuple(reg.scenario(n) for n in args.scenarios)
     bisector = Bisector(target, reg.profile(args.profile), scenarios, Path(args.output), args.confirm)
+    from harness.kernel.build import check_applies
+
+    check_applies(target)  # a tip that does not apply: the series' FAIL, not "nothing to bisect"
     report = bisector.run()
     print(report.reason)
     print(f"({args.output}/bisect.json)")

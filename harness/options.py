@@ -134,6 +134,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--shard {args.shard} needs --matrix (a matrix is what is cut into shards)")
     if getattr(args, "matrix", None) and getattr(args, "upto", None) is not None and name == ("run",):
         raise ConfigError("--matrix takes targets, profiles and scenarios from its file: drop --upto")
+    if name[0] == "series" and args.upto is not None:
+        raise ConfigError(
+            f"--upto {args.upto}: series {name[1]} walks every patch of the series: drop --upto"
+        )
     if name == ("series", "check") and args.profile and not args.boot:
         raise ConfigError(f"--profile {args.profile[0]} needs --boot (series check boots only with --boot)")
     writes, uses_cache = _WRITES.get(name, (None, False))

@@ -182,6 +182,29 @@ def target_series(target: Target, upto: int | None) -> PatchSeries | None:
     return series
 
 
+def check_applies(target: Target, upto: int | None = None) -> None:
+    """Apply the target's series (its first `upto` patches) on the base
+    before anything builds or boots: a patch that does not apply is the
+    series' own FAIL (`series_defect`), with the line `build` gives. The
+    applied series is kept as a branch of the source's work tree, so the
+    build that follows only checks it out."""
+    series = target_series(target, upto)
+    if series is None:
+        return
+    cache = paths.cache_root()
+    source_id = source_identity(target.source, DigestMemo(cache / "digests.json"))
+    sources = ContentStore(cache / "sources")
+    base = prepare_source(target.source, source_id, sources)
+    with sources.lock(
+        f"{base.key}.worktree", what=f"another process using the {base.version} source tree", stage="kernel"
+    ):
+        try:
+            checkout(base.path, series)
+        except PatchError as exc:
+            exc.series_defect = True
+            raise
+
+
 def work_dir(source_id: str, tc_version: str, name: str = "") -> Path:
     """The persistent O= directory of a source built with a toolchain (and
     a target's own `build_dir` name, if it has one)."""
@@ -222,7 +245,11 @@ def build_kernel(
     log = outdir / "build.log"
     make = ["make", f"O={outdir}", *toolchain.make_vars(), "LOCALVERSION=", *extra]
     try:
-        with sources.lock(f"{base.key}.worktree"):
+        with sources.lock(
+            f"{base.key}.worktree",
+            what=f"another process using the {base.version} source tree",
+            stage="kernel",
+        ):
             commit = checkout(base.path, series)
             log.write_text("")
             ui.info(
@@ -231,7 +258,7 @@ def build_kernel(
             saved = _saved_config(target, source_id, series, tc_version, toolchain.make_vars())
             config_text = kconfig.resolve_config(make, base.path, outdir, target.fragments, log, saved)
             build_key = digest(["build", input_key, config_text])
-            with store.lock(build_key):
+            with store.lock(build_key, what=f"another build of {target.name}", stage="kernel"):
                 if store.get(build_key) is None:
                     meta = _metadata(
                         target, base.version, source_id, series, tc_version, config_text, make, upto

@@ -117,7 +117,7 @@ def _unpack(spec: SourceSpec, dest: Path) -> None:
 def prepare_source(spec: SourceSpec, identity: str, store: ContentStore) -> SourceTree:
     """Unpack (once) and make the tree a git repository with one base commit."""
     key = digest(["source-v1", identity])
-    with store.lock(key):
+    with store.lock(key, what=f"another process unpacking {spec.describe()}", stage="kernel"):
         if store.get(key) is None:
             ui.info("kernel", f"unpacking {spec.describe()} (once per source)")
             with store.stage(key) as stage:

@@ -181,6 +181,12 @@ CASES: list[Case] = [
         2,
         ["--matrix takes targets", "drop --upto"],
     ),
+    (
+        "--upto with series bisect",
+        lambda t: ["series", "bisect", "--upto", "1", "--output", str(t / "o"), "boot-health"],
+        2,
+        ["--upto 1: series bisect walks every patch of the series"],
+    ),
     ("-j 0", lambda t: ["build", "-j", "0"], 2, ["--jobs/-j 0: must be at least 1"]),
     (
         "-j -1",
