@@ -301,6 +301,22 @@ def _saved_config(
     return paths.cache_root() / "kconfig" / f"{key}.config"
 
 
+STEPS_FILE = ".harness-steps"
+
+
+def _expected_steps(outdir: Path) -> tuple[bool, int | None]:
+    """Whether the make about to run in `outdir` is a full build (no
+    vmlinux there yet), and how many steps it will take: the count of the
+    last full build, for a full build only. An incremental build runs an
+    unknown few of them, so it gets no estimate (an ETA of hours for a
+    build that ends in seconds is worse than none)."""
+    full = not (outdir / "vmlinux").exists()
+    count_file = outdir / STEPS_FILE
+    if not full or not count_file.exists():
+        return full, None
+    return full, int(count_file.read_text())
+
+
 def _build_into_store(
     store: ContentStore,
     key: str,
@@ -315,8 +331,6 @@ def _build_into_store(
     jobs = jobs or os.cpu_count() or 1
     modules = kconfig.parse_config(config_text).get("CONFIG_MODULES", "n") == "y"
     goals = ["Image", "modules"] if modules else ["Image"]
-    count_file = outdir / ".harness-steps"
-    expected = int(count_file.read_text()) if count_file.exists() else None
     warnings_file = outdir / "warnings.json"
     previous = diagnostics.load_map(warnings_file)
     if previous is None and (outdir / "vmlinux").exists():
@@ -324,6 +338,7 @@ def _build_into_store(
         # from clean once (ccache makes it cheap), so the map is complete.
         ui.info("kernel", "recompiling once to record every unit's warnings")
         _run_make([*make, "clean"], tree, log, None)
+    full, expected = _expected_steps(outdir)
     ui.info("kernel", f"make -j{jobs} {' '.join(goals)} (log: {log})")
     start = time.monotonic()
     env_make = [*make, f"-j{jobs}", *goals]
@@ -337,8 +352,8 @@ def _build_into_store(
             output = f.read().decode(errors="replace")
         current = diagnostics.update(previous or {}, output, tree)
         diagnostics.save_map(warnings_file, current)
-    if expected is None or steps > expected:
-        count_file.write_text(str(steps))
+    if full:
+        (outdir / STEPS_FILE).write_text(str(steps))
     metadata["build_seconds"] = round(time.monotonic() - start, 1)
     with store.stage(key) as stage:
         shutil.copy2(outdir / "arch" / "arm64" / "boot" / "Image", stage / "Image")
