@@ -107,6 +107,14 @@ class GuestHung(GuestFailure):
     kind = "hang"
 
 
+class StepStuck(GuestFailure):
+    """The guest answers, but the step's process makes no progress: it
+    sleeps uninterruptibly in the same place, without CPU time, across
+    liveness probes. The reason names where (wchan, kernel stack)."""
+
+    kind = "stuck"
+
+
 class GuestNetworkUnusable(GuestFailure):
     """SSH does not come up although the guest answers on serial and its
     SSH daemon runs: the kernel's network path (e.g. the NIC's DMA) is broken."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harness.config.models import Profile, Transport
-from harness.errors import GuestHung, GuestNetworkUnusable, MachineError, SessionError
+from harness.errors import GuestHung, GuestNetworkUnusable, MachineError, SessionError, StepStuck
 from harness.image import GuestImage
 from harness.image.initramfs import READY_MARKER
 from harness.logwatch import Event, LogWatcher
@@ -113,6 +113,112 @@ def network_findings(
     return unusable, "; ".join(findings)
 
 
+# In the guest, over serial: where the given processes sleep (wchan) and
+# their kernel stacks, one line each.
+_WHERE = (
+    'for p in {pids}; do echo "@wchan $p $(cat /proc/$p/wchan 2>/dev/null)";'
+    ' sed "s/^/@stack $p /" /proc/$p/stack 2>/dev/null; done; :'
+)
+_STAT = re.compile(r"^(?P<pid>\d+) \((?P<comm>.*)\) (?P<rest>.*)$")
+_STACK_ADDRESS = re.compile(r"^\[<[0-9a-f]+>\]\s*")
+
+
+@dataclass(frozen=True)
+class StepProcess:
+    """One process of the command an SSH step runs, as /proc shows it."""
+
+    pid: int
+    comm: str
+    state: str  # /proc/PID/stat's: R, S, D (uninterruptible), T, Z ...
+    cpu_ticks: int  # utime + stime
+    wchan: str = ""
+    stack: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        where = f" in {self.wchan}" if self.wchan else ""
+        stack = f" (kernel stack: {' <- '.join(self.stack[:8])})" if self.stack else ""
+        # No pid: the same stuck kernel gets the same reason (it is in the evidence).
+        return f"{self.comm} asleep uninterruptibly{where}{stack}"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "pid": self.pid,
+            "comm": self.comm,
+            "state": self.state,
+            "cpu_ticks": self.cpu_ticks,
+            "wchan": self.wchan,
+            "stack": list(self.stack),
+        }
+
+
+def step_processes(stat_lines: str) -> dict[int, StepProcess]:
+    """From every /proc/PID/stat line: the processes an SSH command runs as,
+    the descendants of dropbear (dropbear itself left out). The harness runs
+    one command at a time over SSH, and none while it asks over serial."""
+    procs: dict[int, StepProcess] = {}
+    parents: dict[int, int] = {}
+    for line in stat_lines.splitlines():
+        m = _STAT.match(line.strip())
+        fields = m["rest"].split() if m else []
+        # state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt utime stime
+        try:
+            ppid, ticks = int(fields[1]), int(fields[11]) + int(fields[12])
+        except (IndexError, ValueError):  # a line cut by the console, or not a stat line
+            continue
+        assert m is not None  # no fields without a match
+        pid = int(m["pid"])
+        parents[pid] = ppid
+        procs[pid] = StepProcess(pid, m["comm"], fields[0], ticks)
+    daemons = {pid for pid, p in procs.items() if p.comm == "dropbear"}
+
+    def under_daemon(pid: int) -> bool:
+        seen: set[int] = set()
+        while pid in parents and pid not in seen:
+            seen.add(pid)
+            pid = parents[pid]
+            if pid in daemons:
+                return True
+        return False
+
+    return {pid: p for pid, p in procs.items() if pid not in daemons and under_daemon(pid)}
+
+
+def with_whereabouts(procs: Mapping[int, StepProcess], output: str) -> dict[int, StepProcess]:
+    """`procs` with the wchan and kernel stack lines of _WHERE's output."""
+    wchan: dict[int, str] = {}
+    stack: dict[int, list[str]] = {}
+    for line in output.splitlines():
+        tag, _, rest = line.strip().partition(" ")
+        pid_s, _, value = rest.partition(" ")
+        if not pid_s.isdigit():
+            continue
+        if tag == "@wchan":
+            wchan[int(pid_s)] = value.strip() if value.strip() != "0" else ""
+        elif tag == "@stack" and value.strip():
+            stack.setdefault(int(pid_s), []).append(_STACK_ADDRESS.sub("", value.strip()))
+    return {
+        pid: replace(p, wchan=wchan.get(pid, p.wchan), stack=tuple(stack.get(pid, p.stack)))
+        for pid, p in procs.items()
+    }
+
+
+def stuck_processes(before: Mapping[int, StepProcess], after: Mapping[int, StepProcess]) -> list[StepProcess]:
+    """The step made no progress between two looks: the same processes, not
+    a tick of CPU time spent, and at least one of them asleep
+    uninterruptibly (D) in the same place both times; those are returned.
+    Empty when it progressed, or when it only waits interruptibly (S, as
+    `sleep` or a shell waiting for its child does): that is no evidence."""
+    if not after or before.keys() != after.keys():
+        return []
+    if any(after[pid].cpu_ticks != before[pid].cpu_ticks for pid in after):
+        return []
+    return [
+        after[pid]
+        for pid in sorted(after)
+        if after[pid].state == before[pid].state == "D" and after[pid].wchan == before[pid].wchan
+    ]
+
+
 class _Life:
     """Tracks the guest's last sign of life (console or command output) and
     the host CPU sample taken then, for the starvation guard."""
@@ -153,6 +259,11 @@ class Guest:
         self.policy = policy or LivenessPolicy()
         self.evidence = Evidence(machine, console_log, symbolize)
         self.hang: GuestHung | None = None  # set once the guest is shown to be hung
+        # Set once its network is shown dead while it lives: the scenarios
+        # still to run need a fresh boot, as after a hang.
+        self.network_dead: GuestNetworkUnusable | None = None
+        # Set once a step's process is shown stuck in the kernel.
+        self.stuck: StepStuck | None = None
         self._stall: CpuWindow | None = None
         self.watcher = LogWatcher(symbolize=symbolize)
         assert machine.serial is not None
@@ -174,7 +285,13 @@ class Guest:
 
     @property
     def dead(self) -> bool:
-        return self.hang is not None or self.watcher.fatal is not None or not self.machine.alive()
+        return (
+            self.hang is not None
+            or self.network_dead is not None
+            or self.stuck is not None
+            or self.watcher.fatal is not None
+            or not self.machine.alive()
+        )
 
     def wait_ready(self, timeout: float) -> BootOutcome:
         start = time.monotonic()
@@ -317,10 +434,11 @@ class Guest:
             "console_tail": console_tail(self.console_log),
         }
         if unusable:
-            raise GuestNetworkUnusable(
+            self.network_dead = GuestNetworkUnusable(
                 f"guest network unusable (the guest answers on serial and dropbear runs): {findings}",
                 evidence,
             )
+            raise self.network_dead
         raise SessionError(f"{failure}; in the guest: {findings}")
 
     def _diagnosis(self) -> dict[str, str]:
@@ -382,6 +500,8 @@ class Guest:
                 self._raise_if_qemu_gone(command)
         if result.ended_by == "hang" and self.hang is not None:
             raise self.hang
+        if result.ended_by == "stuck" and self.stuck is not None:
+            raise self.stuck
         return result
 
     def _ssh_unusable(self, result: Completed) -> Completed:
@@ -467,6 +587,33 @@ class Guest:
         self._declare_hang(f"{what}, vCPUs spinning in the kernel or hypervisor", window)
         return True
 
+    def step_processes(self) -> dict[int, StepProcess] | None:
+        """The running SSH step's processes, asked over serial, with where
+        those asleep uninterruptibly sleep; None when serial did not answer
+        within the probe's deadline."""
+        timeout = self.policy.probe_timeout_s
+        with self._serial_owned() as serial:
+            result = serial.run("cat /proc/[0-9]*/stat 2>/dev/null; :", timeout)
+            if result.status is None:
+                return None
+            procs = step_processes(result.output)
+            asleep = " ".join(str(pid) for pid, p in sorted(procs.items()) if p.state == "D")
+            if not asleep:
+                return procs
+            where = serial.run(_WHERE.format(pids=asleep), timeout)
+        return with_whereabouts(procs, where.output) if where.status is not None else None
+
+    def _declare_stuck(self, stuck: Sequence[StepProcess]) -> None:
+        reason = (
+            "stuck: the guest answers on serial, but the step's process made no progress"
+            f" across two liveness probes: {'; '.join(p.describe() for p in stuck)}"
+        )
+        evidence: dict[str, object] = {
+            "stuck_processes": [p.to_json() for p in stuck],
+            "console_tail": console_tail(self.console_log),
+        }
+        self.stuck = StepStuck(reason, evidence)
+
     def _raise_if_unanswered(
         self, result: Completed, via: Transport, timeout: float, window: CpuWindow | None
     ) -> None:
@@ -537,6 +684,11 @@ class _StepWatch:
         self.probe_via: Transport = "serial" if transport == "ssh" else "ssh"
         self.deadline = deadline  # the step's: a probe never runs past it
         self.life = _Life(guest.machine.pid, guest.watcher.chars_seen)
+        # The SSH step's processes at the last look, and how much it had
+        # printed then (None: not looked at, or it printed since; what the
+        # console shows is no progress of an SSH step's).
+        self.processes: dict[int, StepProcess] | None = None
+        self.received = 0
 
     def check(self, received: int) -> str | None:
         g = self.guest
@@ -544,6 +696,8 @@ class _StepWatch:
             return "kernel-fatal"
         if not g.machine.alive():
             return "eof"
+        if received != self.received:  # the step's output: it progressed
+            self.received, self.processes = received, None
         if self.life.saw(g.watcher.chars_seen + received):
             return None
         if self.life.silent_s < g.policy.interval_s:
@@ -558,10 +712,26 @@ class _StepWatch:
             else:
                 why = f"no sign of life for {silent:.0f}s"
                 g._confirm_alive(why, via=self.probe_via, until=self.deadline)
+                if self.probe_via == "serial" and self._stuck():
+                    return "stuck"
         except GuestHung:
             return "hang"
         self.life.reset()
         return "kernel-fatal" if g.watcher.fatal is not None else None
+
+    def _stuck(self) -> bool:
+        """An SSH step that stays silent while the guest answers on serial:
+        look at its processes now and compare with the last look (a probe
+        interval ago). No look starts that could not finish before the
+        step's deadline."""
+        g = self.guest
+        if g.dead or self.deadline - time.monotonic() < 2 * g.policy.probe_timeout_s:
+            return False
+        before, self.processes = self.processes, g.step_processes()
+        stuck = stuck_processes(before, self.processes) if before and self.processes else []
+        if stuck:
+            g._declare_stuck(stuck)
+        return bool(stuck)
 
 
 def _last_console_line(path: Path) -> str:
