@@ -7,35 +7,35 @@ scenarios a fresh boot."""
 from __future__ import annotations
 
 import concurrent.futures
-import os
+import contextlib
 import shlex
 import sys
 import time
-import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from harness import __version__, ui, watchdog
+from harness import __version__, ui
 from harness.config.models import Profile, Scenario, Target
-from harness.errors import GuestFailure, HarnessError, Interrupted, MachineError
+from harness.errors import HarnessError, Interrupted
 from harness.image import GuestImage, build_image
 from harness.kernel import KernelBuild, build_kernel
 from harness.kernel.selftests import build_selftests
 from harness.kernel.symbols import SymbolTable
 from harness.machine import qemu_version
 from harness.machine.qemu import kill_all_machines
-from harness.report import BootRecord, RunRecorder, RunResult, ScenarioResult, TargetRecord, Verdict, verdicts
+from harness.report import RunRecorder, RunResult, TargetRecord, Verdict, verdicts
 from harness.report import results as contract
 from harness.report.recorder import Cell
 
-# Modules, not their functions: looked up at call time, so that a test (and
-# the pytest plugin's own tests) can replace probing and running.
-from harness.scenario import capabilities, runner
+# A module, not its functions: looked up at call time, so that a test (and
+# the pytest plugin's own tests) can replace probing.
+from harness.scenario import capabilities
 from harness.scenario.capabilities import CONFIG_TOKENS, KSELFTEST_CAP
-from harness.scenario.runner import ScenarioContext, scenario_result
+from harness.scenario.cells import Boot, BootCells, ProfileCells
+from harness.scenario.runner import GuestControl, ScenarioContext
 from harness.session.guest import Guest, booted_guest
-from harness.session.liveness import LivenessPolicy, describe_vcpus
+from harness.session.liveness import LivenessPolicy
 
 
 @dataclass(frozen=True)
@@ -127,151 +127,14 @@ class RunRequest:
         return [(self.target.name, self.side, p.name, s.name) for p in self.profiles for s in self.scenarios]
 
 
-# The context of a scenario on a boot, from its capabilities and whether it
-# is the first scenario to run there (boot-time faults are its business).
-ContextFactory = Callable[[frozenset[str], bool], ScenarioContext]
-
-
-class BootedCells:
-    """The scenarios of one boot of a target x profile, run one at a time:
-    the boot's own verdict when it did not come up, the capability probe
-    (once, before the first scenario), skips, and each scenario's run.
-    `pkvm-harness run` and the pytest plugin both drive it, so a cell's
-    result follows the same rules in both."""
-
-    def __init__(self, guest: Guest, kernel: KernelBuild, profile: Profile, context: ContextFactory) -> None:
-        self.guest = guest
-        self.kernel = kernel
-        self.profile = profile
-        self._context = context
-        self._caps: frozenset[str] | None = None
-        self._probe_error: str | None = None
-        self._first = True
-        self._state_unknown = False
-
-    @property
-    def failed(self) -> bool:
-        """Every scenario on this boot gets the same verdict: it did not come
-        up, or it could not be probed."""
-        outcome = self.guest.boot_outcome
-        return outcome is None or not outcome.ready or self._probe_error is not None
-
-    @property
-    def spent(self) -> bool:
-        """The scenarios still to run need a fresh boot: the guest died
-        (crash, hang), or a harness bug left its state unknown. Not a boot
-        that failed: that gives the rest its verdict, it is not retried."""
-        return not self.failed and (self.guest.dead or self._state_unknown)
-
-    def run(self, scenario: Scenario) -> ScenarioResult:
-        """One cell, under the cell watchdog (harness.watchdog): if it
-        outlives its step timeouts plus a margin, control comes back here
-        with the cell's evidence, the guest is killed (the next cell gets a
-        fresh boot), and the cell is the harness's ERROR naming the wait it
-        was stuck in, or the kernel's FAIL if it was still waiting on the
-        guest."""
-        prefix = ui.current_prefix()
-
-        def cell() -> ScenarioResult:
-            with ui.prefixed(prefix):
-                return self._run(scenario)
-
-        budget = watchdog.cell_budget(scenario)
-        done = watchdog.run_within(cell, budget, name=f"cell:{scenario.name}")
-        return self._overran(scenario, done) if isinstance(done, watchdog.Overrun) else done
-
-    def _overran(self, scenario: Scenario, overrun: watchdog.Overrun) -> ScenarioResult:
-        where = f"no result after {overrun.seconds:.0f}s, in {overrun.stuck_call}"
-        ui.info("scenario", f"{scenario.name}: {where}")
-        self._state_unknown = True
-        # Evidence while QEMU still runs (QMP may be what is stuck: then the
-        # vCPUs are missing, the console tail is there); then kill it, which
-        # ends every wait on its sockets.
-        evidence: dict[str, object] = dict(self.guest.evidence.collect(None))
-        self.guest.machine.kill()
-        released = overrun.join(timeout=5)
-        evidence["harness_threads"] = overrun.threads
-        evidence["stuck_call"] = overrun.stuck_call
-        ctx = self._context(self._caps or frozenset(), False)
-        limit = f"within {overrun.seconds:.0f}s (its step timeouts plus margin)"
-        if overrun.harness_wait:
-            after = "" if released else "; the call did not return when QEMU was killed"
-            reason = f"harness stuck: no result {limit}, waiting in {overrun.stuck_call}{after}"
-            return scenario_result(scenario, ctx, Verdict.ERROR, reason, evidence=evidence)
-        reason = f"hang: no result {limit}, still waiting on the guest; {describe_vcpus(evidence)}"
-        return scenario_result(scenario, ctx, Verdict.FAIL, reason, evidence=evidence)
-
-    def _run(self, scenario: Scenario) -> ScenarioResult:
-        outcome = self.guest.boot_outcome
-        assert outcome is not None
-        unprobed = self._context(frozenset(), False)
-        if not outcome.ready:
-            verdict = Verdict.FAIL if outcome.verdict == "fail" else Verdict.ERROR
-            events = [e for e in self.guest.watcher.events if e.severity != "info"]
-            evidence = dict(outcome.evidence or {})
-            reason = outcome.reason
-            return scenario_result(scenario, unprobed, verdict, reason, events=events, evidence=evidence)
-        if self._probe_error is not None:
-            return scenario_result(scenario, unprobed, Verdict.ERROR, self._probe_error)
-        if self._caps is None:
-            try:
-                self._caps = capabilities.probe(self.guest, self.kernel, self.profile.features)
-            except GuestFailure as exc:  # hung (or network dead) before the first scenario
-                self._state_unknown = True
-                reason = f"capability probe: {exc.reason}"
-                return scenario_result(scenario, unprobed, Verdict.FAIL, reason, evidence=exc.evidence)
-            except HarnessError as exc:
-                self._probe_error = f"capability probe: {exc}"
-                return scenario_result(scenario, unprobed, Verdict.ERROR, self._probe_error)
-        ctx = self._context(self._caps, self._first)
-        unmet = capabilities.requirement_verdict(scenario, ctx)
-        if unmet is not None:
-            return scenario_result(scenario, ctx, *unmet)
-        self._first = False
-        ui.info("scenario", f"{scenario.name} on {self.profile.name} ...")
-        try:
-            return runner.run_scenario(scenario, self.guest, ctx)
-        except Exception as exc:  # a harness bug: this cell is an ERROR, the rest still run
-            if os.environ.get("PKVM_HARNESS_DEBUG"):
-                traceback.print_exc()
-            self._state_unknown = True
-            reason = f"internal error: {type(exc).__name__}: {exc}"
-            return scenario_result(scenario, ctx, Verdict.ERROR, reason)
-
-
-class Attempts:
-    """ERROR retries of the cells of one target x profile: an ERROR (the
-    harness or the infrastructure failed) runs again on a fresh boot, up to
-    `retries` times; a FAIL never does. The final result carries the number
-    of attempts and the earlier ERRORs' reasons."""
-
-    def __init__(self, retries: int, profile: str) -> None:
-        self.retries = retries
-        self.profile = profile
-        self._earlier: dict[str, list[str]] = {}  # scenario -> reasons of its ERROR attempts
-
-    def settle(self, result: ScenarioResult) -> ScenarioResult | None:
-        """The result to record, or None: run it again on a fresh boot."""
-        earlier = self._earlier.setdefault(result.scenario, [])
-        where = f"{result.scenario} on {self.profile}"
-        if result.verdict == Verdict.ERROR and len(earlier) < self.retries:
-            earlier.append(result.reason)
-            ui.info("scenario", f"{where}: ERROR {result.reason}; retrying on a fresh boot")
-            return None
-        if earlier:
-            evidence = {**result.evidence, "earlier_attempts": list(earlier)}
-            result = replace(result, attempts=len(earlier) + 1, evidence=evidence)
-        # A pass's reason names what it skipped: "PASS (viommu skipped: ...)".
-        why = f"({result.reason})" if result.verdict == Verdict.PASS and result.reason else result.reason
-        ui.info("scenario", f"{where}: {result.verdict.upper()} {why}".rstrip())
-        return result
-
-
 class _ProfileRun:
-    """All scenarios of one target x profile: boot, then run the scenarios
-    still pending on it (BootedCells) until done; a guest that died (crash,
-    hang) is replaced by a fresh boot for the scenarios still to run. Every
-    finished cell goes to the recorder at once."""
+    """All scenarios of one target x profile for `pkvm-harness run`: the
+    adapter between the boot-cell engine (harness.scenario.cells, which
+    decides every verdict, retry and fresh boot) and this run: how to boot
+    (QEMU, in OUTPUT/boots/TARGET/), how to probe, and the recorder every
+    finished cell and boot goes to at once."""
+
+    no_reboot = ""  # a live run can always boot again
 
     def __init__(
         self, request: RunRequest, artifacts: Artifacts, profile: Profile, recorder: RunRecorder
@@ -280,110 +143,86 @@ class _ProfileRun:
         self.artifacts = artifacts
         self.profile = profile
         self.recorder = recorder
-        self.boots = 0
         self.symbols = SymbolTable.from_system_map(artifacts.kernel.system_map)
         self.by_name = {s.name: s for s in request.scenarios}
-        self.attempts = Attempts(request.retries, profile.name)
+        self.engine = ProfileCells(self, request.retries, profile.name, recorder.add_boot)
 
-    @property
-    def _boot_name(self) -> str:
+    def _boot_name(self, n: int) -> str:
         side = f"{self.request.side}-" if self.request.side else ""
-        return f"{side}{self.profile.name}-{self.boots}"
+        return f"{side}{self.profile.name}-{n}"
 
-    @property
-    def _boot_dir(self) -> Path:
+    def _boot_dir(self, n: int) -> Path:
         # Per target: a matrix runs several targets on the same profiles.
-        return self.request.output / "boots" / self.request.target.name / self._boot_name
+        return self.request.output / "boots" / self.request.target.name / self._boot_name(n)
 
-    def _ctx(self, guest: Guest | None, caps: frozenset[str], first_on_boot: bool) -> ScenarioContext:
-        run_dir = self._boot_dir
+    def _ctx(self, n: int, console_log: str | None, caps: frozenset[str], first: bool) -> ScenarioContext:
         return ScenarioContext(
             target=self.request.target,
             profile=self.profile,
             capabilities=caps,
-            console_log=str(guest.console_log) if guest else None,
-            reproducer=str(run_dir / "reproduce-boot.sh"),
-            faults_since=0 if first_on_boot else None,
-            boot=f"{self.request.target.name}/{self._boot_name}",
+            console_log=console_log,
+            reproducer=str(self._boot_dir(n) / "reproduce-boot.sh"),
+            faults_since=0 if first else None,
+            boot=f"{self.request.target.name}/{self._boot_name(n)}",
             side=self.request.side,
         )
 
-    def _record_boot(self, guest: Guest, run_dir: Path) -> None:
-        outcome = guest.boot_outcome
-        assert outcome is not None
-        self.recorder.add_boot(
-            BootRecord(
-                id=f"{self.request.target.name}/{self._boot_name}",
-                target=self.request.target.name,
-                side=self.request.side,
+    @contextlib.contextmanager
+    def boot(self, n: int) -> Iterator[Boot]:
+        t, run_dir = self.request.target.name, self._boot_dir(n)
+        ui.info("machine", f"booting {t} on {self.profile.name} ({self._boot_name(n)})")
+        with booted_guest(
+            self.profile,
+            self.artifacts.kernel.image,
+            self.artifacts.image,
+            run_dir,
+            self.request.target.cmdline,
+            self.request.boot_timeout,
+            self.request.liveness,
+            self.symbols.lookup,
+        ) as guest:
+            outcome = guest.boot_outcome
+            assert outcome is not None
+            yield Boot(
+                id=f"{t}/{self._boot_name(n)}",
+                target=self.request.target,
                 profile=self.profile.name,
+                side=self.request.side,
                 dir=str(run_dir),
                 console_log=str(guest.console_log),
-                ready=outcome.ready,
-                verdict=Verdict(outcome.verdict),
-                reason=outcome.reason,
-                boot_s=outcome.seconds,
-                events=tuple(e.to_json() for e in guest.watcher.events),
+                guest=guest,
+                outcome=outcome,
+                kill=lambda: kill_with_evidence(guest),
             )
-        )
+
+    def cells(self, boot: Boot) -> BootCells:
+        n = self.engine.boots
+
+        def probe(guest: GuestControl) -> frozenset[str]:
+            return capabilities.probe(guest, self.artifacts.kernel, self.profile.features)
+
+        return BootCells(boot, probe, lambda caps, first: self._ctx(n, boot.console_log, caps, first))
+
+    def unbooted(self, scenario: Scenario) -> ScenarioContext:
+        return self._ctx(self.engine.boots, None, frozenset(), False)
 
     def run(self) -> None:
         t = self.request.target.name
-        while not self.recorder.frozen and (
-            pending := self.recorder.pending(t, self.request.side, self.profile.name)
-        ):
-            self.boots += 1
-            run_dir = self._boot_dir
-            ui.info("machine", f"booting {t} on {self.profile.name} ({self._boot_name})")
-            try:
-                with booted_guest(
-                    self.profile,
-                    self.artifacts.kernel.image,
-                    self.artifacts.image,
-                    run_dir,
-                    self.request.target.cmdline,
-                    self.request.boot_timeout,
-                    self.request.liveness,
-                    self.symbols.lookup,
-                ) as guest:
-                    try:
-                        self._on_guest(guest, [self.by_name[n] for n in pending])
-                    finally:
-                        self._record_boot(guest, run_dir)
-            except MachineError as exc:  # QEMU would not start: no cell of this profile can run
-                recorded = [self._record(self.by_name[n], Verdict.ERROR, f"machine: {exc}") for n in pending]
-                if all(recorded):
-                    return  # no retries left
+        pending = self.recorder.pending(t, self.request.side, self.profile.name)
+        try:
+            self.engine.run(
+                [self.by_name[n] for n in pending], self.recorder.record, lambda: self.recorder.frozen
+            )
+        finally:
+            self.engine.close()
 
-    def _on_guest(self, guest: Guest, pending: list[Scenario]) -> None:
-        outcome = guest.boot_outcome
-        assert outcome is not None
-        state = "ready" if outcome.ready else outcome.verdict.upper()
-        ui.info("machine", f"{state} in {outcome.seconds:.2f}s {outcome.reason}")
-        cells = BootedCells(
-            guest, self.artifacts.kernel, self.profile, lambda caps, first: self._ctx(guest, caps, first)
-        )
-        for scenario in pending:
-            if cells.spent or self.recorder.frozen:
-                return  # the rest get a fresh boot (or, interrupted, none)
-            # A boot that failed gives every pending cell its verdict (each
-            # ERROR retried on the next boot); otherwise an ERROR to retry
-            # ends this boot.
-            if not self._finish(cells.run(scenario)) and not cells.failed:
-                return
 
-    def _record(self, scenario: Scenario, verdict: Verdict, reason: str) -> bool:
-        ctx = self._ctx(None, frozenset(), first_on_boot=False)
-        return self._finish(scenario_result(scenario, ctx, verdict, reason))
-
-    def _finish(self, result: ScenarioResult) -> bool:
-        """Record a finished cell, unless it is an ERROR with retries left:
-        then it stays pending (False) and runs again on a fresh boot."""
-        final = self.attempts.settle(result)
-        if final is None:
-            return False
-        self.recorder.record(final)
-        return True
+def kill_with_evidence(guest: Guest) -> dict[str, object]:
+    """A stuck cell's guest: its evidence while QEMU still runs, then QEMU
+    killed (which ends every wait on its sockets)."""
+    evidence: dict[str, object] = dict(guest.evidence.collect(None))
+    guest.machine.kill()
+    return evidence
 
 
 def _target_record(artifacts: Artifacts, side: str | None) -> TargetRecord:

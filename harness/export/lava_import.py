@@ -15,7 +15,7 @@ import json
 import re
 import shlex
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,16 +25,19 @@ import yaml
 
 from harness import __version__
 from harness.config import Registry
-from harness.config.models import Profile, Scenario, Target, Transport
-from harness.errors import ConfigError, GuestFailure, HarnessError
+from harness.config.models import Scenario, Transport
+from harness.errors import ConfigError, HarnessError
 from harness.export.lava import JOB_FILE, MARK, META_PREFIX, PlannedCommand, make_plan
 from harness.image.initramfs import READY_MARKER
 from harness.logwatch import Event, LogWatcher
 from harness.report.recorder import RunRecorder
-from harness.report.results import BootRecord, RunResult, TargetRecord, Verdict
-from harness.scenario.capabilities import guest_capabilities, requirement_verdict
-from harness.scenario.runner import UPTIME_COMMAND, ScenarioContext, run_scenario, scenario_result
+from harness.report.results import RunResult, ScenarioResult, TargetRecord, Verdict
+from harness.scenario import runner
+from harness.scenario.capabilities import guest_capabilities
+from harness.scenario.cells import Boot, BootCells, ProfileCells
+from harness.scenario.runner import UPTIME_COMMAND, GuestControl, ScenarioContext, scenario_result
 from harness.session.base import Completed
+from harness.session.guest import BootOutcome
 
 
 @dataclass(frozen=True)
@@ -368,34 +371,25 @@ def import_results(job_output: Path, output: Path, registry: Registry) -> RunRes
                 f"left out of the LAVA job: {why}",
             )
         )
-    ready_line = guest.line_of(READY_MARKER)
-    boot_verdict, boot_reason = Verdict.PASS, ""
-    if ready_line is None:
-        guest.advance(len(log.console))
-        fatal = guest.watcher.fatal
-        if fatal is not None:
-            boot_verdict, boot_reason = Verdict.FAIL, f"boot: {fatal.summary()}"
-        elif any("Linux version" in ln.text for ln in log.console):
-            boot_verdict, boot_reason = Verdict.FAIL, "boot: no readiness marker in LAVA's console log"
-        else:
-            why = "; ".join(log.errors[-2:]) or str((log.job_result or {}).get("error_msg", "no console"))
-            boot_verdict, boot_reason = Verdict.ERROR, f"the LAVA job did not boot the kernel: {why}"
-    else:
-        guest.advance(ready_line + 1)
-    recorder.add_boot(
-        _boot_record(boot_id, target, profile, job_output, console_log, guest, boot_verdict, boot_reason)
+    boot = Boot(
+        id=boot_id,
+        target=target,
+        profile=profile.name,
+        side=None,
+        dir=str(job_output),
+        console_log=str(console_log),
+        guest=guest,
+        outcome=_boot_outcome(log, guest),
     )
-    if boot_verdict != Verdict.PASS:
-        events = [e for e in guest.watcher.events if e.severity != "info"]
-        for s in scenarios:
-            recorder.record(
-                scenario_result(s, ctx(frozenset(), False), boot_verdict, boot_reason, events=events)
-            )
+    engine = ProfileCells(
+        _OneBoot(boot, static_caps, ctx), retries=0, profile=profile.name, on_boot=recorder.add_boot
+    )
+    try:
+        engine.run(scenarios, recorder.record)
+    finally:
+        engine.close()
+    if not boot.outcome.ready:
         return recorder.finish({"import_s": round(time.monotonic() - start, 3)})
-    _replay_scenarios(guest, scenarios, static_caps, ctx, recorder)
-    recorder.add_boot(
-        _boot_record(boot_id, target, profile, job_output, console_log, guest, boot_verdict, boot_reason)
-    )
     job = log.job_result or {}
     timings = {"import_s": round(time.monotonic() - start, 3)}
     if log.console and log.console[0].at is not None and log.console[-1].at is not None:
@@ -409,85 +403,65 @@ def import_results(job_output: Path, output: Path, registry: Registry) -> RunRes
     return recorder.finish(timings, interrupted)
 
 
-def _boot_record(
-    boot_id: str,
-    target: Target,
-    profile: Profile,
-    job_output: Path,
-    console_log: Path,
-    guest: ReplayGuest,
-    verdict: Verdict,
-    reason: str,
-) -> BootRecord:
+def _boot_outcome(log: JobLog, guest: ReplayGuest) -> BootOutcome:
+    """How the job's boot went, read from its console (the replay's
+    counterpart of Guest.wait_ready); the console is fed up to the
+    readiness marker, or to its end when the guest never got there."""
     ready = guest.line_of(READY_MARKER)
-    seconds = 0.0
-    if ready is not None and guest.console and guest.console[0].at is not None and guest.console[ready].at:
-        seconds = float(guest.console[ready].at or 0.0) - float(guest.console[0].at)
-    return BootRecord(
-        id=boot_id,
-        target=target.name,
-        profile=profile.name,
-        dir=str(job_output),
-        console_log=str(console_log),
-        ready=ready is not None,
-        verdict=verdict,
-        reason=reason,
-        boot_s=max(seconds, 0.0),
-        events=tuple(e.to_json() for e in guest.watcher.events),
-    )
+    if ready is not None:
+        guest.advance(ready + 1)
+        first, last = guest.console[0].at, guest.console[ready].at
+        seconds = max(float(last) - float(first), 0.0) if first is not None and last else 0.0
+        return BootOutcome(True, "pass", "", seconds)
+    guest.advance(len(log.console))
+    fatal = guest.watcher.fatal
+    if fatal is not None:
+        return BootOutcome(False, "fail", f"boot: {fatal.summary()}", 0.0, fatal=fatal)
+    if any("Linux version" in ln.text for ln in log.console):
+        return BootOutcome(False, "fail", "boot: no readiness marker in LAVA's console log", 0.0)
+    why = "; ".join(log.errors[-2:]) or str((log.job_result or {}).get("error_msg", "no console"))
+    return BootOutcome(False, "error", f"the LAVA job did not boot the kernel: {why}", 0.0)
 
 
-def _replay_scenarios(
-    guest: ReplayGuest,
-    scenarios: Sequence[Scenario],
-    static_caps: frozenset[str],
-    ctx: Callable[[frozenset[str], bool], ScenarioContext],
-    recorder: RunRecorder,
-) -> None:
-    """The pipeline's per-boot loop, on the replayed guest: probe, then each
-    scenario through run_scenario (its own skip rule, windows and checks)."""
-    try:
-        caps = frozenset(static_caps | guest_capabilities(guest))
-    except GuestFailure as exc:
-        if scenarios:
-            recorder.record(
-                scenario_result(
-                    scenarios[0], ctx(frozenset(), False), Verdict.FAIL, f"capability probe: {exc.reason}"
-                )
-            )
-        return
-    except HarnessError as exc:
-        for s in scenarios:
-            recorder.record(
-                scenario_result(s, ctx(frozenset(), False), Verdict.ERROR, f"capability probe: {exc}")
-            )
-        return
-    first = True
-    died_in = None
-    for scenario in scenarios:
-        if guest.dead:
-            recorder.record(
-                scenario_result(
-                    scenario,
-                    ctx(caps, False),
-                    Verdict.NOT_RUN,
-                    f"the guest died in {died_in}: a LAVA job boots once (a live run would boot again)",
-                )
-            )
-            continue
-        c = ctx(caps, first)
-        unmet = requirement_verdict(scenario, c)
-        if unmet is not None:
-            recorder.record(scenario_result(scenario, c, *unmet))
-            continue
-        first = False
-        guest.scenario = scenario.name
-        begin = guest.line_of(f"{MARK}:SCENARIO:{scenario.name}")
-        if begin is not None:
-            guest.advance(begin + 1)
-        result = run_scenario(scenario, guest, c)
-        end = guest.line_of(f"{MARK}:SCENARIO-END:{scenario.name}")
-        if begin is not None:
-            result = replace(result, duration_s=guest.seconds(begin, end))
-        recorder.record(result)
-        died_in = scenario.name
+class _OneBoot:
+    """The boot of a LAVA job, for the boot-cell engine (which decides every
+    verdict, as in a live run): the probe is the static claims the job was
+    planned with plus the guest's answers replayed; each scenario is
+    replayed from its own markers; there is no second boot."""
+
+    no_reboot = "a LAVA job boots once (a live run would boot again)"
+
+    def __init__(
+        self, boot: Boot, static_caps: frozenset[str], ctx: Callable[[frozenset[str], bool], ScenarioContext]
+    ) -> None:
+        self._boot = boot
+        self._static_caps = static_caps
+        self._ctx = ctx
+
+    @contextlib.contextmanager
+    def boot(self, n: int) -> Iterator[Boot | None]:
+        yield self._boot if n == 1 else None
+
+    def cells(self, boot: Boot) -> BootCells:
+        def probe(guest: GuestControl) -> frozenset[str]:
+            return frozenset(self._static_caps | guest_capabilities(guest))
+
+        return BootCells(boot, probe, self._ctx, run=_replay_scenario)
+
+    def unbooted(self, scenario: Scenario) -> ScenarioContext:
+        return self._ctx(frozenset(), False)
+
+
+def _replay_scenario(scenario: Scenario, guest: GuestControl, ctx: ScenarioContext) -> ScenarioResult:
+    """The runner on the replayed console, from the scenario's own marker;
+    its duration is the job's, by LAVA's timestamps."""
+    assert isinstance(guest, ReplayGuest)
+    guest.scenario = scenario.name
+    begin = guest.line_of(f"{MARK}:SCENARIO:{scenario.name}")
+    if begin is not None:
+        guest.advance(begin + 1)
+    result = runner.run_scenario(scenario, guest, ctx)
+    end = guest.line_of(f"{MARK}:SCENARIO-END:{scenario.name}")
+    if begin is not None:
+        result = replace(result, duration_s=guest.seconds(begin, end))
+    return result

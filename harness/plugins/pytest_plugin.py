@@ -36,7 +36,6 @@ import contextlib
 import re
 import tempfile
 from collections.abc import Generator, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -61,7 +60,8 @@ from harness.scenario import runner as scenario_runner
 if TYPE_CHECKING:
     from harness.kernel.symbols import SymbolTable
     from harness.logwatch import Event
-    from harness.pipeline import Artifacts, BootedCells, SuiteNeed
+    from harness.pipeline import Artifacts, SuiteNeed
+    from harness.scenario.cells import Boot, BootCells, ProfileCells
     from harness.scenario.runner import GuestControl, ScenarioContext
     from harness.session.guest import Guest
 
@@ -250,22 +250,6 @@ def pytest_configure(config: pytest.Config) -> None:
 # ---------------------------------------------------------------- boots
 
 
-@dataclass
-class _Boot:
-    """One guest shared by the items of a target x profile."""
-
-    id: str  # "<target>/<profile>-N", as boot ids in results.json
-    dir: Path
-    target: Target
-    profile: Profile
-    guest: Guest
-    cells: BootedCells  # runs the items on it, by `pkvm-harness run`'s rules
-    stack: contextlib.ExitStack
-
-    def close(self) -> None:
-        self.stack.close()
-
-
 class BootManager:
     """One per pytest session: builds once, and keeps one shared boot per
     profile, the way harness.pipeline's _ProfileRun does for `pkvm-harness
@@ -288,7 +272,7 @@ class BootManager:
         self.suites: tuple[SuiteNeed, ...] = ()  # kernel selftest suites the collected scenarios need
         self._build_error: HarnessError | None = None
         self._symbols: SymbolTable | None = None
-        self._boots: dict[str, _Boot] = {}  # profile -> the shared boot
+        self._engines: dict[str, ProfileCells] = {}  # profile -> its cells, with the shared boot
         self._stack = contextlib.ExitStack()
 
     # -- inputs, each loaded or built once
@@ -371,62 +355,37 @@ class BootManager:
                     self._lookup,
                 )
             )
-            outcome = guest.boot_outcome
-            assert outcome is not None
-            state = "ready" if outcome.ready else outcome.verdict.upper()
-            ui.info("machine", f"{state} in {outcome.seconds:.2f}s {outcome.reason}")
             yield f"{target.name}/{name}", boots / name, guest
 
-    def _shared_boot(self, profile: Profile) -> _Boot:
-        from harness.pipeline import BootedCells
+    def _engine(self, profile: Profile) -> ProfileCells:
+        from harness.scenario.cells import ProfileCells
 
-        boot = self._boots.get(profile.name)
-        if boot is not None and (boot.cells.failed or not boot.cells.spent):
-            return boot
-        self.release(profile.name)  # a dead guest: the next item gets a fresh boot
-        stack = self._stack.enter_context(contextlib.ExitStack())
-        boot_id, run_dir, guest = stack.enter_context(self.booted(profile))
-        target = self.target()
-
-        def context(caps: frozenset[str], first_on_boot: bool) -> ScenarioContext:
-            return scenario_runner.ScenarioContext(
-                target=target,
-                profile=profile,
-                capabilities=caps,
-                console_log=str(guest.console_log),
-                reproducer=str(run_dir / "reproduce-boot.sh"),
-                # Faults during boot are the business of the first scenario
-                # that runs on it; later ones answer for their own window.
-                faults_since=0 if first_on_boot else None,
-                boot=boot_id,
+        if profile.name not in self._engines:
+            self._engines[profile.name] = ProfileCells(
+                _SharedBoots(self, profile), self.retries, profile.name
             )
-
-        cells = BootedCells(guest, self.artifacts().kernel, profile, context)
-        boot = _Boot(boot_id, run_dir, target, profile, guest, cells, stack)
-        self._boots[profile.name] = boot
-        if cells.failed:
-            boot.close()  # nothing will run on it; its outcome and events stay readable
-        return boot
+        return self._engines[profile.name]
 
     def release(self, profile_name: str) -> None:
         """Shut down the profile's shared boot (after its last item)."""
-        boot = self._boots.pop(profile_name, None)
-        if boot is not None:
-            boot.close()
+        engine = self._engines.get(profile_name)
+        if engine is not None:
+            engine.close()
 
     def close(self) -> None:
         """Idempotent: every QEMU this session started is shut down."""
-        self._boots.clear()
-        self._stack.close()
+        engines, self._engines = list(self._engines.values()), {}
+        with contextlib.ExitStack() as stack:
+            stack.callback(self._stack.close)
+            for engine in engines:
+                stack.callback(engine.close)
 
     # -- scenarios
 
     def result(self, scenario: Scenario, profile_name: str) -> ScenarioResult:
-        """Run `scenario` on the profile's shared boot. An ERROR is retried
-        on a fresh boot (`--pkvm-retries`), a FAIL never is; the attempts
-        and the earlier ERRORs' reasons go into the result, as in `run`."""
-        from harness.pipeline import Attempts
-
+        """Run `scenario` on the profile's shared boot, by the boot-cell
+        engine's rules (harness.scenario.cells, as `run`): an ERROR is
+        retried on a fresh boot (`--pkvm-retries`), a FAIL never is."""
         try:
             target, profile = self.target(), self.profile(profile_name)
         except HarnessError as exc:
@@ -436,23 +395,65 @@ class BootManager:
         except HarnessError as exc:
             ctx = scenario_runner.ScenarioContext(target=target, profile=profile, capabilities=frozenset())
             return scenario_runner.scenario_result(scenario, ctx, *verdicts.build_failure(exc))
-        attempts = Attempts(self.retries, profile.name)
-        while True:
-            final = attempts.settle(self._attempt(scenario, profile))
-            if final is not None:
-                return final
-            self.release(profile.name)
-
-    def _attempt(self, scenario: Scenario, profile: Profile) -> ScenarioResult:
-        try:
-            boot = self._shared_boot(profile)
-        except MachineError as exc:  # QEMU would not start
-            ctx = scenario_runner.ScenarioContext(self.target(), profile, frozenset())
-            return scenario_runner.scenario_result(scenario, ctx, *verdicts.launch_failure(exc))
-        result = boot.cells.run(scenario)
-        if boot.cells.spent:  # crashed, hung, or in an unknown state: the next items get a fresh boot
-            self.release(profile.name)
+        results: list[ScenarioResult] = []
+        self._engine(profile).run([scenario], results.append)
+        (result,) = results
         return result
+
+
+class _SharedBoots:
+    """How the plugin boots a profile for the engine: in the session's boot
+    directory, shut down at the latest with the session."""
+
+    no_reboot = ""
+
+    def __init__(self, manager: BootManager, profile: Profile) -> None:
+        self.manager = manager
+        self.profile = profile
+
+    @contextlib.contextmanager
+    def boot(self, n: int) -> Iterator[Boot]:
+        from harness.pipeline import kill_with_evidence
+        from harness.scenario.cells import Boot
+
+        with self.manager.booted(self.profile) as (boot_id, run_dir, guest):
+            outcome = guest.boot_outcome
+            assert outcome is not None
+            yield Boot(
+                id=boot_id,
+                target=self.manager.target(),
+                profile=self.profile.name,
+                side=None,
+                dir=str(run_dir),
+                console_log=str(guest.console_log),
+                guest=guest,
+                outcome=outcome,
+                kill=lambda: kill_with_evidence(guest),
+            )
+
+    def cells(self, boot: Boot) -> BootCells:
+        from harness.scenario import capabilities
+        from harness.scenario.cells import BootCells
+
+        kernel, profile = self.manager.artifacts().kernel, self.profile
+
+        def context(caps: frozenset[str], first_on_boot: bool) -> ScenarioContext:
+            return scenario_runner.ScenarioContext(
+                target=boot.target,
+                profile=profile,
+                capabilities=caps,
+                console_log=boot.console_log,
+                reproducer=str(Path(boot.dir) / "reproduce-boot.sh"),
+                # Faults during boot are the business of the first scenario
+                # that runs on it; later ones answer for their own window.
+                faults_since=0 if first_on_boot else None,
+                boot=boot.id,
+            )
+
+        return BootCells(boot, lambda guest: capabilities.probe(guest, kernel, profile.features), context)
+
+    def unbooted(self, scenario: Scenario) -> ScenarioContext:
+        return scenario_runner.ScenarioContext(self.manager.target(), self.profile, frozenset())
 
 
 _MANAGER = pytest.StashKey[BootManager]()
@@ -729,6 +730,8 @@ def machine(request: pytest.FixtureRequest, kernel_build: Artifacts) -> Iterator
             request.node.user_properties.append(("console_log", str(guest.console_log)))
             outcome = guest.boot_outcome
             assert outcome is not None
+            state = "ready" if outcome.ready else outcome.verdict.upper()
+            ui.info("machine", f"{state} in {outcome.seconds:.2f}s {outcome.reason}")
             if outcome.ready:
                 return guest
             reason = f"{boot_id}: {outcome.reason}"
