@@ -4,6 +4,7 @@ harness itself being killed: QEMU gets SIGKILL through PR_SET_PDEATHSIG)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import shlex
@@ -31,9 +32,27 @@ _PR_SET_PDEATHSIG = 1
 QMP_TIMEOUT_S = 10.0
 
 
+# Set once SIGINT, SIGTERM or SIGHUP starts unwinding the process.
+_interrupting = threading.Event()
+
+
+def _quiet_when_interrupted(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """An interrupt raised inside the QMP client's event loop leaves its
+    task to end later with an exception nobody reads; asyncio would print it
+    ("Task exception was never retrieved", a long traceback) after the clean
+    "interrupted" line. Then it is a consequence of the interrupt, not news."""
+    if _interrupting.is_set():
+        return
+    loop.default_exception_handler(context)
+
+
 class _Qmp(QEMUMonitorProtocol):
     """The legacy synchronous QMP client, whose connect and close take no
     timeout, with one."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._aloop.set_exception_handler(_quiet_when_interrupted)
 
     def connect_within(self, timeout: float) -> None:
         self._qmp.await_greeting = True
@@ -301,6 +320,7 @@ def install_signal_handlers() -> None:
     exit code then says which signal it was (128 + N)."""
 
     def _raise(signum: int, frame: object) -> None:
+        _interrupting.set()
         raise Interrupted(signum, signal.Signals(signum).name)
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

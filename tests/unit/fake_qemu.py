@@ -2,7 +2,9 @@
 the serial and QMP sockets the harness's argv names and speaks just enough
 QMP. FAKE_QEMU_MODE: "mute" greets and negotiates, then answers nothing and
 ignores SIGTERM (QEMU whose main loop is stuck); "no-greeting" accepts the
-QMP connection and never greets."""
+QMP connection and never greets; "slow-start" opens no socket for a minute
+(QEMU still starting); "answer" answers every command with an empty return
+(a machine that runs)."""
 
 from __future__ import annotations
 
@@ -48,6 +50,8 @@ def main(argv: list[str]) -> None:
     chardev = argv[argv.index("-chardev") + 1]
     serial_path = next(p[5:] for p in chardev.split(",") if p.startswith("path="))
     qmp_path = argv[argv.index("-qmp") + 1].removeprefix("unix:").split(",")[0]
+    if mode == "slow-start":
+        time.sleep(60)
     serial = listen(serial_path)
     qmp = listen(qmp_path)
     conn, _ = qmp.accept()
@@ -59,6 +63,12 @@ def main(argv: list[str]) -> None:
         if "id" in request:
             reply["id"] = request["id"]
         conn.sendall(json.dumps(reply).encode() + b"\n")
+    while mode == "answer":
+        request = read_message(conn)
+        answer: dict[str, object] = {"return": {}}
+        if "id" in request:
+            answer["id"] = request["id"]
+        conn.sendall(json.dumps(answer).encode() + b"\n")
     held = [serial, conn]  # noqa: F841 - kept open, never answered
     while True:
         time.sleep(60)
