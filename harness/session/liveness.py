@@ -10,7 +10,9 @@ inconclusive and retried, so a starved host never looks like a hung guest.
 The evidence of a hang is plain data: the console tail, QMP `query-status`
 and every vCPU's PC and exception level, symbolised with the build's
 System.map, which tells a hang in the hypervisor (EL2) from one in the
-kernel (EL1)."""
+kernel (EL1). An nVHE/hVHE hypervisor's PC is a hyp VA, which System.map
+does not know: `symbolise_el2` maps it to the kernel image, through QEMU's
+own page-table walk when it can, from the layout otherwise."""
 
 from __future__ import annotations
 
@@ -18,15 +20,21 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from harness.kernel.symbols import SymbolTable, is_kernel_va
+
 Symbolize = Callable[[int], str | None]
+# One HMP command run on one vCPU (QMP `human-monitor-command` with its
+# `cpu-index`): its output, or None when QMP did not answer.
+Hmp = Callable[[str, int], str | None]
 
 _CPU = re.compile(r"^CPU#(?P<index>\d+)", re.MULTILINE)
 _PC = re.compile(r"\bPC=(?P<pc>[0-9a-f]+)")
 _EL = re.compile(r"PSTATE=[0-9a-f]+ \S+ EL(?P<el>\d)")
+_GPA = re.compile(r"^gpa: (?P<pa>0x[0-9a-f]+)\s*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,16 @@ class VcpuState:
     pc: int
     el: int | None
     symbol: str | None
+    # For a hyp VA: the kernel-image address the symbol was found at, and
+    # how ("gva2gpa": QEMU's walk of the vCPU's EL2 page tables; "layout").
+    image: int | None = None
+    via: str | None = None
+
+    @property
+    def at_hyp_va(self) -> bool:
+        """At EL2 on an address that is no kernel VA: the nVHE/hVHE
+        hypervisor's (a VHE kernel runs at EL2 on kernel VAs)."""
+        return self.el == 2 and not is_kernel_va(self.pc)
 
     def describe(self) -> str:
         where = f" {self.symbol}" if self.symbol else ""
@@ -53,7 +71,10 @@ class VcpuState:
         return f"cpu{self.index}{el} pc={self.pc:#x}{where}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"cpu": self.index, "pc": hex(self.pc), "el": self.el, "symbol": self.symbol}
+        out: dict[str, Any] = {"cpu": self.index, "pc": hex(self.pc), "el": self.el, "symbol": self.symbol}
+        if self.image is not None:
+            out["image"], out["via"] = hex(self.image), self.via
+        return out
 
 
 def parse_registers(text: str, symbolize: Symbolize | None = None) -> list[VcpuState]:
@@ -69,6 +90,46 @@ def parse_registers(text: str, symbolize: Symbolize | None = None) -> list[VcpuS
         pc = int(pc_m["pc"], 16)
         el = int(el_m["el"]) if el_m else None
         out.append(VcpuState(int(head["index"]), pc, el, symbolize(pc) if symbolize else None))
+    return out
+
+
+def parse_gpa(text: str | None) -> int | None:
+    """HMP `gva2gpa`: `gpa: 0x406f5088`, or `Unmapped`."""
+    m = _GPA.search(text or "")
+    return int(m["pa"], 16) if m else None
+
+
+def symbolise_el2(vcpus: list[VcpuState], table: SymbolTable, hmp: Hmp | None) -> list[VcpuState]:
+    """Name the hyp function each vCPU at a hyp VA runs: `__kvm_nvhe_...`.
+
+    Exact, when QEMU can say: `gva2gpa PC` on that vCPU walks its current
+    (EL2) regime's page tables to the PA, and `gva2gpa _text` on a vCPU at
+    EL1 gives the image's PA; the image is physically contiguous, so the
+    PC's image address is `_text + (PA - PA(_text))`. Otherwise (every vCPU
+    in the hypervisor, or QMP silent) from the hyp VA layout alone
+    (SymbolTable.hyp_image_address)."""
+    if not any(v.at_hyp_va for v in vcpus):
+        return vcpus
+    text = table.address("_text")
+    text_pa = None
+    el1 = next((v for v in vcpus if v.el == 1), None)
+    if hmp is not None and text is not None and el1 is not None:
+        text_pa = parse_gpa(hmp(f"gva2gpa {text:#x}", el1.index))
+    out = []
+    for v in vcpus:
+        if not v.at_hyp_va:
+            out.append(v)
+            continue
+        image, via = None, None
+        if hmp is not None and text is not None and text_pa is not None:
+            pa = parse_gpa(hmp(f"gva2gpa {v.pc:#x}", v.index))
+            if pa is not None:
+                image, via = text + pa - text_pa, "gva2gpa"
+        if image is None:
+            image = table.hyp_image_address(v.pc)
+            via = "layout" if image is not None else None
+        symbol = table.lookup(image) if image is not None else None
+        out.append(replace(v, symbol=symbol, image=image, via=via))
     return out
 
 
@@ -160,13 +221,25 @@ class Evidence:
         self.machine = machine
         self.console_log = console_log
         self.symbolize = symbolize
+        # The table behind `symbolize` (a bound SymbolTable.lookup, as the
+        # pipeline passes), for hyp VAs.
+        owner = getattr(symbolize, "__self__", None)
+        self.symbols = owner if isinstance(owner, SymbolTable) else None
+
+    def hmp(self, command: str, cpu: int) -> str | None:
+        try:
+            out = self.machine.command("human-monitor-command", **{"command-line": command, "cpu-index": cpu})
+        except Exception:
+            return None
+        return str(out)
 
     def vcpus(self) -> list[VcpuState]:
         try:
             text = self.machine.command("human-monitor-command", **{"command-line": "info registers -a"})
         except Exception:  # QMP gone: the caller reports what it has
             return []
-        return parse_registers(str(text), self.symbolize)
+        vcpus = parse_registers(str(text), self.symbolize)
+        return symbolise_el2(vcpus, self.symbols, self.hmp) if self.symbols is not None else vcpus
 
     def status(self) -> str:
         try:
