@@ -288,6 +288,15 @@ def cmd_report(args: argparse.Namespace, reg: Registry) -> int:
     return ExitCode.OK
 
 
+def cmd_kcidb(args: argparse.Namespace, reg: Registry) -> int:
+    from harness.export.kcidb import write_kcidb
+
+    output = Path(args.output) if args.output else None
+    options.writable_file(output or Path(args.dir) / "kcidb.json")
+    print(write_kcidb(Path(args.dir), output, args.origin, args.artifact_url, reg))
+    return ExitCode.OK
+
+
 def cmd_merge(args: argparse.Namespace, reg: Registry) -> int:
     from harness.report.merge import merge_into
 
@@ -553,6 +562,22 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("dirs", nargs="+", metavar="DIR", help="DIR, or BEFORE AFTER")
     rp.add_argument("--output", help="default: report.html in the (last) results directory")
     rp.set_defaults(func=cmd_report)
+
+    kc = command(
+        "kcidb",
+        "KCIDB I/O JSON of a results directory or a series check (kcidb-io's latest schema, validated)",
+        "kcidb out/r1",
+        "kcidb out/check --origin my_lab --artifact-url https://lab.example/out/check",
+    )
+    from harness.export.kcidb import DEFAULT_ORIGIN, origin_name
+
+    kc.add_argument("dir", metavar="DIR", help="a run's results directory, or a series check's output")
+    kc.add_argument(
+        "--origin", type=origin_name, default=DEFAULT_ORIGIN, help=f"the submitter (default {DEFAULT_ORIGIN})"
+    )
+    kc.add_argument("--artifact-url", type=options.url, help="where DIR is published (default: file:// URLs)")
+    kc.add_argument("--output", help="default: kcidb.json in DIR")
+    kc.set_defaults(func=cmd_kcidb)
 
     mg = command(
         "merge",

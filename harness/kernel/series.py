@@ -75,6 +75,7 @@ class PatchSeries:
     patches: tuple[Patch, ...]
     cover_subject: str | None = None  # the cover letter ([PATCH 0/N]), never applied
     cover_body: str | None = None
+    cover_message_id: str | None = None  # without the <>: a reply to the series threads under it
     base_commit: str | None = None  # a "base-commit:" trailer (git format-patch --base)
     version: int | None = None  # N of "[PATCH vN ...]" when the subjects give one
     total: int | None = None  # the whole series' length, for a prefix of it
@@ -472,6 +473,7 @@ def load_series(spec: SeriesSpec) -> PatchSeries:
         tuple(m.as_patch(i) for i, m in enumerate(patches, start=1)),
         cover_subject=cover.subject if cover else None,
         cover_body=(cover.body.strip() or None) if cover else None,
+        cover_message_id=cover.message_id if cover else None,
         base_commit=_base_commit([cover, *patches] if cover else patches),
         version=next((m.version for m in patches if m.version is not None), None),
     )

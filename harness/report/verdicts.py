@@ -202,3 +202,33 @@ AVOCADO: dict[Verdict, str] = {
 
 # The CSS class of a verdict in the HTML report (its stylesheet styles these).
 HTML_CLASS: dict[Verdict, str] = {v: str(v) for v in Verdict}
+
+# KCIDB's test and build statuses (kcidb-io's schema: FAIL, ERROR, MISS,
+# PASS, DONE, SKIP) describe the tested code, and KCIDB records a known
+# failure as an issue with incidents, not as a status. So a declared known
+# gap or known failure that failed (XFAIL) is a FAIL with an incident of
+# its known issue present, and one that passed (XPASS) is a PASS with that
+# incident absent: the stale list is the target's to fix, not the kernel's
+# failure. The harness's ERROR (its own code, its input or its
+# infrastructure failed; the kernel's status unknown) is KCIDB's ERROR; a
+# cell the run never reached is a MISS. Metrics are DONE (harness.export.kcidb).
+KCIDB: dict[Verdict, str] = {
+    Verdict.PASS: "PASS",
+    Verdict.FAIL: "FAIL",
+    Verdict.ERROR: "ERROR",
+    Verdict.SKIP: "SKIP",
+    Verdict.XFAIL: "FAIL",
+    Verdict.XPASS: "PASS",
+    Verdict.NOT_RUN: "MISS",
+}
+
+# Whether a verdict says its known issue (the declared gap or failure) was
+# present (True) or absent (False); None: no known issue is involved.
+KCIDB_KNOWN_ISSUE_PRESENT: dict[Verdict, bool | None] = {v: None for v in Verdict} | {
+    Verdict.XFAIL: True,
+    Verdict.XPASS: False,
+}
+
+# Which layer a failure's issue blames (KCIDB's issue `culprit`): the
+# kernel for a FAIL, the harness for an ERROR.
+KCIDB_CULPRIT: dict[Verdict, str] = {Verdict.FAIL: "code", Verdict.XFAIL: "code", Verdict.ERROR: "harness"}

@@ -32,6 +32,7 @@ from harness.kernel import build_kernel
 from harness.kernel.series import PatchSeries, load_series
 from harness.report import RunResult, ScenarioResult, Verdict, verdicts
 from harness.report.writers import atomic_write
+from harness.series.check import thread_info
 
 _ADDRESS = re.compile(r"0x[0-9a-f]+|\b[0-9a-f]{8,16}\b")
 
@@ -93,6 +94,7 @@ class BisectReport:
             "first_bad": patch(self.first_bad) if self.first_bad else None,
             "candidates": [patch(k) for k in self.candidates],
             "fails_differently": self.fails_differently,
+            "thread": thread_info(series),
             "counts": {
                 "builds": self.builds,
                 "boots": self.boots(),

@@ -87,6 +87,7 @@ class SeriesReport:
     description: str | None
     patches: tuple[PatchReport, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    thread: dict[str, Any] = field(default_factory=dict)  # what a reply threads under (thread_info)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -94,6 +95,7 @@ class SeriesReport:
             "target": self.target,
             "base": self.base,
             "description": self.description,
+            "thread": self.thread,
             "notes": list(self.notes),
             "exit_code": int(self.exit_code),
             "patches": [p.to_json() for p in self.patches],
@@ -189,6 +191,7 @@ def check_series(target: Target, output: Path, options: CheckOptions) -> SeriesR
         target=target.name,
         base=_base_info(base, series, target.source),
         description=series.cover_subject,
+        thread=thread_info(series),
     )
     if base.warnings is None:
         report = replace(report, notes=(*report.notes, "the base's warnings were not recorded"))
@@ -262,9 +265,27 @@ def check_series(target: Target, output: Path, options: CheckOptions) -> SeriesR
     return report
 
 
+def thread_info(series: PatchSeries) -> dict[str, Any]:
+    """What a reply to the series needs: the cover letter's (or patch 1's)
+    Message-ID and subject, the version and the length of the series."""
+    first = series.patches[0] if series.patches else None
+    return {
+        "cover_message_id": series.cover_message_id,
+        "cover_subject": series.cover_subject,
+        "first_message_id": first.message_id if first else None,
+        "first_subject": first.subject if first else None,
+        "version": series.version,
+        "total": series.total or len(series.patches),
+    }
+
+
 def _base_info(base: KernelBuild, series: PatchSeries, source: SourceSpec) -> dict[str, Any]:
     info: dict[str, Any] = {
         "kernel_version": base.version,
+        "source": source.describe(),
+        "config_sha256": base.metadata.get("config_sha256"),
+        "fragments": base.metadata.get("fragments"),
+        "toolchain": base.metadata.get("toolchain"),
         "commit": base.metadata.get("commit"),
         "build_seconds": base.metadata.get("build_seconds"),
         "cached": base.cached,
