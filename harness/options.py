@@ -89,15 +89,23 @@ class Parser(argparse.ArgumentParser):
 
 
 def writable_dir(path: Path, option: str = "--output") -> None:
-    """`path` is (or can be made) a directory this process writes in."""
+    """`path` is (or can be made) a directory this process writes in; it is
+    not made here (the command makes it when it writes)."""
     why = paths.unwritable(path)
     if why is not None:
         raise HarnessError(f"{option} {path}: cannot write there: {why}")
 
 
 def writable_file(path: Path, option: str = "--output") -> None:
-    """`path` names a file (not a directory) in a directory this process writes in."""
+    """`path` names a file (not a directory) in a directory this process
+    writes in; that directory is made if missing (the command writes the
+    file there next)."""
     why = "Is a directory" if path.is_dir() else paths.unwritable(path.parent)
+    if why is None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
     if why is not None:
         raise HarnessError(f"{option} {path}: cannot write there: {why}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import sysconfig
+import tempfile
 from pathlib import Path
 
 from harness.errors import ConfigError
@@ -55,15 +56,14 @@ def cache_root() -> Path:
 
 
 def unwritable(directory: Path) -> str | None:
-    """Why this process cannot write in `directory` (made if missing); None if it can."""
+    """Why this process could not write in `directory` (making it, and its
+    missing parents, as needed); None if it could. Nothing is left behind:
+    the probe is a directory made and removed in the deepest one that exists."""
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is a file, not a directory"
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except (FileExistsError, NotADirectoryError):
-        file = next((p for p in (directory, *directory.parents) if p.exists() and not p.is_dir()), directory)
-        return f"{file} is a file, not a directory"
+        os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=existing))
     except OSError as exc:
         return exc.strerror or str(exc)
     return None

@@ -519,3 +519,12 @@ def test_help_names_the_exit_codes_the_defaults_and_has_examples(capsys: pytest.
             sub = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction)).choices[word]
         silent = [a.option_strings or [a.dest] for a in sub._actions if not a.help]
         assert silent == [], (argv, silent)
+
+
+def test_a_bad_input_leaves_no_output_directory_behind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "new" / "out"
+    assert _main(["run", "--output", str(out), "nosuch-scenario"]) == 2
+    assert "unknown scenario 'nosuch-scenario'" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
