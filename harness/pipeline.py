@@ -34,7 +34,7 @@ from harness.scenario import capabilities
 from harness.scenario.capabilities import CONFIG_TOKENS, KSELFTEST_CAP
 from harness.scenario.cells import Boot, BootCells, ProfileCells
 from harness.scenario.runner import GuestControl, ScenarioContext
-from harness.session.guest import Guest, booted_guest
+from harness.session.guest import booted_guest
 from harness.session.liveness import LivenessPolicy
 
 
@@ -155,18 +155,6 @@ class _ProfileRun:
         # Per target: a matrix runs several targets on the same profiles.
         return self.request.output / "boots" / self.request.target.name / self._boot_name(n)
 
-    def _ctx(self, n: int, console_log: str | None, caps: frozenset[str], first: bool) -> ScenarioContext:
-        return ScenarioContext(
-            target=self.request.target,
-            profile=self.profile,
-            capabilities=caps,
-            console_log=console_log,
-            reproducer=str(self._boot_dir(n) / "reproduce-boot.sh"),
-            faults_since=0 if first else None,
-            boot=f"{self.request.target.name}/{self._boot_name(n)}",
-            side=self.request.side,
-        )
-
     @contextlib.contextmanager
     def boot(self, n: int) -> Iterator[Boot]:
         t, run_dir = self.request.target.name, self._boot_dir(n)
@@ -181,30 +169,32 @@ class _ProfileRun:
             self.request.liveness,
             self.symbols.lookup,
         ) as guest:
-            outcome = guest.boot_outcome
-            assert outcome is not None
-            yield Boot(
-                id=f"{t}/{self._boot_name(n)}",
-                target=self.request.target,
-                profile=self.profile.name,
-                side=self.request.side,
-                dir=str(run_dir),
-                console_log=str(guest.console_log),
-                guest=guest,
-                outcome=outcome,
-                kill=lambda: kill_with_evidence(guest),
+            yield Boot.live(
+                f"{t}/{self._boot_name(n)}",
+                self.request.target,
+                self.profile,
+                self.request.side,
+                run_dir,
+                guest,
             )
 
     def cells(self, boot: Boot) -> BootCells:
-        n = self.engine.boots
-
         def probe(guest: GuestControl) -> frozenset[str]:
             return capabilities.probe(guest, self.artifacts.kernel, self.profile.features)
 
-        return BootCells(boot, probe, lambda caps, first: self._ctx(n, boot.console_log, caps, first))
+        return BootCells(boot, probe)
 
     def unbooted(self, scenario: Scenario) -> ScenarioContext:
-        return self._ctx(self.engine.boots, None, frozenset(), False)
+        """A cell whose boot would not start: named after that boot."""
+        n = self.engine.boots
+        return ScenarioContext(
+            target=self.request.target,
+            profile=self.profile,
+            capabilities=frozenset(),
+            reproducer=str(self._boot_dir(n) / "reproduce-boot.sh"),
+            boot=f"{self.request.target.name}/{self._boot_name(n)}",
+            side=self.request.side,
+        )
 
     def run(self) -> None:
         t = self.request.target.name
@@ -215,14 +205,6 @@ class _ProfileRun:
             )
         finally:
             self.engine.close()
-
-
-def kill_with_evidence(guest: Guest) -> dict[str, object]:
-    """A stuck cell's guest: its evidence while QEMU still runs, then QEMU
-    killed (which ends every wait on its sockets)."""
-    evidence: dict[str, object] = dict(guest.evidence.collect(None))
-    guest.machine.kill()
-    return evidence
 
 
 def _target_record(artifacts: Artifacts, side: str | None) -> TargetRecord:

@@ -374,7 +374,7 @@ def import_results(job_output: Path, output: Path, registry: Registry) -> RunRes
     boot = Boot(
         id=boot_id,
         target=target,
-        profile=profile.name,
+        profile=profile,
         side=None,
         dir=str(job_output),
         console_log=str(console_log),
@@ -446,7 +446,7 @@ class _OneBoot:
         def probe(guest: GuestControl) -> frozenset[str]:
             return frozenset(self._static_caps | guest_capabilities(guest))
 
-        return BootCells(boot, probe, self._ctx, run=_replay_scenario)
+        return BootCells(boot, probe, run=_replay_scenario)
 
     def unbooted(self, scenario: Scenario) -> ScenarioContext:
         return self._ctx(frozenset(), False)

@@ -413,44 +413,17 @@ class _SharedBoots:
 
     @contextlib.contextmanager
     def boot(self, n: int) -> Iterator[Boot]:
-        from harness.pipeline import kill_with_evidence
         from harness.scenario.cells import Boot
 
         with self.manager.booted(self.profile) as (boot_id, run_dir, guest):
-            outcome = guest.boot_outcome
-            assert outcome is not None
-            yield Boot(
-                id=boot_id,
-                target=self.manager.target(),
-                profile=self.profile.name,
-                side=None,
-                dir=str(run_dir),
-                console_log=str(guest.console_log),
-                guest=guest,
-                outcome=outcome,
-                kill=lambda: kill_with_evidence(guest),
-            )
+            yield Boot.live(boot_id, self.manager.target(), self.profile, None, run_dir, guest)
 
     def cells(self, boot: Boot) -> BootCells:
         from harness.scenario import capabilities
         from harness.scenario.cells import BootCells
 
-        kernel, profile = self.manager.artifacts().kernel, self.profile
-
-        def context(caps: frozenset[str], first_on_boot: bool) -> ScenarioContext:
-            return scenario_runner.ScenarioContext(
-                target=boot.target,
-                profile=profile,
-                capabilities=caps,
-                console_log=boot.console_log,
-                reproducer=str(Path(boot.dir) / "reproduce-boot.sh"),
-                # Faults during boot are the business of the first scenario
-                # that runs on it; later ones answer for their own window.
-                faults_since=0 if first_on_boot else None,
-                boot=boot.id,
-            )
-
-        return BootCells(boot, lambda guest: capabilities.probe(guest, kernel, profile.features), context)
+        kernel, features = self.manager.artifacts().kernel, self.profile.features
+        return BootCells(boot, lambda guest: capabilities.probe(guest, kernel, features))
 
     def unbooted(self, scenario: Scenario) -> ScenarioContext:
         return scenario_runner.ScenarioContext(self.manager.target(), self.profile, frozenset())

@@ -24,10 +24,11 @@ import os
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Protocol
 
 from harness import ui, watchdog
-from harness.config.models import Scenario, Target
+from harness.config.models import Profile, Scenario, Target
 from harness.errors import GuestFailure, HarnessError, MachineError
 from harness.report import verdicts
 from harness.report.results import BootRecord, ScenarioResult, Verdict
@@ -36,12 +37,9 @@ from harness.report.results import BootRecord, ScenarioResult, Verdict
 # replace running a scenario without a guest.
 from harness.scenario import capabilities, runner
 from harness.scenario.runner import GuestControl, ScenarioContext, scenario_result
-from harness.session.guest import BootOutcome
+from harness.session.guest import BootOutcome, Guest
 from harness.session.liveness import describe_vcpus
 
-# The context of a scenario on a boot, from its capabilities and whether it
-# is the first scenario to run there (boot-time faults are its business).
-ContextFactory = Callable[[frozenset[str], bool], ScenarioContext]
 # What the guest offers (the static claims and the guest's own answers).
 ProbeGuest = Callable[[GuestControl], frozenset[str]]
 RunScenario = Callable[[Scenario, GuestControl, ScenarioContext], ScenarioResult]
@@ -56,13 +54,55 @@ class Boot:
 
     id: str  # unique in the run, e.g. "mainline-7.3/smmuv3-nested-2"
     target: Target
-    profile: str
+    profile: Profile
     side: str | None
     dir: str
     console_log: str
     guest: GuestControl
     outcome: BootOutcome
     kill: Callable[[], dict[str, object]] | None = None
+    reproducer: str | None = None
+
+    @classmethod
+    def live(
+        cls, id: str, target: Target, profile: Profile, side: str | None, run_dir: Path, guest: Guest
+    ) -> Boot:
+        """A boot of QEMU (harness.session.guest.booted_guest) in `run_dir`."""
+        outcome = guest.boot_outcome
+        assert outcome is not None
+
+        def kill() -> dict[str, object]:
+            evidence: dict[str, object] = dict(guest.evidence.collect(None))
+            guest.machine.kill()
+            return evidence
+
+        return cls(
+            id=id,
+            target=target,
+            profile=profile,
+            side=side,
+            dir=str(run_dir),
+            console_log=str(guest.console_log),
+            guest=guest,
+            outcome=outcome,
+            kill=kill,
+            reproducer=str(run_dir / "reproduce-boot.sh"),
+        )
+
+    def context(self, caps: frozenset[str], first_on_boot: bool) -> ScenarioContext:
+        """A scenario's context on this boot. The first scenario to run on a
+        boot answers for the IOMMU faults since boot (faults_since 0);
+        later ones for their own window only."""
+        return ScenarioContext(
+            target=self.target,
+            profile=self.profile,
+            capabilities=caps,
+            console_log=self.console_log,
+            reproducer=self.reproducer,
+            faults_since=0 if first_on_boot else None,
+            boot=self.id,
+            side=self.side,
+        )
 
     def record(self) -> BootRecord:
         """The boot as results.json keeps it: the one place a BootRecord is made."""
@@ -70,7 +110,7 @@ class Boot:
             id=self.id,
             target=self.target.name,
             side=self.side,
-            profile=self.profile,
+            profile=self.profile.name,
             dir=self.dir,
             console_log=self.console_log,
             ready=self.outcome.ready,
@@ -84,12 +124,10 @@ class Boot:
 class BootCells:
     """The scenarios of one boot, run one at a time."""
 
-    def __init__(
-        self, boot: Boot, probe: ProbeGuest, context: ContextFactory, run: RunScenario | None = None
-    ) -> None:
+    def __init__(self, boot: Boot, probe: ProbeGuest, run: RunScenario | None = None) -> None:
         self.boot = boot
         self._probe = probe
-        self._context = context
+        self._context = boot.context
         self._run_scenario = run
         self._caps: frozenset[str] | None = None
         self._probe_error: str | None = None
@@ -178,7 +216,7 @@ class BootCells:
             return scenario_result(scenario, ctx, *unmet)
         self._first = False
         self.last_run = scenario.name
-        ui.info("scenario", f"{scenario.name} on {self.boot.profile} ...")
+        ui.info("scenario", f"{scenario.name} on {self.boot.profile.name} ...")
         try:
             run = self._run_scenario or runner.run_scenario
             return run(scenario, self.boot.guest, ctx)
