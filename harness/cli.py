@@ -324,8 +324,11 @@ def cmd_ci_generate(args: argparse.Namespace, reg: Registry) -> int:
 
 
 def cmd_series_check(args: argparse.Namespace, reg: Registry) -> int:
+    from harness.options import writable_file
     from harness.series.check import CheckOptions, check_series
 
+    if args.reply:
+        writable_file(Path(args.reply), "--reply")
     target = _target(args, reg)
     profiles = tuple(reg.profile(p) for p in (args.profile or ())) if args.boot else ()
     scenarios = tuple(reg.scenario(n) for n in (args.scenario or ["boot-health"]))
@@ -334,12 +337,18 @@ def cmd_series_check(args: argparse.Namespace, reg: Registry) -> int:
         options = replace(options, profiles=(reg.profile(DEFAULT_PROFILES[0]),))
     report = check_series(target, Path(args.output), options)
     print(f"({args.output}/series.json, {args.output}/junit.xml)")
+    if args.reply:
+        from harness.series.reply import write_reply
+
+        print(f"(reply: {write_reply('check', Path(args.output), Path(args.reply))})")
     return int(report.exit_code)
 
 
 def cmd_series_bisect(args: argparse.Namespace, reg: Registry) -> int:
     from harness.series.bisect import Bisector
 
+    if args.reply:
+        options.writable_file(Path(args.reply), "--reply")
     target = _target(args, reg)
     scenarios = tuple(reg.scenario(n) for n in args.scenarios)
     bisector = Bisector(target, reg.profile(args.profile), scenarios, Path(args.output), args.confirm)
@@ -349,6 +358,10 @@ def cmd_series_bisect(args: argparse.Namespace, reg: Registry) -> int:
     report = bisector.run()
     print(report.reason)
     print(f"({args.output}/bisect.json)")
+    if args.reply:
+        from harness.series.reply import write_reply
+
+        print(f"(reply: {write_reply('bisect', Path(args.output), Path(args.reply))})")
     return int(report.exit_code)
 
 
@@ -652,6 +665,9 @@ def parser() -> argparse.ArgumentParser:
     )
     ck.add_argument("--scenario", action="append", help="smoke set (repeatable; default boot-health)")
     ck.add_argument("--allow-warnings", action="store_true", help="new warnings are informational")
+    ck.add_argument(
+        "--reply", metavar="FILE", help="also write a reply mail to the series (for git send-email)"
+    )
     ck.add_argument("--warnings-level", metavar="N", help="make W=N (e.g. 1)")
     ck.add_argument(
         "--jobs", "-j", type=options.positive_int, default=None, help="make -j (default: all CPUs)"
@@ -678,6 +694,7 @@ def parser() -> argparse.ArgumentParser:
         default=1,
         help="re-runs of the answer and its parent (default 1)",
     )
+    bi.add_argument("--reply", metavar="FILE", help="also write a reply mail naming the first bad patch")
     bi.add_argument(
         "scenarios", nargs="+", metavar="SCENARIO", help="what must pass on the base and fail at the tip"
     )

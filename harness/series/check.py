@@ -189,7 +189,7 @@ def check_series(target: Target, output: Path, options: CheckOptions) -> SeriesR
     report = SeriesReport(
         series=series.spec.describe(),
         target=target.name,
-        base=_base_info(base, series, target.source),
+        base={**_base_info(base, series, target.source), "cli_args": target.cli_args()},
         description=series.cover_subject,
         thread=thread_info(series),
     )
