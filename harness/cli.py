@@ -15,7 +15,7 @@ from pathlib import Path
 from harness import __version__, options, paths, pipeline, ui
 from harness.config import Registry
 from harness.config.models import SeriesSpec, SourceSpec, Target
-from harness.errors import ConfigError, ExitCode, HarnessError, Interrupted
+from harness.errors import ConfigError, ExitCode, HarnessError, Interrupted, PatchError
 from harness.kernel import remote
 from harness.machine.qemu import install_signal_handlers
 from harness.report import Verdict, exit_code, verdicts
@@ -335,6 +335,12 @@ def cmd_series_check(args: argparse.Namespace, reg: Registry) -> int:
     options = CheckOptions(profiles, scenarios, args.allow_warnings, args.warnings_level, args.jobs)
     if args.boot and not profiles:
         options = replace(options, profiles=(reg.profile(DEFAULT_PROFILES[0]),))
+    from harness.kernel.build import check_applies
+
+    try:
+        check_applies(target)  # said before any build; the patches before it are still checked
+    except PatchError as exc:
+        ui.info("series", f"{exc}: checking the patches before it")
     report = check_series(target, Path(args.output), options)
     print(f"({args.output}/series.json, {args.output}/junit.xml)")
     if args.reply:

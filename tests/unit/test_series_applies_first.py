@@ -14,6 +14,7 @@ import harness.kernel.build
 import harness.machine.qemu
 import harness.pipeline
 import harness.series.bisect
+import harness.series.check
 from harness.cli import main
 
 STALE = """From 1111111111111111111111111111111111111111 Mon Sep 17 00:00:00 2001
@@ -60,7 +61,13 @@ def tiny_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     def started(*args: object, **kwargs: object) -> None:
         raise _WorkStarted
 
-    for module in (harness.kernel, harness.kernel.build, harness.pipeline, harness.series.bisect):
+    for module in (
+        harness.kernel,
+        harness.kernel.build,
+        harness.pipeline,
+        harness.series.bisect,
+        harness.series.check,
+    ):
         monkeypatch.setattr(module, "build_kernel", started)
     monkeypatch.setattr(harness.pipeline, "build_all", started)
     monkeypatch.setattr(harness.machine.qemu.QemuMachine, "launch", started)
@@ -115,3 +122,30 @@ def test_a_series_that_applies_goes_on_to_the_build(
                 "boot-health",
             ]
         )
+
+
+def test_series_check_says_which_patch_does_not_apply_before_any_build(
+    tmp_path: Path, tiny_target: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """series check still checks the patches before the one that does not
+    apply (its report is per patch), but says that one first."""
+    bad = tmp_path / "0001-stale.patch"
+    bad.write_text(STALE)
+    with pytest.raises(_WorkStarted):  # the base build, after the line
+        main(
+            [
+                "series",
+                "check",
+                "--target",
+                str(tiny_target),
+                "--series",
+                str(bad),
+                "--output",
+                str(tmp_path / "o"),
+            ]
+        )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        "[series] patch 1/1 'iommu: stale' (0001-stale.patch message 1)"
+        " does not apply: conflicts in drivers/iommu/foo.c: checking the patches before it"
+    ) in err
