@@ -225,11 +225,18 @@ class Evidence:
         # pipeline passes), for hyp VAs.
         owner = getattr(symbolize, "__self__", None)
         self.symbols = owner if isinstance(owner, SymbolTable) else None
+        self._hmp_failed = False
 
     def hmp(self, command: str, cpu: int) -> str | None:
+        """`command` on vCPU `cpu`; after one failure (QMP timed out or
+        refused), never again: the layout then names hyp VAs, without a
+        QMP timeout per vCPU and sample."""
+        if self._hmp_failed:
+            return None
         try:
             out = self.machine.command("human-monitor-command", **{"command-line": command, "cpu-index": cpu})
         except Exception:
+            self._hmp_failed = True
             return None
         return str(out)
 

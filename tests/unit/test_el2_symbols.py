@@ -156,3 +156,19 @@ def test_hang_evidence_names_the_hyp_function(table: SymbolTable, tmp_path: Path
     # A plain callable (no SymbolTable behind it) leaves hyp VAs unnamed.
     plain = Evidence(machine, tmp_path / "console.log", lambda a: table.lookup(a)).vcpus()
     assert plain[1].symbol is None
+
+
+class SilentOnGva2gpa(Machine):
+    def command(self, name: str, **args: Any) -> Any:
+        if args["command-line"].startswith("gva2gpa"):
+            self.calls.append(args)
+            raise TimeoutError("QMP did not answer within 10s")
+        return super().command(name, **args)
+
+
+def test_a_qmp_that_fails_gva2gpa_is_not_asked_again(table: SymbolTable, tmp_path: Path) -> None:
+    machine = SilentOnGva2gpa()
+    evidence = Evidence(machine, tmp_path / "console.log", table.lookup).collect(None, samples=3, gap_s=0)
+    assert [run[1]["via"] for run in evidence["vcpus"]] == ["layout"] * 3
+    assert [run[1]["symbol"] for run in evidence["vcpus"]] == [SPIN] * 3
+    assert sum(c["command-line"].startswith("gva2gpa") for c in machine.calls) == 1
