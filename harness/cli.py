@@ -50,6 +50,8 @@ environment:
   PKVM_HARNESS_CACHE  where kernels, images and sources are cached
                       (default ~/.cache/pkvm-harness)
   PKVM_HARNESS_DATA   a directory holding targets/, profiles/, scenarios/ ...
+  PKVM_HARNESS_SOURCES  the linux-source-*.tar.xz tarballs
+                      (default /var/cache/pkvm-harness/sources)
   PKVM_HARNESS_DEBUG  set to 1: a traceback with an internal error
 
 examples:

@@ -156,6 +156,7 @@ def check_args(args: argparse.Namespace) -> None:
         writable_file(Path(output))
     if uses_cache:
         paths.check_cache()
+        paths.source_dir()  # PKVM_HARNESS_SOURCES, if set, names a directory
 
 
 def check_series(upto: int | None, target: Target) -> None:

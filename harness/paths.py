@@ -81,5 +81,11 @@ def check_cache() -> None:
 
 
 def source_dir() -> Path:
-    """Kernel source tarballs installed by ci/setup-host.sh."""
-    return Path(os.environ.get("PKVM_HARNESS_SOURCES", "/var/cache/pkvm-harness/sources"))
+    """Kernel source tarballs installed by ci/setup-host.sh
+    ($PKVM_HARNESS_SOURCES, which must then name a directory)."""
+    env = os.environ.get("PKVM_HARNESS_SOURCES")
+    if env and not Path(env).is_dir():
+        raise ConfigError(
+            f"PKVM_HARNESS_SOURCES={env}: no such directory (one holding linux-source-*.tar.xz)"
+        )
+    return Path(env or "/var/cache/pkvm-harness/sources")

@@ -406,6 +406,7 @@ def no_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     cache.mkdir()
     monkeypatch.setenv("PKVM_HARNESS_CACHE", str(cache))
     monkeypatch.delenv("PKVM_HARNESS_DATA", raising=False)
+    monkeypatch.delenv("PKVM_HARNESS_SOURCES", raising=False)
     yield cache
     assert sorted(cache.iterdir()) == [], "a bad input reached the cache (a build or a fetch started)"
 
@@ -443,6 +444,12 @@ def test_bad_input_is_one_line_with_the_right_exit_code(
 
 
 ENV_CASES = [
+    (
+        "PKVM_HARNESS_SOURCES",
+        "/nonexistent/sources",
+        ["run", "--output", "OUT"],
+        ["PKVM_HARNESS_SOURCES=/nonexistent/sources: no such directory"],
+    ),
     (
         "PKVM_HARNESS_DATA",
         "/nonexistent/pkvm-data",
