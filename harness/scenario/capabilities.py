@@ -18,7 +18,7 @@ from pathlib import Path
 from harness.config.models import Scenario
 from harness.errors import GuestFailure, SessionError
 from harness.kernel import KernelBuild
-from harness.report import Verdict
+from harness.report.verdicts import Verdict
 from harness.scenario.claims import ANSWER, EXPECT, lost_capabilities
 from harness.scenario.runner import GuestControl, ScenarioContext
 
