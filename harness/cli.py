@@ -276,11 +276,11 @@ def cmd_run(args: argparse.Namespace, reg: Registry) -> int:
 def cmd_report(args: argparse.Namespace, reg: Registry) -> int:
     from harness.report.html import write_report
 
-    if len(args.dirs) > 2:
-        raise ConfigError("report: give one results directory, or two to compare (BEFORE AFTER)")
-    after = Path(args.dirs[-1])
-    before = Path(args.dirs[0]) if len(args.dirs) == 2 else None
-    out = write_report(after, before, Path(args.output) if args.output else None)
+    dirs = [Path(d) for d in args.dirs]
+    after = dirs[-1]
+    before = dirs[0] if len(dirs) >= 2 else None  # the first run against the last
+    history = dirs if len(dirs) >= 2 else []  # every metric across the runs, as charts
+    out = write_report(after, before, Path(args.output) if args.output else None, history)
     if before is not None:
         from harness.report import load_results
 
@@ -576,11 +576,13 @@ def parser() -> argparse.ArgumentParser:
 
     rp = command(
         "report",
-        "an HTML report of a results directory; of two: what changed",
+        "an HTML report of a results directory; of several: what changed (first -> last) and"
+        " each metric across them as a chart",
         "report out/r1",
         "report out/before out/after --output out/diff.html",
+        "report out/mon out/tue out/wed",
     )
-    rp.add_argument("dirs", nargs="+", metavar="DIR", help="DIR, or BEFORE AFTER")
+    rp.add_argument("dirs", nargs="+", metavar="DIR", help="DIR, or runs oldest first (BEFORE AFTER ...)")
     rp.add_argument("--output", help="default: report.html in the (last) results directory")
     rp.set_defaults(func=cmd_report)
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import html
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from harness.report.charts import section
 from harness.report.compare import Comparison, compare
 from harness.report.results import RunResult, ScenarioResult, Verdict, load_results
 from harness.report.verdicts import HTML_CLASS, RANK
@@ -25,6 +26,8 @@ table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25em .5em;te
 pre{background:#f6f6f6;padding:.5em;overflow-x:auto;font-size:12px}
 .summary span{display:inline-block;margin-right:1em;padding:.1em .5em}
 details{margin:.3em 0}
+.charts{display:flex;flex-wrap:wrap;gap:.8em}figure.metric{margin:0;width:270px;font-size:12px}
+figure.metric.changed{outline:2px solid #c62828}.changed{color:#c62828}
 """
 
 
@@ -201,11 +204,14 @@ def _comparison(c: Comparison, before: str, after: str) -> str:
     return "\n".join(parts)
 
 
-def render(run: RunResult, base: Path, other: RunResult | None = None, other_name: str = "") -> str:
+def render(
+    run: RunResult, base: Path, other: RunResult | None = None, other_name: str = "", charts: str = ""
+) -> str:
     title = "pkvm-harness report"
     body = [f"<h1>{title}</h1>", _summary(run), "<h2>Verdicts</h2>", _matrix(run.results)]
     if other is not None:
         body.append(_comparison(compare(other.results, run.results), other_name, str(base)))
+    body.append(charts)
     body.append("<h2>Results</h2>")
     body += [_result(r, base) for r in run.results if r.verdict != Verdict.PASS]
     body += [_result(r, base) for r in run.results if r.verdict == Verdict.PASS]
@@ -215,11 +221,15 @@ def render(run: RunResult, base: Path, other: RunResult | None = None, other_nam
     )
 
 
-def write_report(results_dir: Path, against: Path | None = None, output: Path | None = None) -> Path:
+def write_report(
+    results_dir: Path, against: Path | None = None, output: Path | None = None, history: Sequence[Path] = ()
+) -> Path:
     """report.html in `results_dir` (or `output`); with `against`, the
-    comparison of `against` (before) with `results_dir` (after)."""
+    comparison of `against` (before) with `results_dir` (after); with
+    `history` (every run, oldest first), each metric across them as a chart."""
     run = load_results(results_dir)
     other = load_results(against) if against is not None else None
     out = output or results_dir / "report.html"
-    out.write_text(render(run, out.parent, other, str(against) if against else ""))
+    charts = section([load_results(d) for d in history], [str(d) for d in history]) if history else ""
+    out.write_text(render(run, out.parent, other, str(against) if against else "", charts))
     return out

@@ -279,8 +279,17 @@ def series_reply(directory: Path) -> EmailMessage:
         warn = checks.get("warnings")
         boot_col, scen_col, run = _boot_columns(directory, p)
         apply = checks.get("apply")
-        rows.append([f"{p.number}/{total}", _mark(apply.verdict if apply else None), build_col,
-                     _mark(warn.verdict if warn else None), boot_col, scen_col, p.subject])  # fmt: skip
+        rows.append(
+            [
+                f"{p.number}/{total}",
+                _mark(apply.verdict if apply else None),
+                build_col,
+                _mark(warn.verdict if warn else None),
+                boot_col,
+                scen_col,
+                p.subject,
+            ]
+        )
         for c in p.checks:
             if c.verdict in (Verdict.FAIL, Verdict.ERROR):
                 failures.append(_failure(report, p, c.check, c.verdict, c.reason, run, total))
@@ -316,8 +325,15 @@ def series_reply(directory: Path) -> EmailMessage:
     return _message(subject, parent, authors, body)
 
 
-def _failure(report: SeriesReport, p: PatchReport, check: str, verdict: Verdict, reason: str,
-             run: RunResult | None, total: int) -> list[str]:  # fmt: skip
+def _failure(
+    report: SeriesReport,
+    p: PatchReport,
+    check: str,
+    verdict: Verdict,
+    reason: str,
+    run: RunResult | None,
+    total: int,
+) -> list[str]:
     out = wrap(f'Patch {p.number}/{total} "{p.subject}"')
     if p.message_id:
         out += wrap(f"Message-ID: <{p.message_id}>", "  ")
@@ -339,9 +355,11 @@ def _failure(report: SeriesReport, p: PatchReport, check: str, verdict: Verdict,
         lines = [reason]
         if cell is not None:
             events = [
-                str(t) for e in cell.events if e.get("severity") != "info"
+                str(t)
+                for e in cell.events
+                if e.get("severity") != "info"
                 for t in (e.get("symbolised") or e.get("trace") or [])
-            ][:_CONTEXT]  # fmt: skip
+            ][:_CONTEXT]
             lines = [f"{cell.scenario} [{cell.profile}]: {cell.reason}", *events]
         out += [ln for line in lines for ln in wrap(line, "    ", "      ")]
         scen = [cell.scenario] if cell else []

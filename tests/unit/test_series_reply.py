@@ -90,9 +90,11 @@ def test_a_series_without_cover_letter_threads_under_patch_1(
 ) -> None:
     out = build_break_check(tmp_path, monkeypatch)
     series = out / "series.json"
-    series.write_text(series.read_text().replace(f'"{COVER_ID}"', "null").replace(
-        '"cover_subject": "kernel: comments and a panic.c cleanup"', '"cover_subject": null'
-    ))  # fmt: skip
+    series.write_text(
+        series.read_text()
+        .replace(f'"{COVER_ID}"', "null")
+        .replace('"cover_subject": "kernel: comments and a panic.c cleanup"', '"cover_subject": null')
+    )
     msg = parse(reply.write_reply("check", out, tmp_path / "reply.eml"))
     assert msg["In-Reply-To"] == f"<{message_id(1)}>"
     assert msg["Subject"] == "Re: [PATCH v2 1/3] kernel: reboot: a comment (series-review test)"
