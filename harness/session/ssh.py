@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import select
 import time
 from collections.abc import Callable
@@ -127,7 +128,10 @@ class SshSession:
         setup_s = min(self.channel_timeout_s, timeout)
         try:
             if stuck("ssh-open-session"):
-                chan = transport.open_session()  # test only: the unbounded wait of issue #22
+                # Test only: the unbounded wait of issue #22. Not timeout=None:
+                # paramiko then takes the transport's channel_timeout, which
+                # connect() set to ours.
+                chan = transport.open_session(timeout=math.inf)
             else:
                 chan = transport.open_session(timeout=setup_s)
         except paramiko.ChannelException as exc:  # refused by the server
