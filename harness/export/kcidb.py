@@ -30,6 +30,7 @@ import argparse
 import hashlib
 import json
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,9 +137,14 @@ def _series_patches(spec: str | None, upto: int | None = None) -> list[bytes] | 
     return patches[:upto] if upto is not None else patches
 
 
-def _git_url(source: str) -> tuple[str | None, str | None]:
-    """(repository URL, commit) of a git source `git:URL@REF`; (None, None) otherwise."""
-    m = re.match(r"^git:(https://\S+?)(?:@(\S+))?$", source)
+def _git_origin(kernel: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(repository URL, commit) of a kernel built from `--source URL@REF`,
+    read from the build's own reproducer command; a tarball's checkout has
+    neither (the harness's commit of an unpacked tarball is not upstream's)."""
+    reproducer = kernel.get("reproducer") or {}
+    argv = shlex.split(str(reproducer.get("harness", ""))) if isinstance(reproducer, dict) else []
+    source = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--source"), "")
+    m = re.match(r"^(https://\S+?)(?:@(\S+))?$", source)
     if not m:
         return None, None
     rev = m.group(2)
@@ -237,7 +243,7 @@ class Exporter:
         cid = self.oid(key)
         source = str(kernel.get("source", ""))
         checkout: dict[str, Any] = {"id": cid, "origin": self.origin, "tree_name": tree}
-        url, commit = _git_url(source)
+        url, commit = _git_origin(kernel)
         if url:
             checkout["git_repository_url"] = url
         if commit:

@@ -188,3 +188,19 @@ def test_a_directory_without_results_is_a_one_line_error(
 ) -> None:
     assert main(["kcidb", str(tmp_path)]) == 2
     assert "holds neither results.json nor series.json" in capsys.readouterr().err
+
+
+def test_a_kernel_from_a_git_url_names_its_repository_and_commit(tmp_path: Path) -> None:
+    run = _copy(MAINLINE, tmp_path / "git")
+    data = json.loads((run / "results.json").read_text())
+    url, commit = "https://git.kernel.org/pub/scm/linux/kernel/git/torvalds/linux.git", "ab" * 20
+    harness = data["targets"][0]["kernel"]["reproducer"]["harness"]
+    data["targets"][0]["kernel"]["reproducer"]["harness"] = harness.replace(
+        " --toolchain", f" --source {url}@{commit} --toolchain"
+    )
+    (run / "results.json").write_text(json.dumps(data))
+    (checkout,) = _kcidb(run)["checkouts"]
+    assert (checkout["git_repository_url"], checkout["git_commit_hash"]) == (url, commit)
+    (checkout,) = _kcidb(_copy(MAINLINE, tmp_path / "tarball"))["checkouts"]
+    assert "git_commit_hash" not in checkout  # the harness's commit of a tarball is not upstream's
+    assert checkout["misc"]["source"].startswith("tarball:linux-source-7.3.tar.xz@sha256:")
