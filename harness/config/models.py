@@ -151,6 +151,19 @@ class KselftestRun:
 
 
 @dataclass(frozen=True)
+class DmaFuzzRun:
+    """`edu-dma fuzz` runs judged by the host model (harness/scenario/
+    dma_fuzz.py): one run per seed, each of `length` operations, through
+    one VFIO backend."""
+
+    seeds: tuple[int, ...]
+    length: int = 40
+    backend: Literal["type1", "iommufd"] = "type1"
+    # Guest runs the minimizer may spend on a failing sequence.
+    minimize_budget: int = 40
+
+
+@dataclass(frozen=True)
 class KnownFailure:
     """A selftest case that fails for a reason outside the kernel under test
     (pKVM's restrictions on normal VMs, TCG limits), scoped to targets (and
@@ -223,6 +236,7 @@ class Step:
     # console showed, in guest time (no wait when there was none).
     fault_report_window_s: float | None = None
     kselftest: KselftestRun | None = None
+    dma_fuzz: DmaFuzzRun | None = None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from harness import paths
 from harness.config import schemas
 from harness.config.models import (
+    DmaFuzzRun,
     EventExpectation,
     KnownFailure,
     KnownGap,
@@ -118,7 +119,9 @@ def _step(raw: dict[str, Any]) -> Step:
     has_run = "run" in raw
     # A step that only checks events looks at the whole boot by default; a
     # step that does something (a command, a QMP action) at what it caused.
-    acts = has_run or "qmp" in raw or "kselftest" in raw or "fault_report_window_s" in raw
+    acts = (
+        has_run or "qmp" in raw or "kselftest" in raw or "fault_report_window_s" in raw or "dma_fuzz" in raw
+    )
     return Step(
         name=raw["name"],
         requires=frozenset(raw.get("requires", ())),
@@ -143,6 +146,16 @@ def _step(raw: dict[str, Any]) -> Step:
         essential=bool(raw.get("essential", False)),
         fault_report_window_s=raw.get("fault_report_window_s"),
         kselftest=_kselftest(raw["kselftest"]) if "kselftest" in raw else None,
+        dma_fuzz=_dma_fuzz(raw["dma_fuzz"]) if "dma_fuzz" in raw else None,
+    )
+
+
+def _dma_fuzz(raw: dict[str, Any]) -> DmaFuzzRun:
+    return DmaFuzzRun(
+        seeds=tuple(int(s) for s in raw["seeds"]),
+        length=int(raw.get("length", 40)),
+        backend=raw.get("backend", "type1"),
+        minimize_budget=int(raw.get("minimize_budget", 40)),
     )
 
 
@@ -185,7 +198,15 @@ def _check_event_names(doc: LoadedYaml) -> None:
 
 
 # A step does at least one of these; one with none would pass having checked nothing.
-_STEP_ACTIONS = ("run", "qmp", "kselftest", "expect_events", "forbid_events", "fault_report_window_s")
+_STEP_ACTIONS = (
+    "run",
+    "qmp",
+    "kselftest",
+    "expect_events",
+    "forbid_events",
+    "fault_report_window_s",
+    "dma_fuzz",
+)
 
 
 def _check_steps_act(doc: LoadedYaml) -> None:

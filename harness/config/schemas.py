@@ -117,6 +117,17 @@ STEP: dict[str, Any] = {
         "fault_report_window_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 60},
         "hang_probe_s": _TIMEOUT,
         "hang_timeout_s": _TIMEOUT,
+        "dma_fuzz": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["seeds"],
+            "properties": {
+                "seeds": {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}},
+                "length": {"type": "integer", "minimum": 1, "maximum": 512},
+                "backend": {"enum": ["type1", "iommufd"]},
+                "minimize_budget": {"type": "integer", "minimum": 0, "maximum": 500},
+            },
+        },
         "kselftest": {
             "type": "object",
             "additionalProperties": False,

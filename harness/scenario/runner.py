@@ -30,7 +30,7 @@ from harness.logwatch.decoders import describe_fault
 from harness.logwatch.signatures import GROUPS, expand
 from harness.report import results as contract
 from harness.report.results import CaseResult, ScenarioResult, StepResult, Verdict
-from harness.scenario import kselftest, ktap
+from harness.scenario import dma_fuzz, kselftest, ktap
 from harness.scenario import variables as V
 from harness.scenario.claims import lost_capabilities
 from harness.session.base import Completed
@@ -308,6 +308,13 @@ def _run_step(
             command, result = _run_kselftests(step, step.kselftest, guest, state, ctx)
         elif step.fault_report_window_s is not None:
             command, result = _wait_fault_report_window(step, step.fault_report_window_s, guest)
+        elif step.dma_fuzz is not None:
+            fuzz = dma_fuzz.run_step(step, step.dma_fuzz, guest, state.variables, ctx.console_log)
+            command, result = fuzz.command, fuzz.result
+            state.claims += [(e, dict(state.variables)) for e in fuzz.claims]
+            dma_fuzz.merge_evidence(state.evidence, fuzz.evidence)
+            if fuzz.reason is not None:
+                raise _StepFailed(fuzz.reason)
         elif step.run is not None:
             command = V.substitute(step.run, state.variables)
             result = guest.run(

@@ -63,12 +63,15 @@ static struct options {
 	unsigned long dma_every;
 	bool wo_read_allowed; /* perm: this IOMMU maps write-only as read-write */
 	const char *peer;     /* isolation: the other edu */
+	const char *fuzz_ops; /* fuzz: run this sequence (--ops) */
+	unsigned long fuzz_length; /* fuzz: generate this many operations */
 } opt = {
 	.backend = BACKEND_TYPE1,
 	.seed = 0x5eed,
 	.size = EDU_BUF_SIZE,
 	.iterations = 2000,
 	.dma_every = 200,
+	.fuzz_length = 40,
 };
 
 /* ------------------------------------------------------------------ */
@@ -154,6 +157,7 @@ enum pattern_tag {
 	TAG_AUX,      /* helper buffer contents */
 	TAG_P1, TAG_P2, TAG_P3, TAG_Q,
 	TAG_STRESS,
+	TAG_FUZZ,
 };
 
 static uint64_t splitmix64(uint64_t *state)
@@ -1631,6 +1635,7 @@ static void usage(FILE *f)
 		"  perm [--iova X] [--size N] [--wo-read blocked|allowed]\n"
 		"  isolation --peer BDF [--iova X] [--size N]\n"
 		"  identity --bdf BDF [--size N]   (no VFIO: identity domain, physical addresses)\n"
+		"  fuzz [--length N] [--ops 'map:IOVA:LEN:POOL:r|w|rw;unmap:IOVA:LEN;dw:IOVA:LEN:KEY;dr:IOVA:LEN']\n"
 		"exit: 0 all ok, 1 a test failed, 2 bail out\n");
 }
 
@@ -1644,6 +1649,8 @@ static __attribute__((noreturn, format(printf, 1, 2))) void usage_error(const ch
 	usage(stderr);
 	exit(2);
 }
+
+#include "fuzz.h"
 
 static uint64_t parse_u64(const char *opt_name, const char *s)
 {
@@ -1739,6 +1746,12 @@ static void parse_args(int argc, char **argv)
 			opt.iterations = parse_u64(name, val);
 		} else if (!strcmp(name, "--dma-every")) {
 			opt.dma_every = parse_u64(name, val);
+		} else if (!strcmp(name, "--ops")) {
+			opt.fuzz_ops = val;
+		} else if (!strcmp(name, "--length")) {
+			opt.fuzz_length = parse_u64(name, val);
+			if (!opt.fuzz_length || opt.fuzz_length > FZ_MAX_OPS)
+				usage_error("--length: %lu not in 1..%d", opt.fuzz_length, FZ_MAX_OPS);
 		} else if (!strcmp(name, "--peer")) {
 			opt.peer = val;
 		} else if (!strcmp(name, "--wo-read")) {
@@ -1802,6 +1815,7 @@ static const struct command commands[] = {
 	{ "perm", cmd_perm, plan_five, NULL, false },
 	{ "isolation", cmd_isolation, plan_four, NULL, false },
 	{ "identity", cmd_identity, plan_three, NULL, true },
+	{ "fuzz", cmd_fuzz, plan_one, NULL, false },
 	{ "map-stress", cmd_map_stress, plan_two,
 	  "0x100000,0x1ff000,0x400000,0x1fff000,0x40000000,high", false },
 };

@@ -1,0 +1,186 @@
+"""The DMA fuzzer's model (harness/scenario/dma_model.py) against outcomes
+recorded from `edu-dma fuzz` on mainline 7.3 (tests/data/dma-fuzz/: the
+helper's output and the console of the same boot), as recorded and with one
+outcome changed to what a broken kernel would have shown."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from harness.logwatch import Event
+from harness.logwatch.watcher import parse_log
+from harness.scenario import dma_model as M
+
+DATA = Path(__file__).parent.parent / "data" / "dma-fuzz"
+# Stage-1 LPAE (the SMMU's VFIO domains) cannot express write-only.
+WO_READS = {"smmuv3-nested": True, "virtio-iommu": False}
+
+
+def recorded(profile: str) -> tuple[str, list[Event]]:
+    output = (DATA / f"7.3-{profile}-type1-seed1.ktap").read_text()
+    run = M.parse(output)
+    assert run.uptime is not None and run.end_uptime is not None
+    events = [
+        e
+        for e in parse_log((DATA / f"7.3-{profile}-console.log").read_text())
+        if e.timestamp is not None and run.uptime <= e.timestamp <= run.end_uptime + 1
+    ]
+    return output, events
+
+
+def judge(output: str, events: list[Event], profile: str) -> M.Verdict:
+    return M.judge(M.parse(output), events, [], WO_READS[profile])
+
+
+def edit_op(output: str, k: int, key: str, value: str) -> str:
+    """The output with operation k's `key=` replaced."""
+    lines = output.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(f"# op {k} "):
+            new, n = re.subn(rf"\b{key}=\S+", f"{key}={value}", line)
+            assert n == 1, line
+            lines[i] = new
+            return "\n".join(lines) + "\n"
+    raise AssertionError(f"no op {k}")
+
+
+@pytest.mark.parametrize("profile", sorted(WO_READS))
+def test_recorded_run_matches_the_model(profile: str) -> None:
+    output, events = recorded(profile)
+    run = M.parse(output)
+    v = judge(output, events, profile)
+    assert v.mismatch is None, v.mismatch
+    # the run did exercise what the model predicts: data, refusals, faults
+    kinds = {o.op.kind for o in run.ops}
+    assert kinds == {"map", "unmap", "dw", "dr"}
+    assert any(o.ret == -M.EEXIST for o in run.ops)
+    assert any(o.landed for o in run.ops) and any(o.op.kind == "dw" and not o.landed for o in run.ops)
+    assert {f.kind for f in v.faults} == {"unmapped", "permission"}
+    assert len(events) >= M.RATELIMIT_BURST
+
+
+@pytest.mark.parametrize("profile", sorted(WO_READS))
+def test_a_missed_fault_fails(profile: str) -> None:
+    output, events = recorded(profile)
+    first = judge(output, events, profile).faults[0]
+    kept = [e for e in events if not first.matches(e)]
+    assert len(kept) < len(events)
+    v = judge(output, kept, profile)
+    assert v.mismatch is not None
+    assert v.mismatch.kind == "missed-fault"
+    assert v.mismatch.index == first.index
+    assert "blocked but not reported" in v.mismatch.detail
+
+
+def test_missed_faults_are_not_judged_after_a_recent_report() -> None:
+    """The rate limit may still be spent: no missed-fault verdict then."""
+    output, events = recorded("smmuv3-nested")
+    run = M.parse(output)
+    assert run.uptime is not None
+    first = judge(output, events, "smmuv3-nested").faults[0]
+    recent = replace(events[0], timestamp=run.uptime - 1)
+    v = M.judge(run, [e for e in events if not first.matches(e)], [recent], True)
+    assert v.mismatch is None
+
+
+def test_an_unexpected_fault_fails() -> None:
+    output, events = recorded("smmuv3-nested")
+    mapped = 0x20016B41  # op 10 read it through a live mapping
+    fake = replace(events[0], fields={**events[0].fields, "address": hex(mapped)})
+    v = judge(output, [*events, fake], "smmuv3-nested")
+    assert v.mismatch is not None and v.mismatch.kind == "unexpected-fault"
+    assert v.mismatch.index == 10
+
+
+def test_a_stale_translation_on_read_fails() -> None:
+    """Op 35 reads 0x20004fdb+44: the first page is mapped (op 33), the
+    second (0x20005000) was unmapped at op 13 after op 5 mapped it to pool
+    0x19000. Had the IOTLB kept that translation, the device would have got
+    pool 0x19000's bytes."""
+    output, events = recorded("smmuv3-nested")
+    run = M.parse(output)
+    before = M.replay(replace(run, ops=run.ops[:35]), True)
+    assert before.mismatch is None and before.model is not None
+    stale = M.fnv1a(bytes(before.model.pool[0x19000 : 0x19000 + 7]))
+    got = run.ops[35].got
+    edited = edit_op(output, 35, "got", f"{got[0]:08x},{stale:08x}")
+    v = judge(edited, events, "smmuv3-nested")
+    assert v.mismatch is not None and v.mismatch.kind == "stale-translation"
+    assert v.mismatch.index == 35
+    assert "unmapped at op 13" in v.mismatch.detail
+    assert "0x20004000+0x4000" not in v.mismatch.state  # op 13 removed it
+
+
+def test_a_write_through_a_read_only_mapping_fails() -> None:
+    """Op 14 writes 0x2002aa10+24 into op 2's read-only mapping (pool
+    0x1b000): nothing may land."""
+    output, events = recorded("virtio-iommu")
+    run = M.parse(output)
+    before = M.replay(replace(run, ops=run.ops[:14]), False)
+    assert before.model is not None
+    pool = bytes(before.model.pool)
+    new = bytearray(pool)
+    new[0x1BA10 : 0x1BA10 + 24] = M.pattern(run.ops[14].op.key, 24)
+    landed = ",".join(f"{o:#x}+{n}:{h:08x}" for o, n, h in M._runs(pool, bytes(new)))
+    v = judge(edit_op(output, 14, "landed", landed), events, "virtio-iommu")
+    assert v.mismatch is not None and v.mismatch.index == 14
+    assert v.mismatch.kind == "data"
+    assert v.mismatch.detail.startswith("permission-ignored: a write to 0x2002aa10+24 (permission)")
+
+
+def test_an_unmap_that_keeps_a_page_fails() -> None:
+    output, events = recorded("smmuv3-nested")
+    v = judge(edit_op(output, 4, "unmapped", "0x4000"), events, "smmuv3-nested")
+    assert v.mismatch is not None and (v.mismatch.index, v.mismatch.kind) == (4, "uapi")
+    assert "the model expects 0 (unmapped 0x5000)" in v.mismatch.detail
+
+
+def test_uapi_rules() -> None:
+    pg = 4096
+    for backend in ("type1", "iommufd"):
+        m = M.Model(backend, pg, bytes(16 * pg), False)
+        assert m.map(M.Op("map", 0x10000, 2 * pg, 0, "rw"), 0) == 0
+        assert m.map(M.Op("map", 0x11000, pg, 0, "r"), 1) == -M.EEXIST
+        assert m.map(M.Op("map", 0x20000, pg, 0, "w"), 2) == 0
+        # a span bisecting the first mapping
+        got = m.unmap(M.Op("unmap", 0x11000, 0x10000), 3)
+        if backend == "type1":
+            assert got == (-M.EINVAL, 0)
+            assert len(m.maps) == 2
+        else:  # stops at the first (partial) area: nothing removed here
+            assert got == (-M.ENOENT, 0)
+        # a span with holes around the second one
+        assert m.unmap(M.Op("unmap", 0x1F000, 3 * pg), 4) == (0, pg)
+        nothing = (0, 0) if backend == "type1" else (-M.ENOENT, 0)
+        assert m.unmap(M.Op("unmap", 0x1F000, 3 * pg), 5) == nothing
+    # iommufd removes whole areas in order until a partial one
+    m = M.Model("iommufd", pg, bytes(16 * pg), False)
+    m.map(M.Op("map", 0x10000, pg, 0, "rw"), 0)
+    m.map(M.Op("map", 0x12000, 2 * pg, 0, "rw"), 1)
+    assert m.unmap(M.Op("unmap", 0x10000, 3 * pg), 2) == (-M.ENOENT, 0)
+    assert [x.iova for x in m.maps] == [0x12000]
+
+
+def test_ddmin_finds_the_two_operations_that_matter() -> None:
+    ops = [M.Op("dr", 0x1000 * i, 4) for i in range(20)]
+    calls = []
+
+    def fails(cand: Sequence[M.Op]) -> bool:
+        calls.append(len(cand))
+        return ops[3] in cand and ops[17] in cand
+
+    assert M.ddmin(ops, fails, budget=200) == [ops[3], ops[17]]
+    assert len(calls) < 60
+
+
+def test_replay_syntax_round_trips() -> None:
+    output, _ = recorded("virtio-iommu")
+    run = M.parse(output)
+    args = run.replay_args(o.op for o in run.ops[:3])
+    assert args.startswith("--bdf 0000:00:02.0 --backend type1 --seed 0x1 fuzz --ops '")
+    assert "map:0x20004000:0x5000:0x12000:rw;dr:0x20003ff4:29;" in args
