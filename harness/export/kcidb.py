@@ -217,7 +217,12 @@ class Exporter:
         absent for an XPASS), or the failure's signature (FAIL, ERROR)."""
         present = verdicts.KCIDB_KNOWN_ISSUE_PRESENT[verdict]
         if present is not None:
-            issue = self.issue(known_key, reason, verdicts.KCIDB_CULPRIT[Verdict.XFAIL], {"kind": "known"})
+            # The issue is the declaration (one per gap or listed case, whichever cell
+            # comes first); each incident carries its own cell's reason.
+            what = known_key.replace(".", " ", 1).replace("-", " ", 1)
+            issue = self.issue(
+                known_key, f"declared {what}", verdicts.KCIDB_CULPRIT[Verdict.XFAIL], {"kind": "known"}
+            )
             self.incident(issue, present, reason, test_id=test_id)
         elif verdict in (Verdict.FAIL, Verdict.ERROR):
             issue = self.issue(

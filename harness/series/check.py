@@ -10,6 +10,7 @@ on the terminal, in series.json and junit.xml as each patch finishes."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -222,7 +223,7 @@ def check_series(target: Target, output: Path, options: CheckOptions) -> SeriesR
                 CheckResult("kconfig", Verdict.PASS),
                 CheckResult("build", verdicts.failure_verdict(exc), str(exc).split(" (log: ")[0], seconds),
             ]
-            log = str(exc).rsplit("(log: ", 1)[-1].rstrip(")")
+            log = _keep_log(str(exc).rsplit("(log: ", 1)[-1].rstrip(")"), output / f"patch-{k:02d}-build.log")
         else:
             commit = str(build.metadata.get("commit") or "") or None
             log = str(build.build_log)
@@ -263,6 +264,16 @@ def check_series(target: Target, output: Path, options: CheckOptions) -> SeriesR
         report = replace(report, patches=(*report.patches, skipped))
     _write(report, output)
     return report
+
+
+def _keep_log(log: str, keep: Path) -> str:
+    """A failed build's log, copied out of the shared O= directory (the next
+    patch's build writes over it there); the original path if it cannot be."""
+    try:
+        shutil.copyfile(log, keep)
+    except OSError:
+        return log
+    return str(keep)
 
 
 def thread_info(series: PatchSeries) -> dict[str, Any]:

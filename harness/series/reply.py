@@ -27,7 +27,6 @@ from typing import Any
 from harness import __version__
 from harness.kernel import diagnostics
 from harness.report import ResultsError, RunResult, Verdict, load_results
-from harness.report.writers import atomic_write
 from harness.series.check import PatchReport, SeriesReport
 from harness.series.load import BisectFile, load_bisect, load_series_report
 
@@ -189,8 +188,12 @@ def _message(subject: str, parent: str | None, to: list[str], body: list[str]) -
 
 
 def write_message(msg: EmailMessage, path: Path) -> Path:
+    """The mail as bytes: a str generator would re-encode an 8bit UTF-8
+    body (gcc's quotes) as base64; written whole or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, msg.as_string(policy=POLICY))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(msg.as_bytes(policy=POLICY))
+    tmp.replace(path)
     return path
 
 
@@ -224,6 +227,17 @@ def first_error_lines(log: str | None) -> list[str]:
         if ln.startswith(("make", "  CC", "  LD", "  AR")) or not ln.strip():
             break
         block.append(ln)
+    return block
+
+
+def _relative(block: list[str], reason: str) -> list[str]:
+    """The log's paths as the reason gives them: relative to the source
+    tree (the cache's absolute path means nothing to the mail's readers)."""
+    logged = re.match(r"(\S+?):\d+:", block[0]) if block else None
+    said = re.search(r"(\S+?):\d+: (?:fatal )?error", reason)
+    if logged and said and logged.group(1).endswith("/" + said.group(1)):
+        prefix = logged.group(1)[: -len(said.group(1))]
+        return [ln.replace(prefix, "") for ln in block]
     return block
 
 
@@ -343,7 +357,7 @@ def _failure(
     cli_args = [str(a) for a in report.base.get("cli_args") or ["--target", report.target]]
     if check == "build":
         out += [ln for line in reason.splitlines()[:_CONTEXT] for ln in wrap(line, "    ", "      ")]
-        block = first_error_lines(p.build_log)
+        block = _relative(first_error_lines(p.build_log), reason)
         if block:
             out += ["", "  build log:", *quote(block)]
         argv = ["pkvm-harness", "build", *_upto(cli_args, p.number)]

@@ -27,14 +27,19 @@ REVIEW = Path(__file__).resolve().parent.parent / "data" / "series-review" / "bu
 COVER_ID = "20261122000000.0-1-review@example.org"
 FIRST_ERROR = "kernel/panic.c:14: error: expected expression before ';' token"
 
-# What gcc prints for patch 2 (the kbuild lines around it as make -s O= prints them).
-BUILD_LOG = """\
+# What gcc printed for patch 2 in the real build (the source tree is the
+# cache's unpacked tarball; gcc quotes with U+2018/U+2019).
+TREE = (
+    "/root/.cache/pkvm-harness/sources/69146ac5211430345561815042ddfbcfce49a494868ba70e816596054d053779/tree"
+)
+BUILD_LOG = f"""\
+make[1]: Entering directory '/root/.cache/pkvm-harness/work/b7bc1c7343ce54e9ca43b7ae'
   CC      kernel/panic.o
-/src/kernel/panic.c:14:27: error: expected expression before ';' token
+{TREE}/kernel/panic.c:14:27: error: expected expression before \u2018;\u2019 token
    14 | int pkvm_harness_broken = ;  /* NEGATIVE TEST: does not compile */
       |                           ^
-make[4]: *** [/src/scripts/Makefile.build:287: kernel/panic.o] Error 1
-make[3]: *** [/src/scripts/Makefile.build:556: kernel] Error 2
+make[4]: *** [{TREE}/scripts/Makefile.build:295: kernel/panic.o] Error 1
+make[3]: *** [{TREE}/scripts/Makefile.build:556: kernel] Error 2
 """
 
 
@@ -67,7 +72,7 @@ def fake_build(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def build_kernel(target: Any, upto: int | None = None, **_: Any) -> KernelBuild:
         d = tmp / f"kernel-{upto}"
         d.mkdir(exist_ok=True)
-        log = d / "build.log"
+        log = tmp / "build.log"  # as in the shared O= directory: the next build writes over it
         if upto == 2:
             log.write_text(BUILD_LOG)
             raise BuildError(f"kernel build failed: {FIRST_ERROR} (log: {log})", series_defect=True)
@@ -98,12 +103,15 @@ def fake_build(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def build_break_check(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """series.json (and junit.xml) of the check, in tmp/check."""
+    """series.json (and junit.xml) of the check, in tmp/check; patch 2's
+    build log kept there (the shared one is patch 3's by then)."""
     fake_build(tmp, monkeypatch)
     mbox = thread_mbox(tmp / "thread.mbox")
     target = replace(Registry().target("mainline-7.3"), series=SeriesSpec("mbox", str(mbox)))
     out = tmp / "check"
     report = check.check_series(target, out, check.CheckOptions())
     assert [str(p.verdict) for p in report.patches] == ["pass", "fail", "pass"]
-    assert json.loads((out / "series.json").read_text())["thread"]["cover_message_id"] == COVER_ID
+    data = json.loads((out / "series.json").read_text())
+    assert data["thread"]["cover_message_id"] == COVER_ID
+    assert data["patches"][1]["build_log"] == str(out / "patch-02-build.log")
     return out

@@ -74,7 +74,9 @@ def test_a_build_break_at_patch_2_is_named_with_its_first_error(
         ln.strip() for ln in failure.split("first error lines:")[1].split("build log:")[0].splitlines()
     )
     assert FIRST_ERROR in error
-    assert "int pkvm_harness_broken = ;" in failure  # the compiler's own lines, from the build log
+    # The compiler's own lines, from the log kept for patch 2, in UTF-8 (8bit) with tree-relative paths.
+    assert "    kernel/panic.c:14:27: error: expected expression before \u2018;\u2019 token\n" in failure
+    assert "int pkvm_harness_broken = ;" in failure and "/root/.cache" not in text
     assert "Patch 1/3" not in text and "Patch 3/3" not in text  # only the failure gets details
     # The reproducer is one shell command that builds exactly patch 2.
     repro = failure.split("reproduce:\n", 1)[1].split("\n\n", 1)[0]
