@@ -34,7 +34,7 @@ from harness.report.recorder import RunRecorder
 from harness.report.results import RunResult, ScenarioResult, TargetRecord, Verdict
 from harness.scenario import runner
 from harness.scenario.capabilities import guest_capabilities
-from harness.scenario.cells import Boot, BootCells, ProfileCells
+from harness.scenario.cells import Boot, BootCells, ProfileCells, RunScenario
 from harness.scenario.runner import UPTIME_COMMAND, GuestControl, ScenarioContext, scenario_result
 from harness.session.base import Completed
 from harness.session.guest import BootOutcome
@@ -452,15 +452,18 @@ class _OneBoot:
         return self._ctx(frozenset(), False)
 
 
-def _replay_scenario(scenario: Scenario, guest: GuestControl, ctx: ScenarioContext) -> ScenarioResult:
-    """The runner on the replayed console, from the scenario's own marker;
-    its duration is the job's, by LAVA's timestamps."""
+def _replay_scenario(
+    scenario: Scenario, guest: GuestControl, ctx: ScenarioContext, run: RunScenario | None = None
+) -> ScenarioResult:
+    """The runner (`run`, default runner.run_scenario) on the replayed
+    console, from the scenario's own marker; its duration is the job's, by
+    LAVA's timestamps."""
     assert isinstance(guest, ReplayGuest)
     guest.scenario = scenario.name
     begin = guest.line_of(f"{MARK}:SCENARIO:{scenario.name}")
     if begin is not None:
         guest.advance(begin + 1)
-    result = runner.run_scenario(scenario, guest, ctx)
+    result = (run or runner.run_scenario)(scenario, guest, ctx)
     end = guest.line_of(f"{MARK}:SCENARIO-END:{scenario.name}")
     if begin is not None:
         result = replace(result, duration_s=guest.seconds(begin, end))
