@@ -457,7 +457,7 @@ def replay(run: Run, wo_reads_allowed: bool) -> Verdict:
                 off += p.length
             want_runs = _runs(bytes(model.pool), bytes(new))
             if list(obs.landed) != want_runs:
-                return bad("data", _explain_write(model, op, obs, new, data))
+                return bad(*_explain_write(model, op, obs, new))
             model.pool = new
         else:  # dr
             if obs.pool_changed:
@@ -484,8 +484,9 @@ def replay(run: Run, wo_reads_allowed: bool) -> Verdict:
     return Verdict(None, faults, model.describe(), model)
 
 
-def _explain_write(model: Model, op: Op, obs: Observed, new: bytearray, data: bytes) -> str:
-    """Why the landed bytes differ from the prediction, most telling first."""
+def _explain_write(model: Model, op: Op, obs: Observed, new: bytearray) -> tuple[str, str]:
+    """(kind, detail): why the landed bytes differ from the prediction, most
+    telling first."""
     want = {(o, n): h for o, n, h in _runs(bytes(model.pool), bytes(new))}
     got = {(o, n): h for o, n, h in obs.landed}
     # bytes that landed where the model says nothing may
@@ -496,16 +497,16 @@ def _explain_write(model: Model, op: Op, obs: Observed, new: bytearray, data: by
             for what, dst in model.would_reach(p):
                 if any(o <= dst < o + n for o, n in got):
                     kind = "stale-translation" if "stale" in what else "permission-ignored"
-                    return f"{kind}: a write to {op.iova + off:#x}+{p.length} ({p.blocked}) landed in {what}"
+                    return kind, f"a write to {op.iova + off:#x}+{p.length} ({p.blocked}) landed in {what}"
         off += p.length
     extra = sorted(set(got) - set(want))
     missing = sorted(set(want) - set(got))
     if extra and not missing:
         o, n = extra[0]
-        return f"bytes landed at pool {o:#x}+{n}, where no mapping of this DMA leads"
+        return "data", f"bytes landed at pool {o:#x}+{n}, where no mapping of this DMA leads"
     if missing and not extra:
         o, n = missing[0]
-        return f"nothing landed at pool {o:#x}+{n}, where the mapping leads"
+        return "data", f"nothing landed at pool {o:#x}+{n}, where the mapping leads"
     parts = []
     if extra:
         parts.append(f"unexpected change at pool {extra[0][0]:#x}+{extra[0][1]}")
@@ -514,7 +515,7 @@ def _explain_write(model: Model, op: Op, obs: Observed, new: bytearray, data: by
     same = [key for key in want if key in got and want[key] != got[key]]
     if same:
         parts.append(f"wrong data at pool {same[0][0]:#x}+{same[0][1]}")
-    return "landed bytes differ from the prediction: " + "; ".join(parts)
+    return "data", "landed bytes differ from the prediction: " + "; ".join(parts)
 
 
 def check_faults(

@@ -51,11 +51,16 @@ struct fz_map {
 	uint64_t iova, len;
 	unsigned int perm;
 	bool live;
+	uint64_t hot; /* last byte a DMA touched in it (0: none): the IOTLB may hold it */
 };
+
+#define FZ_GONE 4 /* recently unmapped ranges, for DMA after unmap */
 
 static struct fz_state {
 	struct fz_map maps[FZ_MAX_MAPS];
 	int nr_maps;
+	struct fz_map gone[FZ_GONE];
+	int nr_gone;
 	uint64_t rng;
 } fz;
 
@@ -104,7 +109,18 @@ static void fz_note_map(const struct fz_op *o, int ret)
 {
 	if (ret || fz.nr_maps == FZ_MAX_MAPS)
 		return;
-	fz.maps[fz.nr_maps++] = (struct fz_map){ o->iova, o->len, o->perm, true };
+	fz.maps[fz.nr_maps++] = (struct fz_map){ o->iova, o->len, o->perm, true, 0 };
+}
+
+static void fz_note_dma(const struct fz_op *o)
+{
+	for (int i = 0; i < fz.nr_maps; i++) {
+		struct fz_map *m = &fz.maps[i];
+		uint64_t last = o->iova + o->len - 1;
+
+		if (m->live && o->iova < m->iova + m->len && m->iova <= last)
+			m->hot = last < m->iova + m->len ? last : m->iova + m->len - 1;
+	}
 }
 
 static void fz_note_unmap(const struct fz_op *o, int ret)
@@ -114,8 +130,10 @@ static void fz_note_unmap(const struct fz_op *o, int ret)
 	for (int i = 0; i < fz.nr_maps; i++) {
 		struct fz_map *m = &fz.maps[i];
 
-		if (m->live && m->iova >= o->iova && m->iova + m->len <= o->iova + o->len)
+		if (m->live && m->iova >= o->iova && m->iova + m->len <= o->iova + o->len) {
 			m->live = false;
+			fz.gone[fz.nr_gone++ % FZ_GONE] = *m;
+		}
 	}
 	/* compact */
 	int n = 0;
@@ -179,6 +197,18 @@ static void fz_gen_dma(struct fz_op *o, const struct fz_map *m, size_t pg)
 	if (!m) {
 		start = FZ_WIN + fz_rand(FZ_WIN_PAGES * pg);
 		len = 1 + fz_rand(16);
+	} else if (r < 2 && fz.nr_gone) {
+		/* where a mapping was: where a DMA last went (a stale IOTLB
+		 * entry would be there), else its last page, mostly */
+		const struct fz_map *g = &fz.gone[fz_rand(min_sz((size_t)fz.nr_gone, FZ_GONE))];
+
+		if (g->hot && fz_rand(4))
+			start = g->hot - fz_rand(min_sz(g->hot - g->iova + 1, 8));
+		else if (fz_rand(4))
+			start = g->iova + g->len - pg + fz_rand(pg);
+		else
+			start = g->iova + fz_rand(g->len);
+		len = 1 + fz_rand(16);
 	} else if (r < 5) { /* inside */
 		uint64_t off = fz_rand(m->len);
 
@@ -218,6 +248,12 @@ static int fz_generate(struct fz_op *ops, int max, size_t pg)
 	int live[FZ_MAX_MAPS], nl = fz_live(live, FZ_MAX_MAPS);
 	const struct fz_map *m = nl ? &fz.maps[live[fz_rand(nl)]] : NULL;
 	uint64_t r = fz_rand(100);
+
+	/* Unmaps and remaps prefer a mapping a DMA went through. */
+	if (m && !m->hot && r >= 15 && r < 37)
+		for (int i = 0; i < nl; i++)
+			if (fz.maps[live[i]].hot)
+				m = &fz.maps[live[i]];
 
 	if (!m || (nl < 3 && r < 30) || r < 15) {
 		fz_gen_map(&ops[0], pg);
@@ -354,6 +390,7 @@ static void fz_exec(struct fz_run *r, int k, const struct fz_op *o)
 		size_t i = 0;
 		bool any = false;
 
+		fz_note_dma(o);
 		n = (size_t)snprintf(line, sizeof(line), "op %d dw iova=0x%" PRIx64 " len=%" PRIu64
 				     " data=0x%" PRIx64 " landed=", k, o->iova, o->len, o->key);
 		fill_pattern(r->in.va, pg, o->key);
@@ -390,6 +427,7 @@ static void fz_exec(struct fz_run *r, int k, const struct fz_op *o)
 	case FZ_DR: {
 		uint64_t a = o->iova, end = o->iova + o->len;
 
+		fz_note_dma(o);
 		n = (size_t)snprintf(line, sizeof(line), "op %d dr iova=0x%" PRIx64 " len=%" PRIu64
 				     " got=", k, o->iova, o->len);
 		memset(r->out.va, 0, pg);
