@@ -113,10 +113,15 @@ def network_findings(
     return unusable, "; ".join(findings)
 
 
-# In the guest, over serial: where the given processes sleep (wchan) and
-# their kernel stacks, one line each.
+# In the guest, over serial: every process's pid, comm, state and parent
+# (a comm may hold one space): about 1 KB, for a look at a silent SSH step.
+_PROCESSES = "cat /proc/[0-9]*/stat 2>/dev/null | cut -d' ' -f1-5"
+# Then, only when one of the step's processes sleeps uninterruptibly: their
+# stat lines up to stime, and where those asleep sleep (wchan) with their
+# kernel stacks, one line each.
 _WHERE = (
-    'for p in {pids}; do echo "@wchan $p $(cat /proc/$p/wchan 2>/dev/null)";'
+    "for p in {pids}; do cut -d' ' -f1-16 /proc/$p/stat 2>/dev/null; done;"
+    ' for p in {asleep}; do echo "@wchan $p $(cat /proc/$p/wchan 2>/dev/null)";'
     ' sed "s/^/@stack $p /" /proc/$p/stack 2>/dev/null; done; :'
 )
 _STAT = re.compile(r"^(?P<pid>\d+) \((?P<comm>.*)\) (?P<rest>.*)$")
@@ -130,7 +135,7 @@ class StepProcess:
     pid: int
     comm: str
     state: str  # /proc/PID/stat's: R, S, D (uninterruptible), T, Z ...
-    cpu_ticks: int  # utime + stime
+    cpu_ticks: int  # utime + stime; -1 when not read
     wchan: str = ""
     stack: tuple[str, ...] = ()
 
@@ -151,24 +156,33 @@ class StepProcess:
         }
 
 
+def _stat_lines(text: str) -> dict[int, tuple[StepProcess, int]]:
+    """/proc/PID/stat lines, whole or cut after the parent: each process
+    (CPU ticks -1 unless the line reaches stime) and its parent."""
+    out: dict[int, tuple[StepProcess, int]] = {}
+    for line in text.splitlines():
+        m = _STAT.match(line.strip())
+        if m is None:
+            continue
+        # state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt utime stime
+        fields = m["rest"].split()
+        try:
+            ppid = int(fields[1])
+            ticks = int(fields[11]) + int(fields[12]) if len(fields) >= 13 else -1
+        except (IndexError, ValueError):  # a line cut by the console, or not a stat line
+            continue
+        pid = int(m["pid"])
+        out[pid] = (StepProcess(pid, m["comm"], fields[0], ticks), ppid)
+    return out
+
+
 def step_processes(stat_lines: str) -> dict[int, StepProcess]:
     """From every /proc/PID/stat line: the processes an SSH command runs as,
     the descendants of dropbear (dropbear itself left out). The harness runs
     one command at a time over SSH, and none while it asks over serial."""
-    procs: dict[int, StepProcess] = {}
-    parents: dict[int, int] = {}
-    for line in stat_lines.splitlines():
-        m = _STAT.match(line.strip())
-        fields = m["rest"].split() if m else []
-        # state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt utime stime
-        try:
-            ppid, ticks = int(fields[1]), int(fields[11]) + int(fields[12])
-        except (IndexError, ValueError):  # a line cut by the console, or not a stat line
-            continue
-        assert m is not None  # no fields without a match
-        pid = int(m["pid"])
-        parents[pid] = ppid
-        procs[pid] = StepProcess(pid, m["comm"], fields[0], ticks)
+    lines = _stat_lines(stat_lines)
+    procs = {pid: p for pid, (p, _) in lines.items()}
+    parents = {pid: ppid for pid, (_, ppid) in lines.items()}
     daemons = {pid for pid, p in procs.items() if p.comm == "dropbear"}
 
     def under_daemon(pid: int) -> bool:
@@ -184,7 +198,9 @@ def step_processes(stat_lines: str) -> dict[int, StepProcess]:
 
 
 def with_whereabouts(procs: Mapping[int, StepProcess], output: str) -> dict[int, StepProcess]:
-    """`procs` with the wchan and kernel stack lines of _WHERE's output."""
+    """`procs` with what _WHERE's output says of them: state and CPU ticks
+    now, and the wchan and kernel stack of those asleep."""
+    now = {pid: p for pid, (p, _) in _stat_lines(output).items() if p.cpu_ticks >= 0}
     wchan: dict[int, str] = {}
     stack: dict[int, list[str]] = {}
     for line in output.splitlines():
@@ -197,7 +213,9 @@ def with_whereabouts(procs: Mapping[int, StepProcess], output: str) -> dict[int,
         elif tag == "@stack" and value.strip():
             stack.setdefault(int(pid_s), []).append(_STACK_ADDRESS.sub("", value.strip()))
     return {
-        pid: replace(p, wchan=wchan.get(pid, p.wchan), stack=tuple(stack.get(pid, p.stack)))
+        pid: replace(
+            now.get(pid, p), comm=p.comm, wchan=wchan.get(pid, p.wchan), stack=tuple(stack.get(pid, p.stack))
+        )
         for pid, p in procs.items()
     }
 
@@ -210,7 +228,7 @@ def stuck_processes(before: Mapping[int, StepProcess], after: Mapping[int, StepP
     `sleep` or a shell waiting for its child does): that is no evidence."""
     if not after or before.keys() != after.keys():
         return []
-    if any(after[pid].cpu_ticks != before[pid].cpu_ticks for pid in after):
+    if any(after[pid].cpu_ticks != before[pid].cpu_ticks or after[pid].cpu_ticks < 0 for pid in after):
         return []
     return [
         after[pid]
@@ -593,15 +611,15 @@ class Guest:
         within the probe's deadline."""
         timeout = self.policy.probe_timeout_s
         with self._serial_owned() as serial:
-            # Up to stime (one space in a comm is allowed for): a few KB.
-            result = serial.run("cat /proc/[0-9]*/stat 2>/dev/null | cut -d' ' -f1-16", timeout)
+            result = serial.run(_PROCESSES, timeout)
             if result.status is None:
                 return None
             procs = step_processes(result.output)
             asleep = " ".join(str(pid) for pid, p in sorted(procs.items()) if p.state == "D")
             if not asleep:
                 return procs
-            where = serial.run(_WHERE.format(pids=asleep), timeout)
+            pids = " ".join(str(pid) for pid in sorted(procs))
+            where = serial.run(_WHERE.format(pids=pids, asleep=asleep), timeout)
         return with_whereabouts(procs, where.output) if where.status is not None else None
 
     def _declare_stuck(self, stuck: Sequence[StepProcess]) -> None:

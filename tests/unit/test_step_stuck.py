@@ -18,7 +18,13 @@ STAT = """\
 140 (sh) S 1 140 140 0 -1 4194560 20 0 0 0 7 9 0 0 20 0
 141 (a (b) c) D 140 140 140 0 -1 4194560 20 0 0 0 0 0 0 0 20 0
 """
+# The first look: `cut -d' ' -f1-5` of every stat line (no CPU ticks).
+FIRST = "\n".join(" ".join(line.split(" ")[:5]) for line in STAT.splitlines()) + "\n"
+# The second, for the step's processes when one sleeps uninterruptibly:
+# their stat lines up to stime, and where the sleeper sleeps.
 WHERE = """\
+131 (sh) S 130 131 131 0 -1 4194560 20 0 0 0 0 1 0
+132 (hostname) D 131 131 131 0 -1 4194560 10 0 0 0 0 2 0
 @wchan 132 pkvm_negative_test_stuck
 @stack 132 [<0>] __switch_to+0xe8/0x150
 @stack 132 [<0>] pkvm_negative_test_stuck+0x1c/0x28
@@ -38,8 +44,16 @@ def test_a_comm_with_parentheses_and_spaces_is_read_whole() -> None:
     assert step_processes("1 (dropbear) S 0 1 1 0 -1 0 0 0 0 0 0 0\n" + line)[7].comm == "a (b) c"
 
 
-def test_whereabouts_name_the_wchan_and_the_stack_without_addresses() -> None:
-    procs = with_whereabouts(step_processes(STAT), WHERE)
+def test_a_first_look_cut_after_the_parent_has_no_ticks_and_proves_nothing() -> None:
+    look = step_processes(FIRST)
+    assert sorted(look) == [131, 132] and look[132].state == "D"
+    assert all(p.cpu_ticks == -1 for p in look.values())
+    assert stuck_processes(look, dict(look)) == []
+
+
+def test_whereabouts_bring_the_ticks_the_wchan_and_the_stack_without_addresses() -> None:
+    procs = with_whereabouts(step_processes(FIRST), WHERE)
+    assert procs[132].cpu_ticks == 2 and procs[131].cpu_ticks == 1
     assert procs[132].wchan == "pkvm_negative_test_stuck"
     assert procs[132].stack == (
         "__switch_to+0xe8/0x150",
@@ -55,7 +69,7 @@ def test_whereabouts_name_the_wchan_and_the_stack_without_addresses() -> None:
 
 
 def test_no_progress_in_uninterruptible_sleep_twice_is_stuck() -> None:
-    look = with_whereabouts(step_processes(STAT), WHERE)
+    look = with_whereabouts(step_processes(FIRST), WHERE)
     stuck = stuck_processes(look, dict(look))
     assert [p.pid for p in stuck] == [132]
 
