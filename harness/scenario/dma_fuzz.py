@@ -85,8 +85,11 @@ class _Judged:
     result: Completed
 
 
-def _run_once(guest: GuestControl, step: Step, cmd: str, wo_reads: bool) -> _Judged:
-    _wait_fault_window(guest, step)
+def _run_once(guest: GuestControl, step: Step, cmd: str, wo_reads: bool, wait: bool = True) -> _Judged:
+    """One helper run, judged. `wait`: first let the fault-report rate
+    limit expire, so that missed faults can be judged."""
+    if wait:
+        _wait_fault_window(guest, step)
     mark = guest.watcher.lines_seen
     earlier = guest.events_since(0)
     result = guest.run(step.transport, cmd, step.timeout_s, step.hang_probe_s, step.hang_timeout_s)
@@ -139,7 +142,8 @@ def minimize(
         spent += 1
         cmd = "edu-dma " + first.run.replay_args(cand)
         try:
-            j = _run_once(guest, step, cmd, wo_reads)
+            # only a missed fault needs a fresh rate limit to show again
+            j = _run_once(guest, step, cmd, wo_reads, wait=mm.kind == "missed-fault")
         except _NotFuzzOutput:
             return False
         got = j.verdict.mismatch

@@ -186,3 +186,30 @@ def test_replay_syntax_round_trips() -> None:
     args = run.replay_args(o.op for o in run.ops[:3])
     assert args.startswith("--bdf 0000:00:02.0 --backend type1 --seed 0x1 fuzz --ops '")
     assert "map:0x20004000:0x5000:0x12000:rw;dr:0x20003ff4:29;" in args
+
+
+def test_a_recorded_stale_translation_fails() -> None:
+    """Recorded on mainline 7.3 + the NEGATIVE TEST series
+    smmu-inv-range-short.patch (the SMMU's invalidation after a multi-page
+    unmap stops one page short): seed 3's op 23 writes 4 bytes to
+    0x2002bad4, unmapped at op 17, and they land in the pool page that
+    mapping had. The kernel reported no fault for it (the SMMU translated
+    it from its IOTLB)."""
+    output = (DATA / "7.3-smmu-inv-range-short-smmuv3-nested-type1-seed3.ktap").read_text()
+    run = M.parse(output)
+    events = [
+        e
+        for e in parse_log((DATA / "7.3-smmu-inv-range-short-smmuv3-nested-console.log").read_text())
+        if e.timestamp is not None and run.uptime is not None and e.timestamp >= run.uptime
+    ]
+    v = M.judge(run, events, [], True)
+    assert v.mismatch is not None
+    assert (v.mismatch.index, v.mismatch.kind) == (23, "stale-translation")
+    assert v.mismatch.detail == (
+        "a write to 0x2002bad4+4 (unmapped) landed in the mapping of op 10,"
+        " unmapped at op 17 (stale translation)"
+    )
+    assert v.mismatch.reason(run).startswith("seed 0x3 (type1) op 23 (device write 0x2002bad4+4): ")
+    # the same run up to op 22 is what the model predicts, faults included
+    before = replace(run, ops=run.ops[:23])
+    assert M.judge(before, [e for e in events if e.timestamp is not None], [], True).mismatch is None
