@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from harness.kernel.symbols import SymbolTable
-from tests.e2e.conftest import run_broken
+from tests.e2e.conftest import SERIES, run_broken, run_scenarios
 
 SPIN = "__kvm_nvhe_pkvm_negative_test_hyp_spin"
 
@@ -37,7 +37,9 @@ def test_a_hang_in_the_hypervisor_names_the_spinning_hyp_function(tmp_path: Path
     assert re.search(r"cpu\d EL1 pc=0xffff[0-9a-f]+ pkvm_negative_test_wait_for_hyp\+", reason), reason
 
     kernel = json.loads((tmp_path / "results.json").read_text())["targets"][0]["kernel"]
-    table = SymbolTable.from_system_map(Path(kernel["image"]).parent / "System.map")
+    build = Path(kernel["image"]).parent
+    assert "CONFIG_NVHE_EL2_DEBUG=y" in (build / "config").read_text().splitlines()
+    table = SymbolTable.from_system_map(build / "System.map")
     el2 = [v for sample in result["evidence"]["vcpus"] for v in sample if v["el"] == 2]
     assert el2, result["evidence"]["vcpus"]
     for v in el2:
@@ -46,3 +48,28 @@ def test_a_hang_in_the_hypervisor_names_the_spinning_hyp_function(tmp_path: Path
         assert v["symbol"].startswith(f"{SPIN}+"), v
         assert v["via"] == "gva2gpa", v
         assert table.hyp_image_address(pc) == image, v
+
+
+@pytest.mark.cold
+@pytest.mark.usefixtures("no_leaked_qemu")
+def test_without_el2_debug_the_hang_in_the_hypervisor_is_named_too(tmp_path: Path) -> None:
+    """The same hang on a kernel without CONFIG_NVHE_EL2_DEBUG (the target
+    mainline-7.3-no-el2-debug: a configuration of its own, so a build of
+    its own): the EL2 vCPU's function is named all the same."""
+    run = run_scenarios(
+        tmp_path,
+        "mainline-7.3-no-el2-debug",
+        ["smmuv3-nested"],
+        ["pvm-rules"],
+        "--series",
+        str(SERIES / "hyp-spin-hang.patch"),
+    )
+    assert run.rc == 1, (run.rc, run.stderr[-2000:])
+    kernel = run.results["targets"][0]["kernel"]
+    config = (Path(kernel["image"]).parent / "config").read_text()
+    assert "# CONFIG_NVHE_EL2_DEBUG is not set" in config.splitlines()
+    (result,) = run.results["results"]
+    assert result["verdict"] == "fail"
+    reason = result["reason"]
+    assert re.match(r"step [\w-]+: hang: ", reason), reason
+    assert re.search(rf"cpu\d EL2 pc=0x[0-9a-f]+ {SPIN}\+0x[0-9a-f]+/0x[0-9a-f]+\b", reason), reason
