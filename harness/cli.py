@@ -14,6 +14,10 @@ from pathlib import Path
 
 from harness import __version__, options, paths, pipeline, ui
 from harness.config import Registry
+
+# Re-exported: the defaults every front end shares, defined once.
+from harness.config.defaults import DEFAULT_PROFILES as DEFAULT_PROFILES
+from harness.config.defaults import DEFAULT_TARGET as DEFAULT_TARGET
 from harness.config.models import SeriesSpec, SourceSpec, Target
 from harness.errors import ConfigError, ExitCode, HarnessError, Interrupted, PatchError
 from harness.kernel import remote
@@ -22,9 +26,6 @@ from harness.report import Verdict, exit_code, verdicts
 from harness.report.compare import compare, render_text
 from harness.report.writers import atomic_write
 from harness.session.liveness import LivenessPolicy
-
-DEFAULT_TARGET = "mainline-7.3"
-DEFAULT_PROFILES = ("smmuv3-nested", "virtio-iommu")
 
 DESCRIPTION = """\
 Integration tests for arm64 pKVM and its IOMMU work: build an arm64 kernel

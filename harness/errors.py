@@ -9,6 +9,7 @@ Two kinds of failure must never be confused:
 from __future__ import annotations
 
 import enum
+from pathlib import Path
 
 
 class ExitCode(enum.IntEnum):
@@ -68,7 +69,14 @@ class KconfigError(HarnessError):
 
 
 class BuildError(HarnessError):
-    """make failed (the kernel does not build with this config/toolchain)."""
+    """make failed (the kernel does not build with this config/toolchain).
+    `summary` says what failed (the first error), `log` where make's output
+    is: fields, so that a report (series check) never parses the message."""
+
+    def __init__(self, summary: str, log: Path | None = None, series_defect: bool = False) -> None:
+        super().__init__(f"{summary} (log: {log})" if log is not None else summary, series_defect)
+        self.summary = summary
+        self.log = log
 
 
 class ImageError(HarnessError):

@@ -169,7 +169,7 @@ def _run_make(argv: list[str], cwd: Path, log: Path, expected: int | None) -> in
         else:
             errors = [ln for ln in text.splitlines() if "error:" in ln or "Error " in ln]
             first = errors[0].strip() if errors else f"make exited {rc}"
-        raise BuildError(f"kernel build failed: {first} (log: {log})")
+        raise BuildError(f"kernel build failed: {first}", log=log)
     return steps
 
 

@@ -139,7 +139,7 @@ def _make(argv: list[str], cwd: Path, log: Path, env: dict[str, str] | None = No
     if rc != 0:
         lines = log.read_text(errors="replace").splitlines()
         errors = [ln for ln in lines if "error:" in ln or "Error " in ln] or [f"make exited {rc}"]
-        raise BuildError(f"selftest build failed: {errors[0].strip()} (log: {log})")
+        raise BuildError(f"selftest build failed: {errors[0].strip()}", log=log)
 
 
 def _build(
@@ -204,7 +204,7 @@ def _build(
         _make(make_cmd, tree, log, env)
         tests = _install(out, stage / "bin", f"{cross}strip")
     if not tests:
-        raise BuildError(f"selftest build of {spec.directory} produced no test binaries (log: {log})")
+        raise BuildError(f"selftest build of {spec.directory} produced no test binaries", log=log)
     meta |= {
         "tests": tests,
         "size_bytes": sum((stage / "bin" / t).stat().st_size for t in tests),

@@ -33,10 +33,10 @@ from avocado.core.nrunner.runner import BaseRunner
 from avocado.core.plugin_interfaces import Resolver
 from avocado.core.resolver import ReferenceResolution, ReferenceResolutionResult
 
+from harness.config.defaults import DEFAULT_PROFILES, DEFAULT_TARGET
 from harness.report.verdicts import AVOCADO, Verdict
 
 KIND = "pkvm-scenario"
-DEFAULT_PROFILES = ("smmuv3-nested", "virtio-iommu")
 
 
 def _is_scenario(path: Path) -> bool:
@@ -58,7 +58,7 @@ class ScenarioResolver(Resolver):  # type: ignore[misc]
         path = Path(path_text)
         if not _is_scenario(path):
             return ReferenceResolution(reference, ReferenceResolutionResult.NOTFOUND)
-        target = os.environ.get("PKVM_HARNESS_TARGET", "mainline-7.3")
+        target = os.environ.get("PKVM_HARNESS_TARGET", DEFAULT_TARGET)
         env_profiles = os.environ.get("PKVM_HARNESS_PROFILES")
         profiles = (
             [profile] if profile else (env_profiles.split(",") if env_profiles else list(DEFAULT_PROFILES))
@@ -97,7 +97,7 @@ class ScenarioRunner(BaseRunner):  # type: ignore[misc]
     def run(self, runnable: Any) -> Iterator[dict[str, Any]]:
         yield self.prepare_status("started")
         scenario, _, profile = str(runnable.uri).rpartition(":")
-        target = runnable.kwargs.get("target", "mainline-7.3")
+        target = runnable.kwargs.get("target", DEFAULT_TARGET)
         profile = runnable.kwargs.get("profile", profile)
         with tempfile.TemporaryDirectory(prefix="pkvm-avocado-") as tmp:
             out = Path(tmp) / "out"

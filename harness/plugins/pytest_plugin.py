@@ -46,6 +46,10 @@ from _pytest._io import TerminalWriter
 
 from harness import ui
 from harness.config import Registry
+
+# Re-exported: the defaults every front end shares, defined once.
+from harness.config.defaults import DEFAULT_PROFILES as DEFAULT_PROFILES
+from harness.config.defaults import DEFAULT_TARGET as DEFAULT_TARGET
 from harness.config.models import Profile, Scenario, Target
 from harness.config.registry import load_scenario
 from harness.errors import HarnessError, MachineError
@@ -65,11 +69,6 @@ if TYPE_CHECKING:
     from harness.scenario.runner import GuestControl, ScenarioContext
     from harness.session.guest import Guest
 
-# The same defaults as `pkvm-harness run` (harness.cli); a unit test keeps
-# them equal. Not imported from there: this module is loaded by every pytest
-# run, and must not break with the CLI.
-DEFAULT_TARGET = "mainline-7.3"
-DEFAULT_PROFILES = ("smmuv3-nested", "virtio-iommu")
 
 _STEPS_LINE = re.compile(r"^steps\s*:", re.MULTILINE)
 

@@ -221,9 +221,9 @@ def check_series(target: Target, output: Path, options: CheckOptions) -> SeriesR
             checks += [
                 CheckResult("apply", Verdict.PASS),
                 CheckResult("kconfig", Verdict.PASS),
-                CheckResult("build", verdicts.failure_verdict(exc), str(exc).split(" (log: ")[0], seconds),
+                CheckResult("build", verdicts.failure_verdict(exc), exc.summary, seconds),
             ]
-            log = _keep_log(str(exc).rsplit("(log: ", 1)[-1].rstrip(")"), output / f"patch-{k:02d}-build.log")
+            log = _keep_log(str(exc.log), output / f"patch-{k:02d}-build.log") if exc.log else None
         else:
             commit = str(build.metadata.get("commit") or "") or None
             log = str(build.build_log)

@@ -75,7 +75,7 @@ def fake_build(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         log = tmp / "build.log"  # as in the shared O= directory: the next build writes over it
         if upto == 2:
             log.write_text(BUILD_LOG)
-            raise BuildError(f"kernel build failed: {FIRST_ERROR} (log: {log})", series_defect=True)
+            raise BuildError(f"kernel build failed: {FIRST_ERROR}", log=log, series_defect=True)
         log.write_text("  CC      kernel/reboot.o\n")
         (d / "warnings.json").write_text("{}")
         meta = {

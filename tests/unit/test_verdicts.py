@@ -91,6 +91,14 @@ def test_a_series_defect_is_a_fail_and_anything_else_an_error() -> None:
     assert verdicts.exit_code([launch]) == HarnessError.exit_code
 
 
+def test_a_build_failure_carries_its_summary_and_log_as_fields() -> None:
+    """series check reads them; nothing parses the message back."""
+    exc = BuildError("kernel build failed: x.c:1: error: y", log=Path("/o/build.log"), series_defect=True)
+    assert (exc.summary, exc.log) == ("kernel build failed: x.c:1: error: y", Path("/o/build.log"))
+    assert str(exc) == f"{exc.summary} (log: {exc.log})"
+    assert BuildError("make exited 2").log is None
+
+
 def _results_of_every_verdict() -> tuple[ScenarioResult, ...]:
     return tuple(ScenarioResult(f"s-{v}", "smmuv3-nested", "t", v, f"because {v}", 1.0) for v in Verdict)
 
