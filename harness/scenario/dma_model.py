@@ -412,6 +412,8 @@ class Verdict:
     faults: list[PredictedFault] = field(default_factory=list)
     state: str = ""  # the model's final state
     model: Model | None = None  # the model after the last operation replayed
+    # the model's state before each operation (and, on a pass, after the last)
+    states: list[str] = field(default_factory=list)
 
 
 def replay(run: Run, wo_reads_allowed: bool) -> Verdict:
@@ -419,12 +421,14 @@ def replay(run: Run, wo_reads_allowed: bool) -> Verdict:
     are judged by check_faults)."""
     model = Model(run.backend, run.page, pattern(run.pool_key, run.pool_len), wo_reads_allowed)
     faults: list[PredictedFault] = []
+    states: list[str] = []
     for obs in run.ops:
         k, op = obs.index, obs.op
         state = model.describe()
+        states.append(state)
 
         def bad(kind: str, detail: str, k: int = k, state: str = state) -> Verdict:
-            return Verdict(Mismatch(k, kind, detail, state), faults, model.describe(), model)
+            return Verdict(Mismatch(k, kind, detail, state), faults, model.describe(), model, states)
 
         if op.kind == "map":
             want = model.map(op, k)
@@ -481,7 +485,8 @@ def replay(run: Run, wo_reads_allowed: bool) -> Verdict:
                         return bad(
                             kind, f"a read of {p.iova:#x}+{p.length} ({p.blocked}) got the data of {what}"
                         )
-    return Verdict(None, faults, model.describe(), model)
+    states.append(model.describe())  # and after the last
+    return Verdict(None, faults, model.describe(), model, states)
 
 
 def _explain_write(model: Model, op: Op, obs: Observed, new: bytearray) -> tuple[str, str]:
@@ -519,9 +524,14 @@ def _explain_write(model: Model, op: Op, obs: Observed, new: bytearray) -> tuple
 
 
 def check_faults(
-    run: Run, faults: Sequence[PredictedFault], events: Sequence[Event], fresh: bool, state: str
+    run: Run, faults: Sequence[PredictedFault], events: Sequence[Event], fresh: bool, states: Sequence[str]
 ) -> Mismatch | None:
-    """The device's fault reports against the prediction (see the module)."""
+    """The device's fault reports against the prediction (see the module).
+    `states`: the model's state before each operation."""
+
+    def state(k: int) -> str:
+        return states[k] if 0 <= k < len(states) else (states[-1] if states else "")
+
     mine = [e for e in events if e.kind == "iommu-fault" and e.fields.get("bdf") == run.bdf]
     for e in mine:
         if not any(f.matches(e) for f in faults):
@@ -530,7 +540,7 @@ def check_faults(
                 idx,
                 "unexpected-fault",
                 f"{e.summary()}: no operation of the model faults there",
-                state,
+                state(idx),
             )
     if fresh and faults:
         first = faults[0]
@@ -539,7 +549,7 @@ def check_faults(
                 first.index,
                 "missed-fault",
                 f"the {first.describe()} was blocked but not reported (first blocked DMA of the run)",
-                state,
+                state(first.index),
             )
         want = min(RATELIMIT_BURST, len(faults))
         if len(mine) < want:
@@ -548,7 +558,7 @@ def check_faults(
                 "missed-fault",
                 f"{len(mine)} fault reports from {run.bdf}, at least {want} expected"
                 f" ({len(faults)} blocked pieces)",
-                state,
+                state(len(states) - 1),
             )
     return None
 
@@ -584,8 +594,8 @@ def judge(run: Run, events: Sequence[Event], earlier: Sequence[Event], wo_reads_
     if v.mismatch is not None:
         return v
     # faults from operations after the first mismatch are not judged
-    m = check_faults(run, v.faults, events, fresh_window(run, earlier), v.state)
-    return Verdict(m, v.faults, v.state, v.model)
+    m = check_faults(run, v.faults, events, fresh_window(run, earlier), v.states)
+    return Verdict(m, v.faults, v.state, v.model, v.states)
 
 
 # ---------------------------------------------------------------------------

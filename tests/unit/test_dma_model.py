@@ -213,3 +213,24 @@ def test_a_recorded_stale_translation_fails() -> None:
     # the same run up to op 22 is what the model predicts, faults included
     before = replace(run, ops=run.ops[:23])
     assert M.judge(before, [e for e in events if e.timestamp is not None], [], True).mismatch is None
+
+
+def test_a_recorded_missed_fault_fails() -> None:
+    """Recorded on mainline 7.3 + the NEGATIVE TEST series
+    no-fault-reports.mbox (the SMMU driver drops its event reports): the
+    first blocked DMA of seed 1 (op 1 reads 0x20003ff4+29, 12 bytes below
+    the mapping of op 0) was blocked and nothing was reported."""
+    output = (DATA / "7.3-no-fault-reports-smmuv3-nested-type1-seed1.ktap").read_text()
+    run = M.parse(output)
+    events = parse_log((DATA / "7.3-no-fault-reports-smmuv3-nested-console.log").read_text())
+    assert not [e for e in events if e.kind == "iommu-fault"]
+    v = M.judge(run, events, [], True)
+    assert v.mismatch is not None
+    assert (v.mismatch.index, v.mismatch.kind) == (1, "missed-fault")
+    assert v.mismatch.detail == (
+        "the read of 0x20003ff4+12 (unmapped) was blocked but not reported (first blocked DMA of the run)"
+    )
+    # the state before op 1: only op 0's mapping
+    assert v.mismatch.state == "mapped: 0x20004000+0x5000->pool 0x12000 rw (op 0)"
+    # data and ioctl results were right: only the reports were missing
+    assert M.replay(run, True).mismatch is None
