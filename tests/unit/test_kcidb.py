@@ -204,3 +204,19 @@ def test_a_kernel_from_a_git_url_names_its_repository_and_commit(tmp_path: Path)
     (checkout,) = _kcidb(_copy(MAINLINE, tmp_path / "tarball"))["checkouts"]
     assert "git_commit_hash" not in checkout  # the harness's commit of a tarball is not upstream's
     assert checkout["misc"]["source"].startswith("tarball:linux-source-7.3.tar.xz@sha256:")
+
+
+MAKE_RUN = DATA / "kcidb" / "make-run-interrupted"  # make run's command; SIGTERM after 26 of 52 cells
+
+
+def test_make_runs_file_validates(tmp_path: Path) -> None:
+    run = load_results(MAKE_RUN)
+    assert run.command == "pkvm-harness run --target mainline-7.3 --output /tmp/dl/suite"
+    data = _kcidb(_copy(MAKE_RUN, tmp_path / "main"))
+    tests = _by_path(data)
+    for r in run.results:
+        assert tests[f"pkvm.{r.scenario}.{r.profile}"]["status"] == README_STATUS[str(r.verdict)]
+    envs = {t["environment"]["misc"]["iommu"] for p, t in tests.items() if p.count(".") == 2}
+    assert envs == {"smmuv3", "virtio-iommu"}
+    assert tests["pkvm.dma-map-benchmark.virtio-iommu.map_us"]["status"] == "DONE"
+    assert not data["incidents"]  # nothing failed: no issue is claimed
