@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 
 SEED_ENV = "PKVM_HARNESS_FUZZ_SEED"
 SECONDS_ENV = "PKVM_HARNESS_FUZZ_SECONDS"
-# A candidate whose DMAs the model expects to be blocked for more than this
-# many bytes is not tried: the device reports a fault per beat.
+# A candidate's DMAs that the model expects to be blocked for more than this
+# many bytes are left out: the device reports a fault per beat.
 MAX_BLOCKED_BYTES = 64
 _FAULT_WINDOW_S = 5.2
 
@@ -108,21 +108,6 @@ class _NotFuzzOutput(Exception):
     pass
 
 
-def _blocked_bytes(run: M.Run, ops: Sequence[M.Op], wo_reads: bool) -> int:
-    """The largest number of bytes one DMA of ops is expected to have blocked."""
-    model = M.Model(run.backend, run.page, bytes(run.pool_len), wo_reads)
-    worst = 0
-    for k, op in enumerate(ops):
-        if op.kind == "map":
-            model.map(op, k)
-        elif op.kind == "unmap":
-            model.unmap(op, k)
-        else:
-            pcs = model.pieces(op, "w" if op.kind == "dw" else "r")
-            worst = max(worst, sum(p.length for p in pcs if p.pool is None))
-    return worst
-
-
 def minimize(
     guest: GuestControl, step: Step, first: _Judged, wo_reads: bool, budget: int
 ) -> tuple[list[M.Op], _Judged | None, int]:
@@ -135,22 +120,24 @@ def minimize(
     last: list[_Judged] = []
     spent = 0
 
-    def fails(cand: Sequence[M.Op]) -> bool:
+    def fails(candidate: Sequence[M.Op]) -> Sequence[M.Op] | None:
         nonlocal spent
-        if _blocked_bytes(first.run, cand, wo_reads) > MAX_BLOCKED_BYTES:
-            return False
+        run = first.run
+        cand = M.prune(candidate, run.backend, run.page, run.pool_len, wo_reads, MAX_BLOCKED_BYTES)
+        if not cand:
+            return None
         spent += 1
         cmd = "edu-dma " + first.run.replay_args(cand)
         try:
             # only a missed fault needs a fresh rate limit to show again
             j = _run_once(guest, step, cmd, wo_reads, wait=mm.kind == "missed-fault")
         except _NotFuzzOutput:
-            return False
+            return None
         got = j.verdict.mismatch
         if got is not None and got.kind == mm.kind:
             last.append(j)
-            return True
-        return False
+            return cand
+        return None
 
     small = M.ddmin(ops, fails, budget)
     if small == ops:

@@ -604,11 +604,14 @@ def judge(run: Run, events: Sequence[Event], earlier: Sequence[Event], wo_reads_
 Oracle = Callable[[Sequence[Op]], Mismatch | None]
 
 
-def ddmin(ops: Sequence[Op], fails: Callable[[Sequence[Op]], bool], budget: int = 40) -> list[Op]:
-    """Zeller's delta debugging: a 1-minimal subsequence of ops for which
-    `fails` still holds (as far as `budget` tests allow). `fails` replays a
-    candidate in the guest; each call costs a guest run, so the budget
-    bounds the minimization's time."""
+def ddmin(
+    ops: Sequence[Op], test: Callable[[Sequence[Op]], Sequence[Op] | None], budget: int = 40
+) -> list[Op]:
+    """Zeller's delta debugging: a 1-minimal subsequence of ops that still
+    fails (as far as `budget` tests allow). `test` replays a candidate in
+    the guest and returns the sequence that failed (the candidate, or a
+    smaller one it derived from it), or None; each call costs a guest run,
+    so the budget bounds the minimization's time."""
     seq = list(ops)
     n = 2
     tests = 0
@@ -621,14 +624,33 @@ def ddmin(ops: Sequence[Op], fails: Callable[[Sequence[Op]], bool], budget: int 
             if tests >= budget:
                 break
             tests += 1
-            if complement and fails(complement):
-                seq, n, reduced = complement, max(n - 1, 2), True
+            if complement and (failed := test(complement)) is not None:
+                seq, n, reduced = list(failed), max(n - 1, 2), True
                 break
         if not reduced:
             if n >= len(seq):
                 break
             n = min(len(seq), 2 * n)
     return seq
+
+
+def prune(ops: Sequence[Op], backend: str, page: int, pool_len: int, wo_reads: bool, cap: int) -> list[Op]:
+    """ops without the DMAs the model expects to be blocked for more than
+    `cap` bytes (a candidate that lost the mapping a long DMA went through):
+    a blocked beat is a fault report each, and such a DMA tells nothing new."""
+    model = Model(backend, page, bytes(pool_len), wo_reads)
+    out = []
+    for k, op in enumerate(ops):
+        if op.kind == "map":
+            model.map(op, k)
+        elif op.kind == "unmap":
+            model.unmap(op, k)
+        else:
+            pcs = model.pieces(op, "w" if op.kind == "dw" else "r")
+            if sum(p.length for p in pcs if p.pool is None) > cap:
+                continue
+        out.append(op)
+    return out
 
 
 def fault_claims(run: Run, faults: Sequence[PredictedFault]) -> list[tuple[str, int, int]]:

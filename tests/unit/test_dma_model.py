@@ -172,12 +172,25 @@ def test_ddmin_finds_the_two_operations_that_matter() -> None:
     ops = [M.Op("dr", 0x1000 * i, 4) for i in range(20)]
     calls = []
 
-    def fails(cand: Sequence[M.Op]) -> bool:
+    def fails(cand: Sequence[M.Op]) -> Sequence[M.Op] | None:
         calls.append(len(cand))
-        return ops[3] in cand and ops[17] in cand
+        return cand if ops[3] in cand and ops[17] in cand else None
 
     assert M.ddmin(ops, fails, budget=200) == [ops[3], ops[17]]
     assert len(calls) < 60
+    # a test may hand back a smaller failing sequence than it was given
+    assert M.ddmin(ops, lambda c: [ops[17]] if ops[17] in c else None) == [ops[17]]
+
+
+def test_prune_drops_dmas_that_lost_their_mapping() -> None:
+    pg = 4096
+    ops = [
+        M.Op("map", 0x10000, 2 * pg, 0, "rw"),
+        M.Op("dr", 0x10010, 2000),
+        M.Op("dw", 0x11FF0, 40, key=1),  # 24 bytes past the end: blocked
+    ]
+    assert M.prune(ops, "type1", pg, 4 * pg, False, 64) == ops
+    assert M.prune(ops[1:], "type1", pg, 4 * pg, False, 64) == [ops[2]]
 
 
 def test_replay_syntax_round_trips() -> None:
