@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from harness import pipeline
 from harness.config import Registry
 from harness.config.models import SeriesSpec
+from harness.report import RunResult
 from harness.series import reply
 from harness.series.bisect import Bisector, StepOutcome
 from tests.unit.series_fixture import COVER_ID, FIRST_ERROR, build_break_check, message_id, thread_mbox
@@ -139,3 +141,85 @@ def test_commands_stay_within_75_columns_and_read_back(word: str) -> None:
     lines = reply.command(argv, "    ")
     assert all(len(ln) <= reply.WIDTH for ln in lines)
     assert shlex.split("\n".join(lines).replace("\\\n", "")) == argv
+
+
+HYP_PANIC = {
+    "signature": "hyp-panic",
+    "kind": "hyp",
+    "severity": "error",
+    "fatal": True,
+    "line": 133,
+    "timestamp": 1.2,
+    "message": "kvm [1]: nVHE hyp panic at: [<ffff8000804bff7c>] __kvm_nvhe_handle_trap+0x54/0x124!",
+    "fields": {"function": "handle_trap"},
+    "trace": [
+        "[    1.200000] kvm [1]: nVHE hyp panic at: [<ffff8000804bff7c>] __kvm_nvhe_handle_trap+0x54/0x124!"
+    ],
+}
+
+
+def test_a_boot_failure_names_the_scenario_its_events_and_the_run_that_reproduces_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`series check --boot`: patch 3 builds but its boot-health FAILs (the
+    boot itself is scripted: what `pipeline.run_with` writes for it)."""
+    from harness.report import BootRecord, RunRecorder, ScenarioResult, TargetRecord, Verdict
+    from harness.series import check
+
+    def run_with(request: pipeline.RunRequest, artifacts: object) -> RunResult:
+        k = request.upto
+        rec = RunRecorder(request.output, "0.3.0", "QEMU emulator version 10.0.2", "pkvm-harness run")
+        rec.add_target(TargetRecord("mainline-7.3", {"kernel_version": "7.3.4"}, {}))
+        bad = k == 3
+        rec.add_boot(
+            BootRecord(
+                "b1",
+                "mainline-7.3",
+                "smmuv3-nested",
+                str(request.output),
+                "console.log",
+                not bad,
+                Verdict.FAIL if bad else Verdict.PASS,
+                "",
+                2.8,
+            )
+        )
+        reason = (
+            "boot: hyp-panic: kvm [1]: nVHE hyp panic at: __kvm_nvhe_handle_trap+0x54/0x124" if bad else ""
+        )
+        rec.record(
+            ScenarioResult(
+                "boot-health",
+                "smmuv3-nested",
+                "mainline-7.3",
+                Verdict.FAIL if bad else Verdict.PASS,
+                reason,
+                3.0,
+                events=(HYP_PANIC,) if bad else (),
+                boot="b1",
+            )
+        )
+        return rec.finish({})
+
+    monkeypatch.setattr(pipeline, "run_with", run_with)
+    monkeypatch.setattr(check, "build_image", lambda: None)
+    reg = Registry()
+    options = check.CheckOptions((reg.profile("smmuv3-nested"),), (reg.scenario("boot-health"),))
+    from tests.unit.series_fixture import fake_build
+
+    fake_build(tmp_path, monkeypatch)
+    target = replace(
+        reg.target("mainline-7.3"), series=SeriesSpec("mbox", str(thread_mbox(tmp_path / "t.mbox")))
+    )
+    check.check_series(target, tmp_path / "check", options)
+    lines = body_lines(check_form(reply.write_reply("check", tmp_path / "check", tmp_path / "r.eml")))
+    rows = {ln.split()[0]: ln.split()[1:6] for ln in lines if ln[:2] in ("1/", "2/", "3/")}
+    assert rows["1/3"] == ["ok", "ok", "ok", "ok", "1/1"]
+    assert rows["3/3"] == ["ok", "ok", "ok", "FAIL", "0/1"]
+    text = "\n".join(lines)
+    boot = text.split('Patch 3/3 "kernel: panic: fix the build again"', 1)[1]
+    assert "check: boot: FAIL" in boot and "boot-health [smmuv3-nested]: boot: hyp-panic" in boot
+    assert "__kvm_nvhe_handle_trap+0x54/0x124!" in boot  # the event's trace
+    argv = shlex.split(boot.split("reproduce:\n", 1)[1].split("\n\n", 1)[0].replace("\\\n", ""))
+    assert argv[:2] == ["pkvm-harness", "run"] and argv[argv.index("--upto") + 1] == "3"
+    assert argv[argv.index("--profile") + 1] == "smmuv3-nested" and argv[-1] == "boot-health"
