@@ -19,7 +19,7 @@ from harness.cli import main
 from harness.config import Registry
 from harness.errors import MachineError
 from harness.export import kcidb, lava_import
-from harness.report import RunRecorder, ScenarioResult, Verdict, load_results, verdicts
+from harness.report import RunRecorder, ScenarioResult, TargetRecord, Verdict, load_results, verdicts
 from tests.unit.series_fixture import FIRST_ERROR, build_break_check
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -220,3 +220,24 @@ def test_make_runs_file_validates(tmp_path: Path) -> None:
     assert envs == {"smmuv3", "virtio-iommu"}
     assert tests["pkvm.dma-map-benchmark.virtio-iommu.map_us"]["status"] == "DONE"
     assert not data["incidents"]  # nothing failed: no issue is claimed
+
+
+def test_files_under_the_directory_are_named_under_the_artifact_url(tmp_path: Path) -> None:
+    run = tmp_path / "r1"
+    (run / "boots" / "p-1").mkdir(parents=True)
+    (run / "boots" / "p-1" / "console.log").write_text("[    0.000000] Booting Linux\n")
+    rec = RunRecorder(run, "0.3.0", "QEMU emulator version 10.0.2", "pkvm-harness run")
+    rec.add_target(
+        TargetRecord("mainline-7.3", {"kernel_version": "7.3.4", "image": "/nonexistent/Image"}, {})
+    )
+    console = str(run / "boots" / "p-1" / "console.log")
+    rec.record(
+        ScenarioResult(
+            "boot-health", "smmuv3-nested", "mainline-7.3", Verdict.PASS, "", 1.0, console_log=console
+        )
+    )
+    rec.finish({})
+    data = _kcidb(run, "--artifact-url", "https://lab.example/pkvm/r1/")
+    (test,) = data["tests"]
+    assert test["log_url"] == "https://lab.example/pkvm/r1/boots/p-1/console.log"
+    assert test["output_files"] == [{"name": "console.log", "url": test["log_url"]}]
