@@ -1,10 +1,12 @@
 """Every wait has a deadline (#22), shown on real boots: a guest whose NIC
-dies mid-run, whose SSH daemon accepts TCP but never answers, or whose
-CPUs spin with interrupts off in the middle of a serial step. Each ends as
-the kernel's FAIL with its evidence, long before the step's timeout; the
-bound is the harness's own step duration in results.json, never this
-test's wall clock. (A spin in the middle of an SSH step is
-test_verdicts.py's pvm-hang test.)"""
+dies mid-run, whose SSH daemon accepts TCP but never answers, whose CPUs
+spin with interrupts off in the middle of a serial step, or whose SSH
+step's process sleeps in the kernel for good. Each ends as the kernel's
+FAIL with its evidence, long before the step's timeout; the bound is the
+harness's own step duration in results.json, never this test's wall clock.
+(A spin in the middle of an SSH step is test_verdicts.py's pvm-hang test.)
+Last, marked full: a harness wait that never returns, ended by the cell
+watchdog."""
 
 from __future__ import annotations
 
