@@ -36,7 +36,7 @@ from harness.scenario import runner
 from harness.scenario.capabilities import guest_capabilities
 from harness.scenario.cells import Boot, BootCells, ProfileCells, RunScenario
 from harness.scenario.runner import UPTIME_COMMAND, GuestControl, ScenarioContext, scenario_result
-from harness.session.base import Completed
+from harness.session.base import Completed, EndedBy
 from harness.session.guest import BootOutcome
 
 
@@ -260,7 +260,7 @@ class ReplayGuest:
         if rec.end is None:  # the job ended under this command
             self.advance(len(self.console))
             self.gone = True
-            ended = "kernel-fatal" if self.watcher.fatal is not None else "eof"
+            ended: EndedBy = "kernel-fatal" if self.watcher.fatal is not None else "eof"
             return Completed(command, self._output(rec), None, self.seconds(rec.begin, None), ended_by=ended)
         self.advance(rec.end + 1)
         seconds = self.seconds(rec.begin, rec.end)

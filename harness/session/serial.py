@@ -17,7 +17,7 @@ import pexpect
 import pexpect.fdpexpect
 
 from harness.errors import SessionError
-from harness.session.base import Completed
+from harness.session.base import Completed, ending
 
 # A subshell, like an SSH exec: `exit` or `cd` in a command cannot end or
 # change the console's shell; stdin is closed so nothing eats later input.
@@ -149,7 +149,7 @@ class SerialSession:
         if what == "match:0":
             return Completed(command, output, int(self.child.match.group(1)), duration)
         ended = {"abort": "kernel-fatal"}.get(what, what)
-        return Completed(command, output, None, duration, ended_by=ended)
+        return Completed(command, output, None, duration, ended_by=ending(ended))
 
     def interact(self) -> None:
         self.child.interact(escape_character="\x1d")

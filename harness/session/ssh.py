@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from harness.errors import SessionError
-from harness.session.base import Completed
+from harness.session.base import Completed, EndedBy, ending
 from harness.session.deadline import bounded, stuck
 
 # How long opening and starting a command channel may take on a connection
@@ -121,7 +121,7 @@ class SshSession:
         start = time.monotonic()
         deadline = start + timeout
 
-        def ended(how: str, detail: str) -> Completed:
+        def ended(how: EndedBy, detail: str) -> Completed:
             return Completed(command, "", None, time.monotonic() - start, ended_by=how, detail=detail)
 
         transport = self._transport()
@@ -157,14 +157,14 @@ class SshSession:
         except (paramiko.SSHException, OSError, EOFError) as exc:
             return ended("connection-lost", str(exc))
         chunks: list[bytes] = []
-        how = "exit"
+        how: EndedBy = "exit"
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 how = "timeout"
                 break
             if abort is not None and (why := abort(sum(map(len, chunks)))) is not None:
-                how = why
+                how = ending(why)
                 break
             if not transport.is_active():
                 how = "connection-lost"
