@@ -1,12 +1,14 @@
 """Kernel selftests in the guest: the runner script, per-case results, and
 the known-failure list.
 
-The guest runs each test binary of a suite (packed under
-/usr/lib/kselftests/<suite> by the image stage) one at a time, under its own
-timeout, and prints what the kernel's own kselftest runner prints: a
-top-level KTAP line per binary, decided by its exit code (0 pass, 4 skip,
-anything else fail; a binary killed at its timeout is "# TIMEOUT"), with the
-binary's output before it, each line prefixed with "# ". Binaries that print
+The guest runs the test binaries of a suite (packed under
+/usr/lib/kselftests/<suite> by the image stage) two at a time (JOBS; those
+in RUN_ALONE by themselves), each under its own timeout, and prints, binary
+by binary in the listed order, what the kernel's own kselftest runner
+prints when it runs them one at a time: a top-level KTAP line per binary,
+decided by its exit code (0 pass, 4 skip, anything else fail; a binary
+killed at its timeout is "# TIMEOUT"), with the binary's output before it,
+each line prefixed with "# ". Binaries that print
 KTAP themselves (kselftest_harness, ksft_test_result) thus nest one level
 deeper, and each of their subtests becomes a case of its own
 ("binary/subtest"); binaries that print TAP only partly are judged by their
@@ -14,6 +16,7 @@ exit code alone."""
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import shlex
 from collections.abc import Sequence
@@ -27,46 +30,120 @@ from harness.scenario import ktap
 # Seconds between SIGTERM and SIGKILL for a binary past its timeout.
 KILL_GRACE_S = 2
 
-# The in-guest runner (busybox ash). Each binary runs in a session of its own
-# (setsid keeps its pid), so that at the timeout its whole process group is
-# killed; its output goes through a FIFO to a reader that prefixes "# " line
-# by line, so it streams as it comes. The watchdog leaves a mark before it
-# kills: a binary killed by SIGTERM for another reason is not a timeout.
+# Binaries run side by side, at most this many: most KVM selftests run one
+# vCPU in one thread, so two use the guest's two CPUs.
+JOBS = 2
+
+# Binaries that run by themselves (fnmatch on the binary's path in the
+# suite): they measure time against the host's clock, spread vCPUs over
+# every CPU, or inject faults into the kernel globally, so a neighbour would
+# change what they measure or make them fail.
+RUN_ALONE = (
+    "*arch_timer*",
+    "*perf_test",
+    "*/page_fault_test",
+    "rseq_test",
+    "steal_time",
+    "hardware_disable_test",
+    "kvm_page_table_test",
+    "max_guest_memory_test",
+    "memslot_*",
+    "demand_paging_test",
+    "dirty_log_test",
+    "*/vgic_lpi_stress",
+    "iommufd_fail_nth",
+)
+
+# How often (s) the guest runner looks at a running binary's output and
+# whether it finished. A look that finds nothing new costs one fork (the
+# sleep): the tests' CPUs are the guest's too.
+_POLL_S = 0.25
+
+# The in-guest runner (busybox ash). Up to JOBS binaries run at once, each
+# in a session of its own (setsid keeps its pid), so that at its timeout its
+# whole process group is killed; the watchdog leaves a mark before it kills
+# (a binary killed by SIGTERM for another reason is not a timeout). Each
+# writes to a file of its own; the runner prints them in order, the current
+# one as it grows (complete lines, prefixed "# ", read when the file is
+# newer than the last look), then its result line, so the output reads as
+# if they ran one at a time. A binary that starts while another is being
+# printed is announced with a "# selftests: S: T" line of its own, so that
+# output cut short (the kernel died) names every binary that was running.
+# A binary listed in RUN_ALONE starts when nothing else runs, and nothing
+# starts beside it.
 _SCRIPT = """\
 cd /{dir} 2>/dev/null || {{ echo "Bail out! kselftest suite {suite} is not in the image"; exit 2; }}
-f=/tmp/ksft-$$.fifo; m=/tmp/ksft-$$.timeout; rm -f "$f" "$m"
-mkfifo "$f" || {{ echo "Bail out! mkfifo failed"; exit 2; }}
-echo "TAP version 13"; echo "1..{count}"; n=0
-for t in {tests}; do
-  n=$((n+1)); h="selftests: {suite}: $t"; echo "# $h"
-  if [ ! -x "./$t" ]; then echo "not ok $n $h # missing from the image"; continue; fi
-  (while IFS= read -r l || [ -n "$l" ]; do echo "# $l"; done) < "$f" &
-  r=$!
-  setsid "./$t" > "$f" 2>&1 < /dev/null &
-  p=$!
-  (sleep {timeout}; echo > "$m"; kill -TERM -$p || kill -TERM $p; sleep {grace};
-   kill -KILL -$p || kill -KILL $p) > /dev/null 2>&1 &
-  w=$!
-  wait $p; rc=$?
-  kill $w 2>/dev/null; wait $r
-  if [ -e "$m" ]; then rm -f "$m"; echo "not ok $n $h # TIMEOUT {timeout} seconds"
-  elif [ $rc -eq 0 ]; then echo "ok $n $h"
-  elif [ $rc -eq 4 ]; then echo "ok $n $h # SKIP"
-  else echo "not ok $n $h # exit=$rc"; fi
+d=/tmp/ksft-$$; rm -rf "$d"; mkdir "$d" || {{ echo "Bail out! mkdir $d failed"; exit 2; }}
+echo "TAP version 13"; echo "1..{count}"
+{tests}; N={count}; A=" {alone} "; h=1; s=1
+start() {{
+  eval "u=\\$t_$1"; q="$d/$1"
+  [ $1 -gt $h ] && echo "# selftests: {suite}: $u"
+  if [ ! -x "./$u" ]; then echo missing > "$q.rc"; return; fi
+  (setsid "./$u" > "$q.out" 2>&1 < /dev/null &
+   p=$!
+   (sleep {timeout}; echo > "$q.timeout"; kill -TERM -$p || kill -TERM $p; sleep {grace};
+    kill -KILL -$p || kill -KILL $p) > /dev/null 2>&1 &
+   w=$!
+   wait $p; rc=$?
+   kill $w 2>/dev/null; echo $rc > "$q.tmp"; mv "$q.tmp" "$q.rc") &
+}}
+fill() {{
+  while [ $s -le $N ]; do
+    r=0; k=$h; a=
+    while [ $k -lt $s ]; do
+      if [ ! -e "$d/$k.rc" ]; then r=$((r+1)); case "$A" in *" $k "*) a=1;; esac; fi
+      k=$((k+1))
+    done
+    [ $r -ge {jobs} ] || [ -n "$a" ] && return
+    case "$A" in *" $s "*) [ $r -gt 0 ] && return;; esac
+    start $s; s=$((s+1))
+  done
+}}
+while [ $h -le $N ]; do
+  eval "t=\\$t_$h"; o="$d/$h"; n=0; x="selftests: {suite}: $t"
+  echo "# $x"; fill; : > "$d/seen"
+  while :; do
+    f=; [ -e "$o.rc" ] && f=1
+    if [ -n "$f" ] || [ "$o.out" -nt "$d/seen" ]; then
+      : > "$d/seen"; c=999999999
+      [ -z "$f" ] && c=$(wc -l < "$o.out")
+      [ $c -gt $n ] && [ -e "$o.out" ] && awk -v n=$n -v c=$c 'NR > n && NR <= c {{ print "# " $0 }}' "$o.out"
+      n=$c
+    fi
+    [ -n "$f" ] && break
+    fill; sleep {poll}
+  done
+  rc=$(cat "$o.rc")
+  if [ "$rc" = missing ]; then echo "not ok $h $x # missing from the image"
+  elif [ -e "$o.timeout" ]; then echo "not ok $h $x # TIMEOUT {timeout} seconds"
+  elif [ "$rc" -eq 0 ]; then echo "ok $h $x"
+  elif [ "$rc" -eq 4 ]; then echo "ok $h $x # SKIP"
+  else echo "not ok $h $x # exit=$rc"; fi
+  rm -f "$o".*; h=$((h+1))
 done
-rm -f "$f"
+rm -rf "$d"
 """
 
 
-def command(run: KselftestRun) -> str:
-    """The guest shell command that runs `run` and prints nested KTAP."""
+def alone(test: str) -> bool:
+    """Whether `test` must run with no other binary beside it."""
+    return any(fnmatch.fnmatchcase(test, pattern) for pattern in RUN_ALONE)
+
+
+def command(run: KselftestRun, jobs: int = JOBS) -> str:
+    """The guest shell command that runs `run`, `jobs` binaries at a time,
+    and prints nested KTAP, binary by binary in the order of `run.tests`."""
     return _SCRIPT.format(
         dir=f"{GUEST_DIR}/{run.suite}",
         suite=run.suite,
         count=len(run.tests),
-        tests=" ".join(shlex.quote(t) for t in run.tests),
+        tests=" ".join(f"t_{i}={shlex.quote(t)}" for i, t in enumerate(run.tests, 1)),
+        alone=" ".join(str(i) for i, t in enumerate(run.tests, 1) if alone(t)),
+        jobs=jobs,
         timeout=int(run.timeout_s),
         grace=KILL_GRACE_S,
+        poll=_POLL_S,
     )
 
 
@@ -164,22 +241,27 @@ def _subcases(nodes: Sequence[ktap.KtapNode], prefix: str, parent: str) -> list[
 def cases(output: str, run: KselftestRun, cut_short: str | None = None) -> list[Case]:
     """Per-case results of `run` from the runner's output. A binary whose
     result never came is a FAIL with `cut_short` (why the output ended: the
-    kernel died, the step timed out) when it was running, and the ones after
-    it are not-run."""
+    kernel died, the step timed out) when it had started (the one being
+    printed, and any started beside it), and the ones after are not-run."""
     tree = ktap.parse_tree(output)
     if tree.bail_out is not None:
         raise ValueError(tree.bail_out)
     header = f"selftests: {run.suite}: "
+    ended = cut_short or "no result (the runner's output ended)"
     by_name = {n.result.name.removeprefix(header): n for n in tree.nodes}
     out: list[Case] = []
-    started = {ln.removeprefix(header) for ln in tree.trailing if ln.startswith(header)}
+    # The first binary named after the last result is the one being
+    # printed; the others had started beside it (their output is unseen).
+    started = list(dict.fromkeys(ln.removeprefix(header) for ln in tree.trailing if ln.startswith(header)))
     for test in run.tests:
         node = by_name.get(test)
         if node is not None:
             out.append(_node_case(node, test, None))
             out += _subcases(node.children, test, test)
+        elif started and test == started[0]:
+            out.append(Case(CaseResult(test, Verdict.FAIL, _with_output(ended, tree.trailing))))
         elif test in started:
-            why = _with_output(cut_short or "no result (the runner's output ended)", tree.trailing)
+            why = f"{ended} (it had started beside {started[0]}; its output was not printed yet)"
             out.append(Case(CaseResult(test, Verdict.FAIL, why)))
         else:
             why = f"not run: {cut_short or 'the runner stopped'}"

@@ -5,6 +5,7 @@ known-failure mapping (xfail, XPASS, unlisted FAIL)."""
 from __future__ import annotations
 
 import re
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from harness.config import Registry
 from harness.config.models import KnownFailure, KselftestRun
 from harness.config.registry import load_known_failures, load_scenario
 from harness.errors import ConfigError
+from harness.kernel.selftests import GUEST_DIR
 from harness.report import Verdict
 from harness.report.results import CaseResult
 from harness.scenario import ScenarioContext, kselftest, ktap, run_scenario
@@ -137,6 +139,86 @@ def test_output_cut_short_fails_the_running_case_and_the_rest_are_not_run() -> N
     assert verdicts(found) == {"a": Verdict.PASS, "b": Verdict.FAIL, "c": Verdict.NOT_RUN}
     assert found[1].result.reason == "kernel panic: Oops; last output: half"
     assert found[2].result.reason == "not run: kernel panic: Oops"
+
+
+def test_a_binary_started_beside_the_one_printed_fails_too_when_output_is_cut() -> None:
+    run = KselftestRun("kvm", ("a", "b", "c", "d"), 60)
+    # a is printed; b started beside it (its own header line), c and d wait.
+    text = "TAP version 13\n1..4\n# selftests: kvm: a\n# selftests: kvm: b\n# half of a\n"
+    found = kselftest.cases(text, run, "kernel panic: Oops")
+    assert verdicts(found) == {
+        "a": Verdict.FAIL,
+        "b": Verdict.FAIL,
+        "c": Verdict.NOT_RUN,
+        "d": Verdict.NOT_RUN,
+    }
+    assert found[0].result.reason == "kernel panic: Oops; last output: half of a"
+    assert found[1].result.reason == (
+        "kernel panic: Oops (it had started beside a; its output was not printed yet)"
+    )
+
+
+# ---- the guest runner, run by this machine's sh on stand-in binaries --------
+
+# Each stand-in notes that it runs (a file per binary while it runs) and
+# what ran beside it; "wait_for X" returns as soon as X has started, or
+# fails after 5 s: so "a saw b" holds only if b started while a ran.
+STAND_IN = """#!/bin/sh
+S={state}; me=$(basename "$0"); touch "$S/running.$me" "$S/started.$me"
+wait_for() {{ for i in $(seq 50); do [ -e "$S/started.$1" ] && return 0; sleep 0.1; done; return 1; }}
+beside() {{ ls "$S" | sed -n 's/^running\\.//p' | grep -v "^$me$" | tr '\\n' ' '; }}
+{body}
+rm -f "$S/running.$me"
+"""
+
+
+@pytest.fixture
+def stand_ins(tmp_path: Path) -> Path:
+    suite, state = tmp_path / "kvm", tmp_path / "state"
+    (suite / "arm64").mkdir(parents=True)
+    state.mkdir()
+    bodies = {
+        # a waits for b: it passes only if b ran beside it
+        "a": 'echo "a starts"; wait_for b && echo "a saw b" && st=0 || st=1; echo "a ends"',
+        "b": 'echo "b out"; echo "b err" >&2; st=1',
+        # RUN_ALONE: nothing runs beside it, before or after a pause
+        "arm64/arch_timer": 'echo "beside: [$(beside)]"; sleep 0.5; echo "beside: [$(beside)]"; st=4',
+        "c": 'echo "c sleeps"; sleep 30; st=0',
+        "e": 'printf "no newline at the end"; st=0',
+    }
+    for name, body in bodies.items():
+        path = suite / name
+        path.write_text(STAND_IN.format(state=state, body=body + '; rm -f "$S/running.$me"; exit $st'))
+        path.chmod(0o755)
+    return tmp_path
+
+
+@pytest.mark.skipif(not Path("/bin/sh").exists(), reason="no /bin/sh")
+def test_the_runner_runs_two_at_a_time_and_prints_each_binary_in_order(stand_ins: Path) -> None:
+    run = KselftestRun("kvm", ("a", "b", "arm64/arch_timer", "c", "d", "e"), 1)
+    script = kselftest.command(run).replace(f"/{GUEST_DIR}/kvm", str(stand_ins / "kvm"))
+    done = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    found = kselftest.cases(done.stdout, run)
+    assert verdicts(found) == {
+        "a": Verdict.PASS,  # so b ran beside it
+        "b": Verdict.FAIL,
+        "arm64/arch_timer": Verdict.SKIP,
+        "c": Verdict.FAIL,
+        "d": Verdict.FAIL,
+        "e": Verdict.PASS,
+    }, done.stdout
+    tree = ktap.parse_tree(done.stdout)
+    out = {n.result.name.removeprefix("selftests: kvm: "): list(n.output) for n in tree.nodes}
+    # each binary's output under its own result, whole and in its order
+    assert [ln for ln in out["a"] if ln.startswith("a ")] == ["a starts", "a saw b", "a ends"]
+    # (a binary that starts while another is printed is announced there)
+    assert [ln for ln in out["b"] if not ln.startswith("selftests: kvm: ")] == ["b out", "b err"]
+    assert [ln for ln in out["arm64/arch_timer"] if ln.startswith("beside")] == ["beside: []"] * 2
+    assert out["e"][-1] == "no newline at the end"
+    reasons = {c.result.name: c.result.reason for c in found}
+    assert reasons["c"].startswith("timed out after 1s (killed)")
+    assert reasons["d"] == "missing from the image"
+    assert [n.result.number for n in tree.nodes] == [1, 2, 3, 4, 5, 6]
 
 
 def test_bail_out_is_raised() -> None:
