@@ -183,7 +183,7 @@ def cmd_boot(args: argparse.Namespace, reg: Registry) -> int:
         print(f"console log: {guest.console_log}", file=sys.stderr)
         if not outcome.ready:
             print(f"boot {outcome.verdict.upper()}: {outcome.reason}", file=sys.stderr)
-            return verdicts.exit_code([verdicts.boot_verdict(outcome.verdict)])
+            return verdicts.exit_code([outcome.verdict])
         if args.command:
             result = guest.run("serial", args.command, args.timeout)
             print(result.output)

@@ -412,15 +412,15 @@ def _boot_outcome(log: JobLog, guest: ReplayGuest) -> BootOutcome:
         guest.advance(ready + 1)
         first, last = guest.console[0].at, guest.console[ready].at
         seconds = max(float(last) - float(first), 0.0) if first is not None and last else 0.0
-        return BootOutcome(True, "pass", "", seconds)
+        return BootOutcome(True, Verdict.PASS, "", seconds)
     guest.advance(len(log.console))
     fatal = guest.watcher.fatal
     if fatal is not None:
-        return BootOutcome(False, "fail", f"boot: {fatal.summary()}", 0.0, fatal=fatal)
+        return BootOutcome(False, Verdict.FAIL, f"boot: {fatal.summary()}", 0.0, fatal=fatal)
     if any("Linux version" in ln.text for ln in log.console):
-        return BootOutcome(False, "fail", "boot: no readiness marker in LAVA's console log", 0.0)
+        return BootOutcome(False, Verdict.FAIL, "boot: no readiness marker in LAVA's console log", 0.0)
     why = "; ".join(log.errors[-2:]) or str((log.job_result or {}).get("error_msg", "no console"))
-    return BootOutcome(False, "error", f"the LAVA job did not boot the kernel: {why}", 0.0)
+    return BootOutcome(False, Verdict.ERROR, f"the LAVA job did not boot the kernel: {why}", 0.0)
 
 
 class _OneBoot:

@@ -707,9 +707,9 @@ def machine(request: pytest.FixtureRequest, kernel_build: Artifacts) -> Iterator
             if outcome.ready:
                 return guest
             reason = f"{boot_id}: {outcome.reason}"
-            if verdicts.boot_verdict(outcome.verdict) == Verdict.FAIL:
+            if outcome.verdict == Verdict.FAIL:
                 raise BootFailed(reason, guest)
-            raise HarnessVerdict.of(verdicts.boot_verdict(outcome.verdict), reason)
+            raise HarnessVerdict.of(outcome.verdict, reason)
 
         yield boot
 

@@ -59,11 +59,6 @@ def launch_failure(exc: HarnessError) -> tuple[Verdict, str]:
     return Verdict.ERROR, f"machine: {exc}"
 
 
-def boot_verdict(outcome: str) -> Verdict:
-    """A boot's own outcome ("pass", "fail", "error") as a verdict."""
-    return Verdict(outcome)
-
-
 def probe_failure(reason: str, guest_failed: bool) -> tuple[Verdict, str]:
     """The capability probe failed: the kernel's FAIL when the guest hung or
     its network died under it, the harness's ERROR otherwise."""

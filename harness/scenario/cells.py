@@ -114,7 +114,7 @@ class Boot:
             dir=self.dir,
             console_log=self.console_log,
             ready=self.outcome.ready,
-            verdict=verdicts.boot_verdict(self.outcome.verdict),
+            verdict=self.outcome.verdict,
             reason=self.outcome.reason,
             boot_s=self.outcome.seconds,
             events=tuple(e.to_json() for e in self.guest.watcher.events),
@@ -192,10 +192,9 @@ class BootCells:
         unprobed = self._context(frozenset(), False)
         if not outcome.ready:
             events = [e for e in self.boot.guest.watcher.events if e.severity != "info"]
-            verdict = verdicts.boot_verdict(outcome.verdict)
             evidence = dict(outcome.evidence or {})
             return scenario_result(
-                scenario, unprobed, verdict, outcome.reason, events=events, evidence=evidence
+                scenario, unprobed, outcome.verdict, outcome.reason, events=events, evidence=evidence
             )
         if self._probe_error is not None:
             return scenario_result(scenario, unprobed, Verdict.ERROR, self._probe_error)

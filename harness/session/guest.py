@@ -25,6 +25,7 @@ from harness.logwatch.signatures import fatal_stream_patterns
 from harness.machine import MachineSpec, QemuMachine
 from harness.machine.profile import kernel_cmdline
 from harness.machine.qemu import free_port
+from harness.report.verdicts import Verdict
 from harness.session.base import Completed
 from harness.session.liveness import (
     CpuSample,
@@ -62,7 +63,10 @@ SERIAL_LOCK_TIMEOUT_S = 60.0
 @dataclass(frozen=True)
 class BootOutcome:
     ready: bool
-    verdict: str  # "pass" | "fail" | "error"
+    # The boot's own verdict: PASS when it came up; FAIL when the kernel did
+    # not (a crash, a stall, no readiness marker); ERROR when QEMU or its
+    # console did.
+    verdict: Verdict
     reason: str
     seconds: float  # from `cont` to the readiness marker (or to the end)
     fatal: Event | None = None
@@ -337,7 +341,7 @@ class Guest:
             launched = self.machine.launched_at
             since_launch = marker_at - launched if launched is not None else None
             self.serial.prepare()
-            outcome = BootOutcome(True, "pass", "", elapsed, since_launch=since_launch)
+            outcome = BootOutcome(True, Verdict.PASS, "", elapsed, since_launch=since_launch)
             self._start_pump()
         else:
             outcome = self._boot_failed(what, elapsed, timeout)
@@ -350,7 +354,7 @@ class Guest:
             evidence = self.evidence.collect(self._stall)
             return BootOutcome(
                 False,
-                "fail",
+                Verdict.FAIL,
                 f"boot: stalled: no console output for {self.policy.boot_stall_s:.0f}s after"
                 f" {last!r}; {describe_vcpus(evidence)}; {self._stall.describe()}",
                 elapsed,
@@ -361,16 +365,16 @@ class Guest:
         self.watcher.finish()
         fatal = self.watcher.fatal
         if fatal is not None:
-            return BootOutcome(False, "fail", f"boot: {fatal.summary()}", elapsed, fatal)
+            return BootOutcome(False, Verdict.FAIL, f"boot: {fatal.summary()}", elapsed, fatal)
         if what == "eof":
             tail = "; ".join(self.machine.stderr_tail(3)) or "no QEMU output"
             if self.machine.alive():
-                return BootOutcome(False, "error", "serial console closed during boot", elapsed)
-            return BootOutcome(False, "error", f"QEMU exited during boot: {tail}", elapsed)
+                return BootOutcome(False, Verdict.ERROR, "serial console closed during boot", elapsed)
+            return BootOutcome(False, Verdict.ERROR, f"QEMU exited during boot: {tail}", elapsed)
         last = _last_console_line(self.console_log)
         return BootOutcome(
             False,
-            "fail",
+            Verdict.FAIL,
             f"boot: no readiness marker within {timeout:.0f}s (last console line: {last!r})",
             elapsed,
         )

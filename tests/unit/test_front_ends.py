@@ -114,7 +114,7 @@ def script(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Script:
         profile: Profile, kernel: Path, image: object, run_dir: Path, *rest: Any
     ) -> Iterator[Any]:
         run_dir.mkdir(parents=True, exist_ok=True)
-        guest = FakeGuest(profile, run_dir, BootOutcome(True, "pass", "", 1.0))
+        guest = FakeGuest(profile, run_dir, BootOutcome(True, Verdict.PASS, "", 1.0))
         fake.boots.append(guest)
         try:
             yield guest

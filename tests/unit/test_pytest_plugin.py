@@ -205,7 +205,7 @@ class Fakes:
     runs: list[tuple[str, str, int | None, str | None]] = field(default_factory=list)
     builds: int = 0
     probes: int = 0
-    outcome: BootOutcome = field(default_factory=lambda: BootOutcome(True, "pass", "", 1.0))
+    outcome: BootOutcome = field(default_factory=lambda: BootOutcome(True, Verdict.PASS, "", 1.0))
     errors_left: dict[str, int] = field(default_factory=dict)  # scenario -> ERRORs before it passes
     dead_at_boot: bool = False  # QEMU is gone once the boot ends (a panic at boot)
 
@@ -393,7 +393,7 @@ def test_a_boot_that_fails_gives_every_scenario_its_fail_once(
 ) -> None:
     # A hyp panic at boot: QEMU is gone (the guest is dead) and the boot's
     # FAIL is every scenario's, on that one boot: no reboot, no retry.
-    fakes.outcome = BootOutcome(False, "fail", "boot: hyp-panic", 2.0)
+    fakes.outcome = BootOutcome(False, Verdict.FAIL, "boot: hyp-panic", 2.0)
     fakes.dead_at_boot = True
     by_run, runs, boots = _both_drivers(pytester, fakes, tmp_path, ("a-first", "b-second"))
     assert by_run == {"a-first": ("fail", 1), "b-second": ("fail", 1)}
@@ -444,7 +444,7 @@ def test_a_failed_boot_of_a_python_scenario(
 ) -> None:
     """The kernel's FAIL fails the test (not an error of its fixture); the
     harness's ERROR is an error."""
-    fakes.outcome = BootOutcome(False, verdict, "boot: Kernel panic - not syncing", 3.0)
+    fakes.outcome = BootOutcome(False, Verdict(verdict), "boot: Kernel panic - not syncing", 3.0)
     (pytester.path / "scenarios").mkdir()
     (pytester.path / "scenarios" / "test_mine.py").write_text(
         "def test_it(guest):\n    raise AssertionError\n"

@@ -79,7 +79,7 @@ def test_a_cell_stuck_in_a_harness_wait_is_an_error_naming_it_and_the_next_cell_
                 cast(QemuMachine, machine), SshKey.generate(), run_dir / "console.log", LivenessPolicy()
             )
             guest.serial.prepare()
-            guest.boot_outcome = BootOutcome(True, "pass", "", 1.0)
+            guest.boot_outcome = BootOutcome(True, Verdict.PASS, "", 1.0)
             try:
                 yield guest
             finally:
