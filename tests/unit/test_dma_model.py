@@ -247,3 +247,32 @@ def test_a_recorded_missed_fault_fails() -> None:
     assert v.mismatch.state == "mapped: 0x20004000+0x5000->pool 0x12000 rw (op 0)"
     # data and ioctl results were right: only the reports were missing
     assert M.replay(run, True).mismatch is None
+
+
+def test_seed_replay_and_fuzz_seconds_from_the_environment() -> None:
+    from harness.config.models import DmaFuzzRun
+    from harness.scenario import dma_fuzz
+
+    run = DmaFuzzRun(seeds=(1, 2), length=32)
+    assert dma_fuzz.seeds(run, {}) == ((1, 2), None)
+    assert dma_fuzz.seeds(run, {dma_fuzz.SEED_ENV: "0x3"}) == ((3,), None)
+    assert dma_fuzz.seeds(run, {dma_fuzz.SECONDS_ENV: "60"}) == ((1, 2), 60.0)
+    assert dma_fuzz.command(run, 3) == "edu-dma --backend type1 --seed 0x3 fuzz --length 32"
+
+
+def test_the_scenario_declares_its_fuzz_steps(tmp_path: Path) -> None:
+    from harness.config.registry import load_scenario
+    from harness.errors import ConfigError
+
+    scenarios = Path(__file__).parent.parent.parent / "scenarios"
+    s = load_scenario(scenarios / "dma-fuzz.yaml")
+    fuzz = [(st.name, st.dma_fuzz) for st in s.steps if st.dma_fuzz is not None]
+    assert [(n, f.backend, f.seeds) for n, f in fuzz] == [
+        ("fuzz-type1", "type1", (1,)),
+        ("fuzz-iommufd", "iommufd", (2,)),
+    ]
+    bad = tmp_path / "bad.yaml"
+    text = (scenarios / "dma-fuzz.yaml").read_text().replace("backend: iommufd", "backend: noiommu")
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match="noiommu"):
+        load_scenario(bad)
