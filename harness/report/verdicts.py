@@ -126,6 +126,18 @@ def bisect_exit_code(found: bool) -> ExitCode:
     return ExitCode.FAIL if found else ExitCode.ERROR
 
 
+def bisect_state(verdicts: Iterable[Verdict]) -> str:
+    """A bisect step's answer from its run's verdicts: "bad" when the kernel
+    failed, "skip" (untestable, like `git bisect skip`) when the run proved
+    nothing (an ERROR or a cell never run), "good" otherwise."""
+    seen = set(verdicts)
+    if Verdict.FAIL in seen:
+        return "bad"
+    if seen & {Verdict.ERROR, Verdict.NOT_RUN}:
+        return "skip"
+    return "good"
+
+
 def error_exit_code(exc: HarnessError) -> ExitCode:
     """A command ended by a harness exception: exit 1 for the series' own
     defect (its FAIL), the exception's code otherwise."""

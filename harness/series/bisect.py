@@ -146,7 +146,7 @@ class Bisector:
             try:
                 kernel = build_kernel(self.target, upto=k)
             except HarnessError as exc:
-                if not exc.series_defect:
+                if verdicts.failure_verdict(exc) != Verdict.FAIL:
                     raise
                 return self._add(StepOutcome(k, "skip", f"does not build/apply: {exc}", role=role))
             if not kernel.cached:
@@ -157,16 +157,10 @@ class Bisector:
         try:
             result = pipeline.run(request)
         except HarnessError as exc:
-            if not exc.series_defect:
+            if verdicts.failure_verdict(exc) != Verdict.FAIL:
                 raise
             return self._add(StepOutcome(k, "skip", f"does not build/apply: {exc}", role=role))
-        verdicts = {r.verdict for r in result.results}
-        if Verdict.FAIL in verdicts:
-            state = "bad"
-        elif verdicts & {Verdict.ERROR, Verdict.NOT_RUN}:
-            state = "skip"
-        else:
-            state = "good"
+        state = verdicts.bisect_state(r.verdict for r in result.results)
         sig = failure_signature(result)
         return self._add(StepOutcome(k, state, _first_failure(result.results), sig, role, str(run_dir), True))
 

@@ -208,7 +208,7 @@ def check_series(target: Target, output: Path, options: CheckOptions) -> SeriesR
         try:
             build = build_kernel(target, upto=k, jobs=options.jobs, warnings_level=options.warnings_level)
         except PatchError as exc:
-            if not exc.series_defect:
+            if verdicts.failure_verdict(exc) != Verdict.FAIL:
                 raise
             checks.append(CheckResult("apply", Verdict.FAIL, str(exc)))
         except KconfigError as exc:

@@ -76,6 +76,13 @@ def test_series_and_bisect_exit_codes_follow_the_run_rule() -> None:
             assert verdicts.series_exit_code([Verdict.PASS, v]) == verdicts.exit_code([v])
     assert verdicts.bisect_exit_code(found=True) == verdicts.exit_code([Verdict.FAIL])
     assert verdicts.bisect_exit_code(found=False) == verdicts.exit_code([Verdict.ERROR])
+    # A bisect step is bad on the kernel's FAIL, untestable when its run
+    # proved nothing (the run rule's ERROR), good otherwise (XPASS is the
+    # declaration's fault, not the patch's).
+    for v in Verdict:
+        state = verdicts.bisect_state([Verdict.PASS, v])
+        unproven = verdicts.exit_code([v]) == ExitCode.ERROR
+        assert state == ("bad" if v == Verdict.FAIL else "skip" if unproven else "good")
 
 
 def test_a_series_defect_is_a_fail_and_anything_else_an_error() -> None:
