@@ -8,14 +8,17 @@ series check, bisect) call these; none decides a verdict of its own.
   target's known gap and the selftests' known failures apply, and a stale
   one is an XPASS, whoever produced the verdict), sit beside the result
   dataclasses in `results.py`, which this module cannot import;
-- FAIL vs ERROR for what is not a scenario's own run: a build, a QEMU
-  launch, a boot, the capability probe, a harness bug;
+- FAIL vs ERROR for what is not a scenario's own run: a build or a
+  series' defect, a QEMU launch, the capability probe, a stuck cell, a
+  harness bug (a boot's own verdict is its watcher's, a `Verdict` in
+  `BootOutcome`);
 - the rank (which of several verdicts says most), the exit codes of a run,
-  a series check and a bisect;
-- the tables: junit, pytest outcome, avocado status, HTML class.
+  a series check and a bisect, and a bisect step's state;
+- the tables: junit, pytest outcome, avocado status, HTML class, KCIDB.
 
 This module and the results contract (`results.py`) are the vocabulary
-every stage speaks: they import only `harness.config` and `harness.errors`.
+every stage speaks: this one imports only `harness.errors`, `results.py`
+also `harness.config` (tests/unit/test_import_graph.py).
 """
 
 from __future__ import annotations
