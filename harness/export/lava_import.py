@@ -15,7 +15,7 @@ import json
 import re
 import shlex
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -348,31 +348,10 @@ def import_results(job_output: Path, output: Path, registry: Registry) -> RunRes
             image={"lava_overlay": True},
         )
     )
-    boot_id = f"{target.name}/lava-{profile.name}"
     guest = ReplayGuest(log.console, plan.commands)
     start = time.monotonic()
-
-    def ctx(caps: frozenset[str], first: bool) -> ScenarioContext:
-        return ScenarioContext(
-            target,
-            profile,
-            caps,
-            console_log=str(console_log),
-            faults_since=0 if first else None,
-            boot=boot_id,
-        )
-
-    for name, why in left_out.items():
-        recorder.record(
-            scenario_result(
-                registry.scenario(name),
-                ctx(frozenset(), False),
-                Verdict.SKIP,
-                f"left out of the LAVA job: {why}",
-            )
-        )
     boot = Boot(
-        id=boot_id,
+        id=f"{target.name}/lava-{profile.name}",
         target=target,
         profile=profile,
         side=None,
@@ -381,8 +360,13 @@ def import_results(job_output: Path, output: Path, registry: Registry) -> RunRes
         guest=guest,
         outcome=_boot_outcome(log, guest),
     )
+    for name, why in left_out.items():
+        reason = f"left out of the LAVA job: {why}"
+        recorder.record(
+            scenario_result(registry.scenario(name), boot.context(frozenset(), False), Verdict.SKIP, reason)
+        )
     engine = ProfileCells(
-        _OneBoot(boot, static_caps, ctx), retries=0, profile=profile.name, on_boot=recorder.add_boot
+        _OneBoot(boot, static_caps), retries=0, profile=profile.name, on_boot=recorder.add_boot
     )
     try:
         engine.run(scenarios, recorder.record)
@@ -431,12 +415,9 @@ class _OneBoot:
 
     no_reboot = "a LAVA job boots once (a live run would boot again)"
 
-    def __init__(
-        self, boot: Boot, static_caps: frozenset[str], ctx: Callable[[frozenset[str], bool], ScenarioContext]
-    ) -> None:
+    def __init__(self, boot: Boot, static_caps: frozenset[str]) -> None:
         self._boot = boot
         self._static_caps = static_caps
-        self._ctx = ctx
 
     @contextlib.contextmanager
     def boot(self, n: int) -> Iterator[Boot | None]:
@@ -449,7 +430,7 @@ class _OneBoot:
         return BootCells(boot, probe, run=_replay_scenario)
 
     def unbooted(self, scenario: Scenario) -> ScenarioContext:
-        return self._ctx(frozenset(), False)
+        return self._boot.context(frozenset(), False)
 
 
 def _replay_scenario(
