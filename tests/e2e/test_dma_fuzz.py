@@ -28,7 +28,7 @@ def assert_stale_translation(result: dict[str, Any], seed: str) -> None:
     ), reason
     assert ": stale-translation: " in reason, reason
     assert "model state: mapped:" in reason and "minimized to" in reason
-    assert f"(replay: PKVM_HARNESS_FUZZ_SEED={seed}, or in the guest: edu-dma " in reason
+    assert re.search(rf"\(replay: PKVM_HARNESS_FUZZ_SEED={seed}, or in the guest: edu-dma ", reason), reason
     failure = result["evidence"]["dma_fuzz_failure"]
     assert failure["backend"] == "type1"
     assert failure["kind"] == "stale-translation"
