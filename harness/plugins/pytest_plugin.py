@@ -301,12 +301,12 @@ class BootManager:
                 raise
         return self._artifacts
 
-    def _lookup(self, address: int) -> str | None:
+    def _symbol_table(self) -> SymbolTable:
         from harness.kernel.symbols import SymbolTable
 
         if self._symbols is None:
             self._symbols = SymbolTable.from_system_map(self.artifacts().kernel.system_map)
-        return self._symbols.lookup(address)
+        return self._symbols
 
     def output(self) -> Path:
         if self.output_dir is None:
@@ -351,7 +351,9 @@ class BootManager:
                     target.cmdline,
                     self.boot_timeout,
                     LivenessPolicy(),
-                    self._lookup,
+                    # The table's own bound lookup: the hang evidence uses
+                    # the table behind it to name EL2 (hyp VA) PCs too.
+                    self._symbol_table().lookup,
                 )
             )
             yield f"{target.name}/{name}", boots / name, guest
