@@ -102,6 +102,11 @@ def _why_not(scenario: Scenario) -> str | None:
     for step in scenario.steps:
         if step.qmp is not None:
             return f"step {step.name} sends QMP {step.qmp.command}: a LAVA job has no QEMU monitor"
+        if step.dma_fuzz is not None:
+            # Its guest runs depend on the last one's outcome (the wait for
+            # the fault-report window, the shrinking of a failing sequence);
+            # a LAVA job's commands are fixed when it is written.
+            return f"step {step.name} is a DMA fuzzer: its next guest run depends on the last one's outcome"
         if step.run is not None and _RUNTIME_VALUE.search(step.run):
             return f"step {step.name}'s command uses a value captured at run time (${{capture.*}})"
         console_only = sorted(step.requires & CONSOLE_CAPABILITIES)
