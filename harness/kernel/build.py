@@ -16,12 +16,13 @@ import re
 import shlex
 import shutil
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import __version__, paths, ui
+from harness import __version__, paths, timeouts, ui
 from harness.cache import ContentStore, DigestMemo, digest, write_json
 from harness.config.models import Target
 from harness.errors import BuildError, KconfigError, PatchError, ToolMissingError
@@ -130,6 +131,36 @@ def _load(directory: Path, target: str, cached: bool) -> KernelBuild:
 _PROGRESS = re.compile(r"^\s+(CC|AS|LD|AR|OBJCOPY|GZIP|LDS|HOSTCC|CPP)\s+(\S+)")
 
 
+class SilenceWatch:
+    """Kills a process that has printed nothing for `limit` seconds. A
+    kernel build has no deadline (its length depends on the config, the
+    machine and the cache), but it prints a line per step; no single step
+    is silent for minutes unless something waits forever."""
+
+    def __init__(self, proc: subprocess.Popen[str], limit: float) -> None:
+        self.proc = proc
+        self.limit = limit
+        self.fired = False
+        self._last = time.monotonic()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="make-silence", daemon=True)
+        self._thread.start()
+
+    def heard(self) -> None:
+        self._last = time.monotonic()
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(5.0, self.limit / 4)):
+            if time.monotonic() - self._last > self.limit and self.proc.poll() is None:
+                self.fired = True
+                self.proc.kill()
+                return
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=10)
+
+
 def _run_make(argv: list[str], cwd: Path, log: Path, expected: int | None) -> int:
     """Run make, teeing into `log`, with a progress line; returns the number of
     build steps seen (kept to estimate the next build's progress)."""
@@ -139,12 +170,23 @@ def _run_make(argv: list[str], cwd: Path, log: Path, expected: int | None) -> in
     with log.open("a") as out:
         out.write(f"$ {shlex.join(argv)}\n")
         out.flush()
+        # stdin: nothing. A Kconfig symbol without a value (a series adding
+        # one without a default) makes kconfig ask; from a terminal that
+        # would be a wait forever, from /dev/null it is the default.
         proc = subprocess.Popen(
-            argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            argv,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
         )
         assert proc.stdout is not None
+        silence = SilenceWatch(proc, timeouts.MAKE_SILENCE_S)
         try:
             for line in proc.stdout:
+                silence.heard()
                 out.write(line)
                 m = _PROGRESS.match(line)
                 if m:
@@ -157,10 +199,15 @@ def _run_make(argv: list[str], cwd: Path, log: Path, expected: int | None) -> in
                         eta = f", ETA {int(left // 60)}m{int(left % 60):02d}s"
                     ticker.update(f"{steps}{pct} steps, {elapsed:.0f}s{eta}: {m.group(2)}")
         finally:
+            silence.stop()
             if proc.poll() is None:
                 proc.kill()
             rc = proc.wait()
             ticker.done()
+    if silence.fired:
+        raise BuildError(
+            f"kernel build hung: make printed nothing for {silence.limit:.0f}s and was killed", log=log
+        )
     if rc != 0:
         text = log.read_text(errors="replace")
         error = diagnostics.first_error(text, cwd)
