@@ -106,9 +106,12 @@ def _unpack(spec: SourceSpec, dest: Path) -> None:
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines() or ["no output"]
         first = lines[0].removeprefix("tar: ")
-        if "No space left on device" in result.stderr:
+        full = [ln.removeprefix("tar: ") for ln in lines if "No space left on device" in ln]
+        if full:
+            # The errno's own line: tar's first may be a short write
+            # ("Wrote only 6656 of 8358 bytes") that does not say why.
             where = f"unpacking into {dest.parent} failed"
-            raise SourceError(f"source {spec.describe()}: {where}: disk full ({first})")
+            raise SourceError(f"source {spec.describe()}: {where}: disk full ({full[0]})")
         raise SourceError(f"source {spec.describe()}: tar failed: {first}")
     if not (dest / "Makefile").exists() or not (dest / "arch" / "arm64").is_dir():
         raise SourceError(f"source {spec.describe()}: not a Linux kernel tree")

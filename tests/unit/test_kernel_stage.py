@@ -308,3 +308,29 @@ def test_a_reused_config_is_still_checked_for_dropped_options(tmp_path: Path) ->
     saved.write_text("# CONFIG_KVM is not set\n")
     with pytest.raises(KconfigError, match=r"config option dropped: pkvm.config:1: CONFIG_KVM=y"):
         kconfig.resolve_config(make, tree, outdir, [frag], tmp_path / "log", saved)
+
+
+def test_a_full_disk_while_unpacking_names_the_errno_whatever_tar_says_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real run (make test, 2026-12-03): tar's first line was a short write,
+    "Wrote only 6656 of 8358 bytes"; the cause was on a later line."""
+    import subprocess
+
+    from harness.errors import SourceError
+    from harness.kernel import source
+
+    stderr = (
+        "tar: Documentation/power/opp.rst: Wrote only 6656 of 8358 bytes\n"
+        "tar: Documentation/power/pci.rst: Cannot write: No space left on device\n"
+        "tar: Exiting with failure status due to previous errors\n"
+    )
+    monkeypatch.setattr(
+        subprocess, "run", lambda argv, **kw: subprocess.CompletedProcess(argv, 2, "", stderr)
+    )
+    spec = SourceSpec("tarball", str(make_tarball(tmp_path)))
+    with pytest.raises(SourceError) as err:
+        source._unpack(spec, tmp_path / "dest" / "tree")
+    assert str(err.value).endswith(
+        "failed: disk full (Documentation/power/pci.rst: Cannot write: No space left on device)"
+    )
