@@ -373,15 +373,13 @@ CASES: list[Case] = [
 ]
 
 
-class _WorkStarted(BaseException):
+class WorkStarted(BaseException):
     """Raised by a build or boot entry point: a bad input got that far.
     Not an Exception, so that main() does not report it as an internal error."""
 
 
-@pytest.fixture(autouse=True)
-def no_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """An empty cache, and every build and boot entry point raising. After
-    the command the cache holds nothing: no source unpacked, nothing built."""
+def forbid_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every build and boot entry point raises WorkStarted."""
     import harness.kernel
     import harness.kernel.build
     import harness.machine.qemu
@@ -390,7 +388,7 @@ def no_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     import harness.series.check
 
     def started(*args: object, **kwargs: object) -> None:
-        raise _WorkStarted
+        raise WorkStarted
 
     for module in (
         harness.kernel,
@@ -402,6 +400,13 @@ def no_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         monkeypatch.setattr(module, "build_kernel", started)
     monkeypatch.setattr(harness.pipeline, "build_all", started)
     monkeypatch.setattr(harness.machine.qemu.QemuMachine, "launch", started)
+
+
+@pytest.fixture(autouse=True)
+def no_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty cache, and every build and boot entry point raising. After
+    the command the cache holds nothing: no source unpacked, nothing built."""
+    forbid_work(monkeypatch)
     cache = tmp_path / "cache"
     cache.mkdir()
     monkeypatch.setenv("PKVM_HARNESS_CACHE", str(cache))

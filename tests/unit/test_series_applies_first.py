@@ -4,18 +4,13 @@ by `run` and by `series bisect` (issue 18)."""
 
 from __future__ import annotations
 
-import tarfile
 from pathlib import Path
 
 import pytest
 
-import harness.kernel
-import harness.kernel.build
-import harness.machine.qemu
-import harness.pipeline
-import harness.series.bisect
-import harness.series.check
 from harness.cli import main
+from tests.unit.test_bad_inputs import WorkStarted, forbid_work
+from tests.unit.test_kernel_stage import make_tarball
 
 STALE = """From 1111111111111111111111111111111111111111 Mon Sep 17 00:00:00 2001
 From: Dev <dev@example.org>
@@ -40,37 +35,14 @@ diff --git a/drivers/iommu/foo.c b/drivers/iommu/foo.c
 """
 
 
-class _WorkStarted(BaseException):
-    """A build or a boot started (not an Exception: main() lets it through)."""
-
-
 @pytest.fixture
 def tiny_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "linux-tiny"
-    (root / "arch" / "arm64").mkdir(parents=True)
-    (root / "drivers" / "iommu").mkdir(parents=True)
-    (root / "Makefile").write_text("VERSION = 7\nPATCHLEVEL = 3\nSUBLEVEL = 4\nEXTRAVERSION =\n")
-    (root / "drivers" / "iommu" / "foo.c").write_text("int a;\nint b;\nint c;\n")
-    tarball = tmp_path / "linux-tiny.tar"
-    with tarfile.open(tarball, "w") as tar:
-        tar.add(root, arcname="linux-tiny")
+    tarball = make_tarball(tmp_path)
     target = tmp_path / "tiny.yaml"
     target.write_text(f"name: tiny\nsource: {{tarball: {tarball}}}\nfragments: [base]\n")
     monkeypatch.setenv("PKVM_HARNESS_CACHE", str(tmp_path / "cache"))
 
-    def started(*args: object, **kwargs: object) -> None:
-        raise _WorkStarted
-
-    for module in (
-        harness.kernel,
-        harness.kernel.build,
-        harness.pipeline,
-        harness.series.bisect,
-        harness.series.check,
-    ):
-        monkeypatch.setattr(module, "build_kernel", started)
-    monkeypatch.setattr(harness.pipeline, "build_all", started)
-    monkeypatch.setattr(harness.machine.qemu.QemuMachine, "launch", started)
+    forbid_work(monkeypatch)
     return target
 
 
@@ -109,7 +81,7 @@ def test_a_series_that_applies_goes_on_to_the_build(
 ) -> None:
     good = tmp_path / "0001-good.patch"
     good.write_text(STALE.replace("-int zzz;", "-int b;"))
-    with pytest.raises(_WorkStarted):
+    with pytest.raises(WorkStarted):
         main(
             [
                 "run",
@@ -131,7 +103,7 @@ def test_series_check_says_which_patch_does_not_apply_before_any_build(
     apply (its report is per patch), but says that one first."""
     bad = tmp_path / "0001-stale.patch"
     bad.write_text(STALE)
-    with pytest.raises(_WorkStarted):  # the base build, after the line
+    with pytest.raises(WorkStarted):  # the base build, after the line
         main(
             [
                 "series",
