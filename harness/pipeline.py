@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import queue
 import shlex
 import sys
 import time
@@ -350,20 +351,29 @@ def _run_pool(units: list[tuple[RunRequest, Artifacts, Profile]], recorder: RunR
         for unit in units:
             one(unit)
         return
-    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="worker") as pool:
-        futures = [pool.submit(one, unit) for unit in units]
-        try:
-            # Poll, so that SIGINT (raised in this thread) is seen at once.
-            while not all(f.done() for f in futures):
-                concurrent.futures.wait(futures, timeout=0.5)
-        except BaseException:
-            recorder.freeze()
-            for f in futures:
-                f.cancel()
-            kill_all_machines()  # the workers' steps end at once, on EOF
-            raise
-        for f in futures:
-            f.result()  # a worker's own exception (a harness bug) surfaces here
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="worker")
+    finished: queue.SimpleQueue[None] = queue.SimpleQueue()
+    futures = [pool.submit(one, unit) for unit in units]
+    for f in futures:
+        f.add_done_callback(lambda _: finished.put(None))
+    try:
+        # SIGINT is raised in this thread wherever it happens to be. Here it
+        # lands in a C call that holds no lock: concurrent.futures.wait,
+        # interrupted while taking the futures' locks one by one, keeps some
+        # of them, and every worker then blocks forever in set_result.
+        left = len(futures)
+        while left:
+            with contextlib.suppress(queue.Empty):
+                finished.get(timeout=0.5)
+                left -= 1
+    except BaseException:
+        recorder.freeze()
+        kill_all_machines()  # the workers' steps end at once, on EOF; no QEMU starts after
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    for f in futures:
+        f.result()  # a worker's own exception (a harness bug) surfaces here
 
 
 def _write_reproducer(request: RunRequest, run_result: RunResult) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import faulthandler
 import shlex
 import shutil
 import signal
@@ -99,17 +100,22 @@ def free_port() -> int:
 
 _live_lock = threading.Lock()
 _live: set[QemuMachine] = set()
+# Set by kill_all_machines: from then on no QEMU starts in this process (a
+# worker between its stop check and its Popen would otherwise boot a guest
+# nobody kills, and the interrupted run would wait out its boot timeout).
+_no_more_machines = False
 
 
 def kill_all_machines() -> None:
     """SIGKILL every QEMU this process runs (an interrupted matrix: the
     workers' steps then end at once, and their context managers clean up)."""
-    with _live_lock:
-        machines = list(_live)
-    for m in machines:
-        if m.proc is not None and m.proc.poll() is None:
-            with contextlib.suppress(OSError):
-                m.proc.kill()
+    global _no_more_machines
+    with _live_lock:  # launch holds it around Popen: no QEMU slips past
+        _no_more_machines = True
+        for m in _live:
+            if m.proc is not None and m.proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    m.proc.kill()
 
 
 class QemuMachine:
@@ -162,9 +168,10 @@ class QemuMachine:
         for sock in (self.spec.serial_socket, self.spec.qmp_socket):
             sock.unlink(missing_ok=True)
         self.launched_at = time.monotonic()
-        with _live_lock:
+        with _live_lock, self.qemu_log.open("wb") as log:
+            if _no_more_machines:
+                raise MachineError("not started: the run is being interrupted")
             _live.add(self)
-        with self.qemu_log.open("wb") as log:
             self.proc = subprocess.Popen(
                 self.argv,
                 stdin=subprocess.DEVNULL,
@@ -325,3 +332,6 @@ def install_signal_handlers() -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise)
+    # `kill -USR1 PID` prints every thread's stack to stderr: where a harness
+    # that seems stuck is waiting, without stopping it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)

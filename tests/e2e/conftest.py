@@ -162,9 +162,9 @@ def interrupt_after_first_cell(args: list[str], output: Path, sig: int = 2) -> i
 
     from harness.report import Verdict
 
-    proc = subprocess.Popen(
-        [*HARNESS, *args, "--output", str(output)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    stderr = output.parent / f"{output.name}.stderr"
+    with stderr.open("wb") as log:
+        proc = subprocess.Popen([*HARNESS, *args, "--output", str(output)], stdout=log, stderr=log)
     results = output / "results.json"
     try:
         deadline = time.monotonic() + 900
@@ -173,7 +173,13 @@ def interrupt_after_first_cell(args: list[str], output: Path, sig: int = 2) -> i
                 break
             time.sleep(0.2)
         proc.send_signal(signal.Signals(sig))
-        return proc.wait(60)
+        try:
+            return proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)  # the harness prints its threads' stacks
+            time.sleep(2)
+            tail = stderr.read_text(errors="replace")[-6000:]
+            raise AssertionError(f"no exit within 60s of the signal; its stderr ends:\n{tail}") from None
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -1,0 +1,79 @@
+"""An interrupted parallel run ends at once (issue 22, CI's hang of
+test_sigint_in_the_middle_of_a_parallel_matrix): SIGINT may land anywhere in
+the main thread while workers run, and no QEMU may start once the run is
+being interrupted."""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, ClassVar
+
+import pytest
+
+from harness import pipeline
+from harness.errors import MachineError
+from harness.machine import qemu
+from harness.machine.qemu import QemuMachine, kill_all_machines
+from harness.report import RunRecorder
+from tests.unit.test_qmp_deadlines import spec
+
+
+def test_no_qemu_starts_once_the_machines_were_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(qemu, "_no_more_machines", False)  # process-wide; restored after the test
+    kill_all_machines()
+    machine = QemuMachine(spec(tmp_path, "answer"), tmp_path / "run")
+    with pytest.raises(MachineError, match="not started: the run is being interrupted"):
+        machine.__enter__()
+    assert machine.proc is None
+
+
+class _Unit:
+    """Stands in for _ProfileRun: runs until the recorder freezes."""
+
+    started: ClassVar[list[int]] = []
+
+    def __init__(self, request: Any, artifacts: Any, profile: Any, recorder: RunRecorder) -> None:
+        self.n, self.recorder = int(request.n), recorder
+
+    def run(self) -> None:
+        _Unit.started.append(self.n)
+        while not self.recorder.frozen:
+            time.sleep(0.001)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_sigint_anywhere_in_a_parallel_pool_ends_it_and_starts_no_queued_unit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    monkeypatch.setattr(pipeline, "_ProfileRun", _Unit)
+    monkeypatch.setattr(pipeline, "kill_all_machines", lambda: None)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    _Unit.started = []
+    recorder = RunRecorder(tmp_path, "test", "qemu", "pkvm-harness run")
+    target = SimpleNamespace(name="t")
+    units: Any = [
+        (SimpleNamespace(n=n, side=None, target=target), None, SimpleNamespace(name=f"p{n}"))
+        for n in range(4)
+    ]
+    main = threading.main_thread().ident
+    assert main is not None
+    timer = threading.Timer(
+        random.Random(seed).uniform(0.01, 0.6), signal.pthread_kill, (main, signal.SIGINT)
+    )
+    try:
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            pipeline._run_pool(units, recorder, jobs=2)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
+    assert recorder.frozen
+    assert sorted(_Unit.started) == [0, 1]  # the two queued units never started
+    assert not [t for t in threading.enumerate() if t.name.startswith("worker")]
