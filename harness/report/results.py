@@ -357,21 +357,39 @@ def unknown_cell(
 
 
 def case_result(
-    name: str, verdict: Verdict, reason: str = "", known: KnownFailure | None = None, timed_out: bool = False
+    name: str,
+    verdict: Verdict,
+    reason: str = "",
+    known: KnownFailure | None = None,
+    timed_out: bool = False,
+    subtests: Sequence[CaseResult] = (),
 ) -> CaseResult:
     """The one place a CaseResult is made. `known` is the known-failure
     entry listing this case: a failure it covers (not a timeout) is an
     xfail with its reason, another failure stays a FAIL naming the entry,
-    a pass is an XPASS (the list is stale)."""
+    a pass is an XPASS (the list is stale). `subtests` are the case's own
+    subtests' results: a failure (not a timeout) whose failing subtests
+    are all known failures (xfails) and none a FAIL is an xfail too."""
+    result = CaseResult(name, verdict, reason)
     if known is not None and verdict == Verdict.FAIL and not timed_out and known.covers(reason):
-        return CaseResult(name, Verdict.XFAIL, f"known failure: {known.reason} (got: {reason})")
-    if known is not None and verdict == Verdict.FAIL:
-        return CaseResult(
+        result = CaseResult(name, Verdict.XFAIL, f"known failure: {known.reason} (got: {reason})")
+    elif known is not None and verdict == Verdict.FAIL:
+        result = CaseResult(
             name, verdict, f"{reason} (not its known failure /{known.failure.pattern}/, {known.where})"
         )
-    if known is not None and verdict == Verdict.PASS:
-        return CaseResult(name, Verdict.XPASS, f"listed as a known failure ({known.where}) but passed")
-    return CaseResult(name, verdict, reason)
+    elif known is not None and verdict == Verdict.PASS:
+        result = CaseResult(name, Verdict.XPASS, f"listed as a known failure ({known.where}) but passed")
+    known_subs = [s.name for s in subtests if s.verdict == Verdict.XFAIL]
+    if (
+        result.verdict == Verdict.FAIL
+        and not timed_out
+        and known_subs
+        and not any(s.verdict == Verdict.FAIL for s in subtests)
+    ):
+        return CaseResult(
+            name, Verdict.XFAIL, f"only known failures among its subtests: {', '.join(known_subs)}"
+        )
+    return result
 
 
 def results_schema() -> dict[str, Any]:

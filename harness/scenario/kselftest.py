@@ -148,10 +148,20 @@ def command(run: KselftestRun, jobs: int = JOBS) -> str:
 
 
 @dataclass(frozen=True)
+class Observed:
+    """What the runner's output says of one case, before the verdict policy
+    (`case_result`: known failures, XPASS) makes it a `CaseResult`."""
+
+    name: str
+    verdict: Verdict
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class Case:
     """A case with where it sits: `parent` is the binary's case for a subtest."""
 
-    result: CaseResult
+    result: Observed
     parent: str | None = None
     timed_out: bool = False
 
@@ -215,18 +225,18 @@ def _node_case(node: ktap.KtapNode, name: str, parent: str | None) -> Case:
     r = node.result
     if r.directive == "SKIP":
         why = r.reason or _skip_detail(node.output)
-        return Case(CaseResult(name, Verdict.SKIP, why or "skipped"), parent)
+        return Case(Observed(name, Verdict.SKIP, why or "skipped"), parent)
     if r.directive in ("XFAIL", "TODO"):
         says = f"the test says {r.directive}: {r.reason}".strip()
-        return Case(CaseResult(name, Verdict.XFAIL, says), parent)
+        return Case(Observed(name, Verdict.XFAIL, says), parent)
     if r.ok:
-        return Case(CaseResult(name, Verdict.PASS), parent)
+        return Case(Observed(name, Verdict.PASS), parent)
     if m := re.match(r"TIMEOUT\s+(\d+)", r.reason):
         why = _with_output(f"timed out after {m.group(1)}s (killed)", node.output)
-        return Case(CaseResult(name, Verdict.FAIL, why), parent, True)
+        return Case(Observed(name, Verdict.FAIL, why), parent, True)
     detail = failure_detail(node.output)
     head = f"exit {m.group(1)}" if (m := re.match(r"exit=(\d+)", r.reason)) else r.reason or "not ok"
-    return Case(CaseResult(name, Verdict.FAIL, f"{head}: {detail}" if detail else head), parent)
+    return Case(Observed(name, Verdict.FAIL, f"{head}: {detail}" if detail else head), parent)
 
 
 def _subcases(nodes: Sequence[ktap.KtapNode], prefix: str, parent: str) -> list[Case]:
@@ -259,13 +269,13 @@ def cases(output: str, run: KselftestRun, cut_short: str | None = None) -> list[
             out.append(_node_case(node, test, None))
             out += _subcases(node.children, test, test)
         elif started and test == started[0]:
-            out.append(Case(CaseResult(test, Verdict.FAIL, _with_output(ended, tree.trailing))))
+            out.append(Case(Observed(test, Verdict.FAIL, _with_output(ended, tree.trailing))))
         elif test in started:
             why = f"{ended} (it had started beside {started[0]}; its output was not printed yet)"
-            out.append(Case(CaseResult(test, Verdict.FAIL, why)))
+            out.append(Case(Observed(test, Verdict.FAIL, why)))
         else:
             why = f"not run: {cut_short or 'the runner stopped'}"
-            out.append(Case(CaseResult(test, Verdict.NOT_RUN, why)))
+            out.append(Case(Observed(test, Verdict.NOT_RUN, why)))
     return out
 
 
@@ -280,30 +290,26 @@ def classify(
     the list is shown, never applied silently)."""
     entries = [k for k in known if k.applies(suite, target, profile)]
     matched: dict[int, list[str]] = {i: [] for i in range(len(entries))}
-    results: list[CaseResult] = []
-    for case in found:
-        c = case.result
-        hit = next((i for i, k in enumerate(entries) if k.matches(c.name)), None)
+    hits = [next((i for i, k in enumerate(entries) if k.matches(c.result.name)), None) for c in found]
+    for case, hit in zip(found, hits, strict=True):
         if hit is not None:
-            matched[hit].append(f"{c.name}: {c.verdict}")
-            c = case_result(c.name, c.verdict, c.reason, known=entries[hit], timed_out=case.timed_out)
-        results.append(c)
+            matched[hit].append(f"{case.result.name}: {case.result.verdict}")
+
+    def result(i: int, subtests: Sequence[CaseResult] = ()) -> CaseResult:
+        c, hit = found[i], hits[i]
+        known_entry = entries[hit] if hit is not None else None
+        o = c.result
+        return case_result(o.name, o.verdict, o.reason, known_entry, c.timed_out, subtests)
+
+    # Subtests first: a binary's verdict may rest on its subtests' (all
+    # failures known ones: an xfail).
+    subs = {i: result(i) for i, c in enumerate(found) if c.parent is not None}
     by_parent: dict[str, list[CaseResult]] = {}
-    for case, res in zip(found, results, strict=True):
-        if case.parent is not None:
-            by_parent.setdefault(case.parent, []).append(res)
-    for i, (case, res) in enumerate(zip(found, results, strict=True)):
-        subs = by_parent.get(res.name, [])
-        known_subs = [s.name for s in subs if s.verdict == Verdict.XFAIL]
-        if (
-            res.verdict == Verdict.FAIL
-            and not case.timed_out
-            and known_subs
-            and not any(s.verdict == Verdict.FAIL for s in subs)
-        ):
-            results[i] = CaseResult(
-                res.name, Verdict.XFAIL, f"only known failures among its subtests: {', '.join(known_subs)}"
-            )
+    for i, res in subs.items():
+        by_parent.setdefault(str(found[i].parent), []).append(res)
+    results = [
+        subs[i] if i in subs else result(i, by_parent.get(c.result.name, ())) for i, c in enumerate(found)
+    ]
     applied = [{**k.to_json(), "matched": matched[i]} for i, k in enumerate(entries)]
     return results, applied
 

@@ -17,7 +17,7 @@ from harness.config.registry import load_known_failures, load_scenario
 from harness.errors import ConfigError
 from harness.kernel.selftests import GUEST_DIR
 from harness.report import Verdict
-from harness.report.results import CaseResult
+from harness.report.results import CaseResult, case_result
 from harness.scenario import ScenarioContext, kselftest, ktap, run_scenario
 from tests.unit.test_runner import ScriptedGuest, boot_log
 
@@ -230,8 +230,7 @@ def test_bail_out_is_raised() -> None:
 
 
 def case(name: str, verdict: Verdict, parent: str | None = None) -> kselftest.Case:
-
-    return kselftest.Case(CaseResult(name, verdict, "why" if verdict == Verdict.FAIL else ""), parent)
+    return kselftest.Case(kselftest.Observed(name, verdict, "why" if verdict == Verdict.FAIL else ""), parent)
 
 
 def test_listed_failure_is_xfail_listed_pass_is_xpass_unlisted_failure_is_fail() -> None:
@@ -256,10 +255,10 @@ def test_a_known_failure_covers_only_its_own_assertion() -> None:
     timeout) stays a FAIL and says which known failure it is not."""
     assertion = "arm64/vgic_init.c:179: ret && errno == E2BIG"
     other = "arm64/vgic_init.c:201: ret == 0 failed"
-    timed_out = kselftest.Case(CaseResult("t3", Verdict.FAIL, assertion), None, timed_out=True)
+    timed_out = kselftest.Case(kselftest.Observed("t3", Verdict.FAIL, assertion), None, timed_out=True)
     found = [
-        kselftest.Case(CaseResult("t1", Verdict.FAIL, assertion), None),
-        kselftest.Case(CaseResult("t2", Verdict.FAIL, other), None),
+        kselftest.Case(kselftest.Observed("t1", Verdict.FAIL, assertion), None),
+        kselftest.Case(kselftest.Observed("t2", Verdict.FAIL, other), None),
         timed_out,
     ]
     entries = [known(t, failure=r"vgic_init\.c:\d+: ret && errno == E2BIG") for t in ("t1", "t2", "t3")]
@@ -298,6 +297,37 @@ def test_binary_failing_only_through_listed_subtests_is_xfail_not_otherwise() ->
     found.append(case("bin/c", Verdict.FAIL, "bin"))
     results, _ = kselftest.classify(found, [known("bin/a")], "kvm", "mainline-7.3", "p")
     assert [r.verdict for r in results] == [Verdict.FAIL, Verdict.XFAIL, Verdict.PASS, Verdict.FAIL]
+
+
+def test_the_subtest_rule_is_the_verdict_policys_and_timeouts_stay_fails() -> None:
+    """`case_result` applies the subtest rule itself (kselftest only reports
+    what the output said); a binary killed at its timeout stays a FAIL."""
+    subs = [CaseResult("bin/a", Verdict.XFAIL, "known"), CaseResult("bin/b", Verdict.PASS)]
+    assert case_result("bin", Verdict.FAIL, "exit 1", subtests=subs) == CaseResult(
+        "bin", Verdict.XFAIL, "only known failures among its subtests: bin/a"
+    )
+    assert (
+        case_result("bin", Verdict.FAIL, "timed out", timed_out=True, subtests=subs).verdict == Verdict.FAIL
+    )
+    assert case_result("bin", Verdict.PASS, subtests=subs) == CaseResult("bin", Verdict.PASS)
+
+
+def test_only_the_verdict_policy_constructs_a_case_result() -> None:
+    """No module but harness/report/results.py (`case_result`) calls
+    CaseResult(...): kselftest.py builds `Observed`, the policy the result."""
+    import ast
+
+    import harness
+
+    callers = []
+    for path in sorted(Path(harness.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", getattr(node.func, "attr", "")) == "CaseResult"
+            ):
+                callers.append(path.name)
+    assert set(callers) == {"results.py"}
 
 
 def test_shipped_list_loads_and_a_bad_entry_names_file_and_line(tmp_path: Path) -> None:
