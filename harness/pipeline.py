@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import os
 import queue
 import shlex
 import sys
@@ -33,7 +34,7 @@ from harness.report.recorder import Cell
 # the pytest plugin's own tests) can replace probing.
 from harness.scenario import capabilities
 from harness.scenario.capabilities import CONFIG_TOKENS, KSELFTEST_CAP
-from harness.scenario.cells import Boot, BootCells, ProfileCells
+from harness.scenario.cells import Boot, BootCells, CpuGate, ProfileCells
 from harness.scenario.runner import GuestControl, ScenarioContext
 from harness.session.guest import booted_guest
 from harness.session.liveness import LivenessPolicy
@@ -138,7 +139,12 @@ class _ProfileRun:
     no_reboot = ""  # a live run can always boot again
 
     def __init__(
-        self, request: RunRequest, artifacts: Artifacts, profile: Profile, recorder: RunRecorder
+        self,
+        request: RunRequest,
+        artifacts: Artifacts,
+        profile: Profile,
+        recorder: RunRecorder,
+        gate: CpuGate | None = None,
     ) -> None:
         self.request = request
         self.artifacts = artifacts
@@ -146,7 +152,7 @@ class _ProfileRun:
         self.recorder = recorder
         self.symbols = SymbolTable.from_system_map(artifacts.kernel.system_map)
         self.by_name = {s.name: s for s in request.scenarios}
-        self.engine = ProfileCells(self, request.retries, profile.name, recorder.add_boot)
+        self.engine = ProfileCells(self, request.retries, profile.name, recorder.add_boot, gate)
 
     def _boot_name(self, n: int) -> str:
         side = f"{self.request.side}-" if self.request.side else ""
@@ -340,12 +346,15 @@ def _build_each(
 
 def _run_pool(units: list[tuple[RunRequest, Artifacts, Profile]], recorder: RunRecorder, jobs: int) -> None:
     side_by_side = jobs > 1 and len(units) > 1  # only then do log lines need a unit prefix
+    # One vCPU-saturating cell per host CPUs' worth of guest vCPUs at a time.
+    vcpus = max(profile.smp for _, _, profile in units) if units else 1
+    gate = CpuGate((os.cpu_count() or 1) // vcpus) if side_by_side else None
 
     def one(unit: tuple[RunRequest, Artifacts, Profile]) -> None:
         request, artifacts, profile = unit
         side = f"{request.side}:" if request.side else ""
         with ui.prefixed(f"{request.target.name}/{side}{profile.name}" if side_by_side else None):
-            _ProfileRun(request, artifacts, profile, recorder).run()
+            _ProfileRun(request, artifacts, profile, recorder, gate).run()
 
     if not side_by_side:
         for unit in units:

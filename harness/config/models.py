@@ -255,3 +255,10 @@ class Scenario:
     path: Path | None = None
     # Free labels (smoke, dma, pkvm, ...): pytest markers, matrix selection.
     tags: tuple[str, ...] = ()
+
+    @property
+    def saturates_vcpus(self) -> bool:
+        """Keeps every vCPU of the guest busy for most of its run (the
+        kselftests run JOBS binaries at a time): two such cells at once on a
+        small host each get a share of its CPUs (see cells.CpuGate)."""
+        return any(step.kselftest is not None for step in self.steps)

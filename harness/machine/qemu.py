@@ -333,5 +333,6 @@ def install_signal_handlers() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise)
     # `kill -USR1 PID` prints every thread's stack to stderr: where a harness
-    # that seems stuck is waiting, without stopping it.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # that seems stuck is waiting, without stopping it. The process's own
+    # stderr, descriptor 2 (sys.stderr may be a capture without one).
+    faulthandler.register(signal.SIGUSR1, file=2, all_threads=True)

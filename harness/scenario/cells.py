@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -272,6 +273,32 @@ class Booter(Protocol):
         ...
 
 
+class CpuGate:
+    """At most `slots` vCPU-saturating cells (Scenario.saturates_vcpus) at
+    once across the workers of one run. Under TCG each vCPU is a host
+    thread: two guests that both keep their vCPUs busy on a 2-CPU host each
+    get half of it, while the other worker's light cells (waits, single
+    DMAs) would have left CPU idle. A worker whose heavy cell finds no free
+    slot runs its light cells first; one with only heavy cells left waits
+    for a slot."""
+
+    def __init__(self, slots: int) -> None:
+        self._free = threading.Semaphore(max(1, slots))
+
+    def take(self) -> bool:
+        return self._free.acquire(blocking=False)
+
+    def wait(self, stop: Callable[[], bool]) -> bool:
+        """A slot, or False once `stop()` (an interrupted run)."""
+        while not stop():
+            if self._free.acquire(timeout=0.5):
+                return True
+        return False
+
+    def give_back(self) -> None:
+        self._free.release()
+
+
 class ProfileCells:
     """The cells of one target x profile across boots. The current boot is
     kept between calls of `run` (the pytest plugin asks one item at a time)
@@ -283,8 +310,10 @@ class ProfileCells:
         retries: int,
         profile: str,
         on_boot: Callable[[BootRecord], None] = lambda record: None,
+        gate: CpuGate | None = None,
     ) -> None:
         self.booter = booter
+        self.gate = gate
         self.attempts = Attempts(retries, profile)
         self.profile = profile
         self.on_boot = on_boot
@@ -298,8 +327,9 @@ class ProfileCells:
         record: Callable[[ScenarioResult], None],
         stop: Callable[[], bool] = lambda: False,
     ) -> None:
-        """Run `scenarios` in order, each final result to `record`, until
-        done or `stop()` (an interrupted run)."""
+        """Run `scenarios` in order (a vCPU-saturating one may wait for the
+        gate's slot behind the light ones), each final result to `record`,
+        until done or `stop()` (an interrupted run)."""
         pending = list(scenarios)
         while pending and not stop():
             try:
@@ -319,10 +349,18 @@ class ProfileCells:
                     why = f"the guest died in {self._died_in}: {self.booter.no_reboot}"
                     record(scenario_result(s, self.booter.unbooted(s), Verdict.NOT_RUN, why))
                 return
-            for scenario in list(pending):
-                if cells.spent or stop():
-                    break  # the rest get a fresh boot (or, interrupted, none)
-                final = self.attempts.settle(cells.run(scenario))
+            tried: set[str] = set()
+            while not (cells.spent or stop()):  # else the rest get a fresh boot (or, interrupted, none)
+                scenario, slot = self._next(cells, [s for s in pending if s.name not in tried], stop)
+                if scenario is None:
+                    break
+                tried.add(scenario.name)
+                try:
+                    result = cells.run(scenario)
+                finally:
+                    if slot and self.gate is not None:
+                        self.gate.give_back()
+                final = self.attempts.settle(result)
                 if final is not None:
                     record(final)
                     pending.remove(scenario)
@@ -332,6 +370,22 @@ class ProfileCells:
                 # (each ERROR retried on the next boot).
             if pending or (self._cells is not None and self._cells.spent):
                 self.close()
+
+    def _next(
+        self, cells: BootCells, candidates: Sequence[Scenario], stop: Callable[[], bool]
+    ) -> tuple[Scenario | None, bool]:
+        """The next cell to run on this boot, in order, but a vCPU-saturating
+        one only with a slot of the gate (else a light one after it goes
+        first), and whether it holds a slot."""
+        gate = self.gate
+        if not candidates or gate is None or cells.failed:  # a failed boot runs nothing
+            return (candidates[0] if candidates else None), False
+        for scenario in candidates:
+            if not scenario.saturates_vcpus:
+                return scenario, False
+            if gate.take():
+                return scenario, True
+        return (candidates[0], True) if gate.wait(stop) else (None, False)
 
     def _settle(
         self, scenario: Scenario, ctx: ScenarioContext, verdict: Verdict, reason: str

@@ -39,7 +39,7 @@ class _Unit:
 
     started: ClassVar[list[int]] = []
 
-    def __init__(self, request: Any, artifacts: Any, profile: Any, recorder: RunRecorder) -> None:
+    def __init__(self, request: Any, artifacts: Any, profile: Any, recorder: RunRecorder, gate: Any) -> None:
         self.n, self.recorder = int(request.n), recorder
 
     def run(self) -> None:
@@ -59,7 +59,7 @@ def test_sigint_anywhere_in_a_parallel_pool_ends_it_and_starts_no_queued_unit(
     recorder = RunRecorder(tmp_path, "test", "qemu", "pkvm-harness run")
     target = SimpleNamespace(name="t")
     units: Any = [
-        (SimpleNamespace(n=n, side=None, target=target), None, SimpleNamespace(name=f"p{n}"))
+        (SimpleNamespace(n=n, side=None, target=target), None, SimpleNamespace(name=f"p{n}", smp=2))
         for n in range(4)
     ]
     main = threading.main_thread().ident
