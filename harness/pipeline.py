@@ -129,6 +129,37 @@ class RunRequest:
         return [(self.target.name, self.side, p.name, s.name) for p in self.profiles for s in self.scenarios]
 
 
+@dataclass(frozen=True)
+class RunOrder:
+    """The order each unit runs its cells in: what failed in the output
+    directory's last run first (a developer re-running it sees that verdict
+    soonest), then the longest first (a long cell then overlaps the other
+    workers' short ones, and no unit ends with a long tail), then the
+    suite's order for cells with no history. Results keep the suite's order."""
+
+    failed: frozenset[Cell] = frozenset()
+    seconds: Mapping[Cell, float] = field(default_factory=dict)
+
+    @classmethod
+    def of_previous(cls, output: Path) -> RunOrder:
+        try:
+            previous = contract.load_results(output / "results.json")
+        except HarnessError:  # none there (a new directory), or not one of ours
+            return cls()
+        ran = [r for r in previous.results if r.verdict != Verdict.NOT_RUN]
+        return cls(
+            frozenset(r.cell for r in ran if r.verdict in (Verdict.FAIL, Verdict.ERROR)),
+            {r.cell: r.duration_s for r in ran},
+        )
+
+    def sort(self, cells: Sequence[Cell]) -> list[Cell]:
+        def key(indexed: tuple[int, Cell]) -> tuple[bool, bool, float, int]:
+            i, cell = indexed
+            return (cell not in self.failed, cell not in self.seconds, -self.seconds.get(cell, 0.0), i)
+
+        return [cell for _, cell in sorted(enumerate(cells), key=key)]
+
+
 class _ProfileRun:
     """All scenarios of one target x profile for `pkvm-harness run`: the
     adapter between the boot-cell engine (harness.scenario.cells, which
@@ -145,8 +176,10 @@ class _ProfileRun:
         profile: Profile,
         recorder: RunRecorder,
         gate: CpuGate | None = None,
+        order: RunOrder = RunOrder(),
     ) -> None:
         self.request = request
+        self.order = order
         self.artifacts = artifacts
         self.profile = profile
         self.recorder = recorder
@@ -204,11 +237,13 @@ class _ProfileRun:
         )
 
     def run(self) -> None:
-        t = self.request.target.name
-        pending = self.recorder.pending(t, self.request.side, self.profile.name)
+        unit = (self.request.target.name, self.request.side, self.profile.name)
+        pending = self.order.sort([(*unit, n) for n in self.recorder.pending(*unit)])
         try:
             self.engine.run(
-                [self.by_name[n] for n in pending], self.recorder.record, lambda: self.recorder.frozen
+                [self.by_name[cell[3]] for cell in pending],
+                self.recorder.record,
+                lambda: self.recorder.frozen,
             )
         finally:
             self.engine.close()
@@ -261,6 +296,7 @@ def run_units(
     (`side`), or a matrix's target x profile groups. Each distinct kernel is
     built once, first; then the target x profile units run, `jobs` at a time
     (each with its own boot directory, ports, QEMU and log prefix)."""
+    order = RunOrder.of_previous(output)  # before this run overwrites it
     recorder = RunRecorder(output, __version__, qemu_version(), shlex.join(["pkvm-harness", *sys.argv[1:]]))
     for request in requests:
         recorder.plan(request.cells())
@@ -276,7 +312,7 @@ def run_units(
             if _build_id(request) in artifacts
             for profile in request.profiles
         ]
-        _run_pool(units, recorder, jobs)
+        _run_pool(units, recorder, jobs, order)
     except KeyboardInterrupt as exc:
         why = f"interrupted by {exc.name}" if isinstance(exc, Interrupted) else "interrupted"
         recorder.freeze()
@@ -344,7 +380,9 @@ def _build_each(
     return built
 
 
-def _run_pool(units: list[tuple[RunRequest, Artifacts, Profile]], recorder: RunRecorder, jobs: int) -> None:
+def _run_pool(
+    units: list[tuple[RunRequest, Artifacts, Profile]], recorder: RunRecorder, jobs: int, order: RunOrder
+) -> None:
     side_by_side = jobs > 1 and len(units) > 1  # only then do log lines need a unit prefix
     # One vCPU-saturating cell per host CPUs' worth of guest vCPUs at a time.
     vcpus = max(profile.smp for _, _, profile in units) if units else 1
@@ -354,7 +392,7 @@ def _run_pool(units: list[tuple[RunRequest, Artifacts, Profile]], recorder: RunR
         request, artifacts, profile = unit
         side = f"{request.side}:" if request.side else ""
         with ui.prefixed(f"{request.target.name}/{side}{profile.name}" if side_by_side else None):
-            _ProfileRun(request, artifacts, profile, recorder, gate).run()
+            _ProfileRun(request, artifacts, profile, recorder, gate, order).run()
 
     if not side_by_side:
         for unit in units:

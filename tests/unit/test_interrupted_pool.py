@@ -39,7 +39,9 @@ class _Unit:
 
     started: ClassVar[list[int]] = []
 
-    def __init__(self, request: Any, artifacts: Any, profile: Any, recorder: RunRecorder, gate: Any) -> None:
+    def __init__(
+        self, request: Any, artifacts: Any, profile: Any, recorder: RunRecorder, gate: Any, order: Any
+    ) -> None:
         self.n, self.recorder = int(request.n), recorder
 
     def run(self) -> None:
@@ -70,7 +72,7 @@ def test_sigint_anywhere_in_a_parallel_pool_ends_it_and_starts_no_queued_unit(
     try:
         timer.start()
         with pytest.raises(KeyboardInterrupt):
-            pipeline._run_pool(units, recorder, jobs=2)
+            pipeline._run_pool(units, recorder, 2, pipeline.RunOrder())
     finally:
         timer.cancel()
         signal.signal(signal.SIGINT, previous)
