@@ -195,6 +195,32 @@ class CpuWindow:
         }
 
 
+class LastSignOfLife:
+    """The guest's last sign of life (console or command output, counted
+    in characters) and the host CPU sample taken then, for the starvation
+    guard: how long it has been silent, and whether the host let QEMU run."""
+
+    def __init__(self, pid: int | None, activity: int) -> None:
+        self.pid = pid
+        self.activity = activity
+        self.at = time.monotonic()
+        self.sample = CpuSample.take(pid)
+        self.starved = 0  # inconclusive checks so far (the host, not the guest, was silent)
+
+    def saw(self, activity: int) -> bool:
+        if activity != self.activity:
+            self.activity, self.at, self.sample = activity, time.monotonic(), CpuSample.take(self.pid)
+            return True
+        return False
+
+    def reset(self) -> None:
+        self.at, self.sample = time.monotonic(), CpuSample.take(self.pid)
+
+    @property
+    def silent_s(self) -> float:
+        return time.monotonic() - self.at
+
+
 class Monitor(Protocol):
     """What evidence gathering needs of the machine (QemuMachine has it)."""
 

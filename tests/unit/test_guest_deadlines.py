@@ -17,7 +17,7 @@ import pytest
 
 from harness.errors import GuestNetworkUnusable, MachineError
 from harness.machine import QemuMachine
-from harness.session import guest as guest_mod
+from harness.session import transports
 from harness.session.guest import Guest
 from harness.session.liveness import LivenessPolicy
 from harness.session.ssh import SshKey
@@ -76,11 +76,11 @@ def guest(tmp_path: Path, sshd: FakeSshd) -> Iterator[Guest]:
 
 def test_an_ssh_probe_without_a_channel_answers_with_what_it_saw(guest: Guest) -> None:
     start = time.monotonic()
-    probe = guest.probe_alive("ssh")
+    probe = guest.monitor.probe_alive("ssh")
     assert time.monotonic() - start < HANG_WINDOW_S
     assert probe.answered is False and probe.ended == "no-channel"
     assert probe.detail == "ssh: TCP open, no channel within 5 s"
-    assert guest.probe_alive("serial").answered is True
+    assert guest.monitor.probe_alive("serial").answered is True
 
 
 def test_ssh_dead_while_serial_answers_is_the_kernels_network_fail(
@@ -89,7 +89,7 @@ def test_ssh_dead_while_serial_answers_is_the_kernels_network_fail(
     # The guest's own view, as the diagnosis would print it on a guest
     # whose NIC stopped receiving: dropbear runs, the key is there.
     view = "nic=0000:00:01.0 driver=virtio-pci operstate=up rx_packets=7 dropbear=running key=present"
-    monkeypatch.setattr(guest_mod, "_NET_DIAGNOSIS", "".join(f"echo {kv}\n" for kv in view.split()))
+    monkeypatch.setattr(transports, "NET_DIAGNOSIS", "".join(f"echo {kv}\n" for kv in view.split()))
     sshd.banner = False  # and new connections get nowhere either
     start = time.monotonic()
     with pytest.raises(GuestNetworkUnusable) as failed:

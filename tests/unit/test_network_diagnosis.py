@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 from harness.logwatch import LogWatcher
-from harness.session.guest import network_findings
+from harness.session.transports import network_findings
 
 NIC = "0000:00:01.0"  # virtio-net on QEMU's virt machine: requester ID 0x8
 

@@ -4,7 +4,7 @@ kernel is tests/e2e/test_deadlines.py's step-stuck test."""
 
 from __future__ import annotations
 
-from harness.session.guest import StepProcess, step_processes, stuck_processes, with_whereabouts
+from harness.session.stuck_step import StepProcess, step_processes, stuck_processes, with_whereabouts
 
 # `cat /proc/[0-9]*/stat` in the guest, cut after stime: init, dropbear (the
 # daemon and the connection it forked), the step's shell and its child, the
