@@ -248,7 +248,10 @@ def test_the_plans_runner_kills_a_step_at_its_timeout(tmp_path: Path) -> None:
     ).stdout
     assert "@@PKVM-LAVA:OUT:quick\nhello\n\n@@PKVM-LAVA:END:quick:3" in out
     assert "CASE quick fail" in out
-    assert "@@PKVM-LAVA:OUT:slow\nstarted\n" in out and "@@PKVM-LAVA:TIMEOUT:slow" in out
+    # Not "started": under a starved scheduler (make test runs the unit
+    # tests SCHED_IDLE beside a kernel build) the 1 s watchdog may fire
+    # before the step's first line; what it must do is kill, and say so.
+    assert "@@PKVM-LAVA:OUT:slow\n" in out and "@@PKVM-LAVA:TIMEOUT:slow" in out
     assert "@@PKVM-LAVA:END:slow:137" in out
 
 
