@@ -12,18 +12,19 @@ import traceback
 from dataclasses import replace
 from pathlib import Path
 
-from harness import __version__, options, paths, pipeline, ui
+from harness import __version__, options, pipeline, ui
 from harness.config import Registry
 
 # Re-exported: the defaults every front end shares, defined once.
 from harness.config.defaults import DEFAULT_PROFILES as DEFAULT_PROFILES
 from harness.config.defaults import DEFAULT_TARGET as DEFAULT_TARGET
-from harness.config.models import SeriesSpec, SourceSpec, Target
-from harness.errors import ConfigError, ExitCode, HarnessError, Interrupted, PatchError
+from harness.config.models import Target
+from harness.errors import ExitCode, HarnessError, Interrupted, PatchError
 from harness.kernel import remote
+from harness.kernel.series import series_spec
 from harness.machine.qemu import install_signal_handlers
-from harness.report import Verdict, exit_code, verdicts
-from harness.report.compare import compare, render_text
+from harness.report import RunResult, Verdict, exit_code, verdicts
+from harness.report.compare import against_base, compare, render_text
 from harness.report.writers import atomic_write
 from harness.session.liveness import LivenessPolicy
 
@@ -65,62 +66,31 @@ def _examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  pkvm-harness {line}" for line in lines)
 
 
-def _source(value: str) -> SourceSpec:
-    path = Path(value)
-    if (path / ".git").exists():
-        return SourceSpec("git", str(path.resolve()))
-    if path.is_file():
-        return SourceSpec("tarball", str(path.resolve()))
-    raise ConfigError(f"--source {value}: not a git work tree or a tarball")
-
-
 def _target(args: argparse.Namespace, reg: Registry) -> Target:
     """The named target with the command line's overrides applied."""
     target = reg.target(args.target)
-    base = getattr(args, "base", None)
-    if args.source and remote.is_git_url(args.source):
-        fetched = remote.fetch(args.source, base)
-        target = replace(target, source=fetched.source())
-        if fetched.base is not None:
-            if args.series:
-                raise ConfigError("--base makes the commits BASE..REF the series: drop --series")
-            target = replace(target, series=remote.series_between(fetched))
-    elif args.source:
-        target = replace(target, source=_source(args.source))
-    if base is not None and not (args.source and remote.is_git_url(args.source)):
-        raise ConfigError("--base needs --source URL@REF (a git repository to take BASE..REF from)")
+    if args.source:
+        source, series = remote.source_spec(args.source, getattr(args, "base", None))
+        target = replace(target, source=source, series=series or target.series)
     if args.series:
-        target = replace(target, series=_series(args.series))
+        target = replace(target, series=series_spec(args.series))
     if args.toolchain:
         target = replace(target, toolchain=args.toolchain)
-    options.check_series(args.upto, target)
+    options.check_series(args.upto, target, getattr(args, "against_base", False))
     return target
 
 
-def _series(value: str | None) -> SeriesSpec | None:
-    """--series names a directory of patches, a file (an mbox, one mail, a
-    bare diff: the loader tells them apart by content, whatever the file is
-    called), or a message-id for b4, possibly as a lore link or <id>."""
-    if value is None:
-        return None
-    path = Path(value).expanduser()
-    if path.is_dir():
-        return SeriesSpec("dir", str(path.resolve()))
-    if path.is_file():
-        return SeriesSpec("mbox", str(path.resolve()))
-    if value.startswith(("https://", "http://")):
-        # A link as reviewers paste it (.../r/<id>, .../all/<id>/T/#u):
-        # b4 is given the message-id, which also names its cache entry.
-        from urllib.parse import unquote, urlsplit
+def _liveness(args: argparse.Namespace) -> LivenessPolicy:
+    return LivenessPolicy(
+        interval_s=args.hang_probe, probe_timeout_s=args.hang_timeout, boot_stall_s=args.boot_stall
+    )
 
-        parts = [unquote(part) for part in urlsplit(value).path.split("/")]
-        msgid = next((part for part in parts if "@" in part), None)
-        if msgid is None:
-            raise ConfigError(f"--series {value}: a link without a message-id in it")
-        return SeriesSpec("b4", msgid.strip("<>"))
-    if "@" in value and "/" not in value:
-        return SeriesSpec("b4", value.strip().strip("<>"))
-    raise ConfigError(f"--series {value}: no such file or directory, and not a message-id")
+
+def _summary(result: RunResult, output: str) -> int:
+    """A run's counts and where its results are; its exit code."""
+    counts = result.counts()
+    print(" ".join(f"{k}={v}" for k, v in counts.items() if v) + f"  ({output}/results.json)")
+    return exit_code(result.results)
 
 
 def cmd_list(args: argparse.Namespace, reg: Registry) -> int:
@@ -200,20 +170,13 @@ def cmd_boot(args: argparse.Namespace, reg: Registry) -> int:
 
 
 def cmd_run_matrix(args: argparse.Namespace, reg: Registry) -> int:
-    from harness.matrix.model import default_jobs, load_matrix, parse_shard
+    from harness.matrix.model import default_jobs, load_matrix, matrix_path, parse_shard
 
-    if args.series or args.source or args.scenarios or args.profile or args.against_base:
-        raise ConfigError("--matrix takes targets, profiles and scenarios from its file: drop the others")
-    path = Path(args.matrix)
-    if not path.is_file():
-        path = paths.data_dir("matrices") / f"{args.matrix}.yaml"
-    matrix = load_matrix(path, reg)
+    matrix = load_matrix(matrix_path(args.matrix), reg)
     if args.shard:
         matrix = matrix.shard(*parse_shard(args.shard))
     jobs = args.jobs or default_jobs()
-    liveness = LivenessPolicy(
-        interval_s=args.hang_probe, probe_timeout_s=args.hang_timeout, boot_stall_s=args.boot_stall
-    )
+    liveness = _liveness(args)
     output = Path(args.output)
     requests = [
         pipeline.RunRequest(t, (p,), s, output, args.boot_timeout, liveness, retries=args.retries)
@@ -225,9 +188,7 @@ def cmd_run_matrix(args: argparse.Namespace, reg: Registry) -> int:
         "matrix", f"{matrix.name}: {cells} cells in {len(requests)} target x profile units, -j {jobs}{shard}"
     )
     result = pipeline.run_units(requests, output, jobs)
-    counts = result.counts()
-    print(" ".join(f"{k}={v}" for k, v in counts.items() if v) + f"  ({args.output}/results.json)")
-    return exit_code(result.results)
+    return _summary(result, args.output)
 
 
 def cmd_run(args: argparse.Namespace, reg: Registry) -> int:
@@ -242,9 +203,7 @@ def cmd_run(args: argparse.Namespace, reg: Registry) -> int:
     from harness.kernel.build import check_applies
 
     check_applies(target, args.upto)  # a series that does not apply: its FAIL, before any build
-    liveness = LivenessPolicy(
-        interval_s=args.hang_probe, probe_timeout_s=args.hang_timeout, boot_stall_s=args.boot_stall
-    )
+    liveness = _liveness(args)
     output = Path(args.output)
     request = pipeline.RunRequest(
         target, profiles, scenarios, output, args.boot_timeout, liveness, retries=args.retries, upto=args.upto
@@ -253,25 +212,17 @@ def cmd_run(args: argparse.Namespace, reg: Registry) -> int:
     # boots: they run side by side, as a matrix's units do.
     jobs = args.jobs or default_jobs()
     if args.against_base:
-        if target.series is None:
-            raise ConfigError("--against-base needs a series (--series or the target's series:)")
         sides = [replace(request, side="base", upto=0), replace(request, side="tip")]
         result = pipeline.run_units(sides, output, jobs)
-        comparison = compare(
-            [r for r in result.results if r.side == "base"], [r for r in result.results if r.side == "tip"]
-        )
-        atomic_write(output / "comparison.json", json.dumps(comparison.to_json(), indent=2) + "\n")
+        comparison = against_base(result.results, output)
         for line in render_text(comparison):
             print(line)
         print(f"({args.output}/results.json, {args.output}/comparison.json)")
-        # Only what the series changed counts: regressions (or an ERROR, which proves nothing).
-        if exit_code(result.results) == ExitCode.ERROR and comparison.inconclusive:
-            return ExitCode.ERROR
-        return ExitCode.FAIL if comparison.regressions else ExitCode.OK
+        return verdicts.against_base_exit_code(
+            (r.verdict for r in result.results), bool(comparison.regressions), bool(comparison.inconclusive)
+        )
     result = pipeline.run(request, jobs)
-    counts = result.counts()
-    print(" ".join(f"{k}={v}" for k, v in counts.items() if v) + f"  ({args.output}/results.json)")
-    return exit_code(result.results)
+    return _summary(result, args.output)
 
 
 def cmd_report(args: argparse.Namespace, reg: Registry) -> int:
@@ -304,20 +255,15 @@ def cmd_merge(args: argparse.Namespace, reg: Registry) -> int:
     from harness.report.merge import merge_into
 
     merged = merge_into([Path(d) for d in args.inputs], Path(args.output))
-    counts = merged.counts()
-    print(" ".join(f"{k}={v}" for k, v in counts.items() if v) + f"  ({args.output}/results.json)")
-    return exit_code(merged.results)
+    return _summary(merged, args.output)
 
 
 def cmd_ci_generate(args: argparse.Namespace, reg: Registry) -> int:
     from harness.export.ci import generate
-    from harness.matrix.model import load_matrix
+    from harness.matrix.model import load_matrix, matrix_path
 
-    path = Path(args.matrix)
-    if not path.is_file():
-        path = paths.data_dir("matrices") / f"{args.matrix}.yaml"
     kind = "gitlab" if args.gitlab else "github"
-    text = generate(load_matrix(path, reg), kind, args.shards)
+    text = generate(load_matrix(matrix_path(args.matrix), reg), kind, args.shards)
     default = "ci/gitlab-ci.yml" if kind == "gitlab" else "ci/github-workflow.yml"
     out = Path(args.output or default)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -391,9 +337,7 @@ def cmd_lava(args: argparse.Namespace, reg: Registry) -> int:
     from harness.export.lava_import import import_results
 
     result = import_results(Path(args.job_output), Path(args.output), reg)
-    counts = result.counts()
-    print(" ".join(f"{k}={v}" for k, v in counts.items() if v) + f"  ({args.output}/results.json)")
-    return exit_code(result.results)
+    return _summary(result, args.output)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from harness import paths
 from harness.config.models import Target
 from harness.errors import ConfigError, HarnessError
+from harness.kernel.remote import is_git_url
 
 # Marks a message of the types below: `Parser.error` puts the option's name
 # in front of the value ("-j/--jobs 0: must be at least 1").
@@ -142,6 +143,14 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--shard {args.shard} needs --matrix (a matrix is what is cut into shards)")
     if getattr(args, "matrix", None) and getattr(args, "upto", None) is not None and name == ("run",):
         raise ConfigError("--matrix takes targets, profiles and scenarios from its file: drop --upto")
+    others = ("series", "source", "scenarios", "profile", "against_base")
+    if name == ("run",) and args.matrix and any(getattr(args, o) for o in others):
+        raise ConfigError("--matrix takes targets, profiles and scenarios from its file: drop the others")
+    if getattr(args, "base", None) is not None:
+        if not (args.source and is_git_url(args.source)):
+            raise ConfigError("--base needs --source URL@REF (a git repository to take BASE..REF from)")
+        if args.series:
+            raise ConfigError("--base makes the commits BASE..REF the series: drop --series")
     if name[0] == "series" and args.upto is not None:
         raise ConfigError(
             f"--upto {args.upto}: series {name[1]} walks every patch of the series: drop --upto"
@@ -159,11 +168,14 @@ def check_args(args: argparse.Namespace) -> None:
         paths.source_dir()  # PKVM_HARNESS_SOURCES, if set, names a directory
 
 
-def check_series(upto: int | None, target: Target) -> None:
-    """The target's series reads (no gap, no missing file) and --upto K is
-    a prefix of it: checked once the series is known, before anything builds."""
+def check_series(upto: int | None, target: Target, against_base: bool = False) -> None:
+    """The target's series reads (no gap, no missing file), --upto K is a
+    prefix of it, and --against-base has one: checked once the series is
+    known, before anything builds."""
     if upto is not None and target.series is None:
         raise ConfigError(f"--upto {upto} needs a series (--series, or a target with a series:)")
+    if against_base and target.series is None:
+        raise ConfigError("--against-base needs a series (--series or the target's series:)")
     if target.series is None:
         return
     from harness.kernel.series import load_series

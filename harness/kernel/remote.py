@@ -1,8 +1,9 @@
-"""Sources that live in a remote git repository: `--source URL@REF`, fetched
-once into the cache (a bare mirror per URL, refreshed on use), and resolved
-to commits. With `--base BASE`, the commits BASE..REF become a patch series
-(git format-patch), so `series check` and `bisect` walk a development branch
-the same way they walk an mbox."""
+"""What `--source` names: a local git work tree or tarball, or a remote git
+repository, `--source URL@REF`, fetched once into the cache (a bare mirror
+per URL, refreshed on use), and resolved to commits. With `--base BASE`,
+the commits BASE..REF become a patch series (git format-patch), so `series
+check` and `bisect` walk a development branch the same way they walk an
+mbox."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from harness import paths, ui
 from harness.cache import digest
 from harness.config.models import SeriesSpec, SourceSpec
-from harness.errors import SourceError
+from harness.errors import ConfigError, SourceError
 from harness.kernel.gitutil import git
 
 _URL = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|[\w.-]+@[\w.-]+:)")
@@ -130,3 +131,19 @@ def series_between(remote: RemoteSource) -> SeriesSpec:
         git(remote.repo, "format-patch", "-q", "--numbered", "-o", str(out), f"{remote.base}..{remote.tip}")
         (out / ".complete").write_text("")
     return SeriesSpec("dir", str(out))
+
+
+def source_spec(value: str, base: str | None = None) -> tuple[SourceSpec, SeriesSpec | None]:
+    """What `--source VALUE [--base BASE]` names: the kernel source, and the
+    series BASE..REF when BASE is given (a git URL only: options.check_args
+    holds --base to one). A URL is fetched here; a local value is a git work
+    tree or a tarball."""
+    if is_git_url(value):
+        fetched = fetch(value, base)
+        return fetched.source(), (series_between(fetched) if fetched.base is not None else None)
+    path = Path(value)
+    if (path / ".git").exists():
+        return SourceSpec("git", str(path.resolve())), None
+    if path.is_file():
+        return SourceSpec("tarball", str(path.resolve())), None
+    raise ConfigError(f"--source {value}: not a git work tree or a tarball")

@@ -27,11 +27,12 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from email.message import EmailMessage
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from harness import paths, ui
 from harness.cache import digest
 from harness.config.models import SeriesSpec
-from harness.errors import PatchError
+from harness.errors import ConfigError, PatchError
 from harness.kernel.gitutil import GIT_ENV, git
 from harness.timeouts import TOOL_S, tool_deadline
 
@@ -455,6 +456,29 @@ def _base_commit(mails: list[_Mail]) -> str | None:
         if found:
             return found.group(1)
     return None
+
+
+def series_spec(value: str) -> SeriesSpec:
+    """What `--series VALUE` names: a directory of patches, a file (an mbox,
+    one mail, a bare diff: `load_series` tells them apart by content,
+    whatever the file is called), or a message-id for b4, possibly as a
+    lore link or <id>."""
+    path = Path(value).expanduser()
+    if path.is_dir():
+        return SeriesSpec("dir", str(path.resolve()))
+    if path.is_file():
+        return SeriesSpec("mbox", str(path.resolve()))
+    if value.startswith(("https://", "http://")):
+        # A link as reviewers paste it (.../r/<id>, .../all/<id>/T/#u):
+        # b4 is given the message-id, which also names its cache entry.
+        parts = [unquote(part) for part in urlsplit(value).path.split("/")]
+        msgid = next((part for part in parts if "@" in part), None)
+        if msgid is None:
+            raise ConfigError(f"--series {value}: a link without a message-id in it")
+        return SeriesSpec("b4", msgid.strip("<>"))
+    if "@" in value and "/" not in value:
+        return SeriesSpec("b4", value.strip().strip("<>"))
+    raise ConfigError(f"--series {value}: no such file or directory, and not a message-id")
 
 
 def load_series(spec: SeriesSpec) -> PatchSeries:

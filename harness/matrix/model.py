@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from harness import paths
 from harness.config import Registry
 from harness.config.models import Profile, Scenario, Target
 from harness.config.yamlfile import load_yaml, validate
@@ -113,6 +114,13 @@ class Matrix:
 def _matches(rule: Mapping[str, Any], target: str, profile: str, scenario: str) -> bool:
     values = {"target": target, "profile": profile, "scenario": scenario}
     return all(fnmatch.fnmatchcase(values[k], str(v)) for k, v in rule.items() if k in values)
+
+
+def matrix_path(value: str) -> Path:
+    """What `--matrix VALUE` names: a matrix file, or a name from matrices/
+    (e.g. regression)."""
+    path = Path(value)
+    return path if path.is_file() else paths.data_dir("matrices") / f"{value}.yaml"
 
 
 def load_matrix(path: Path, reg: Registry) -> Matrix:

@@ -4,13 +4,16 @@ against its base) and by `report DIR DIR2` (any two runs)."""
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from harness.report.results import ScenarioResult, Verdict
 from harness.report.verdicts import RANK
+from harness.report.writers import atomic_write
 
 # Verdicts that say the kernel did what it should (xfail: as declared).
 _GOOD = {Verdict.PASS, Verdict.XPASS}
@@ -152,6 +155,15 @@ def compare(
         only_before=tuple(k for k in b if k not in a),
         only_after=tuple(k for k in a if k not in b),
     )
+
+
+def against_base(results: Iterable[ScenarioResult], output: Path) -> Comparison:
+    """`run --against-base`: the base side's results against the tip's,
+    written to OUTPUT/comparison.json."""
+    results = list(results)
+    comparison = compare([r for r in results if r.side == "base"], [r for r in results if r.side == "tip"])
+    atomic_write(output / "comparison.json", json.dumps(comparison.to_json(), indent=2) + "\n")
+    return comparison
 
 
 def render_text(c: Comparison, before: str = "base", after: str = "tip") -> list[str]:

@@ -13,7 +13,7 @@ series check, bisect) call these; none decides a verdict of its own.
   harness bug (a boot's own verdict is its watcher's, a `Verdict` in
   `BootOutcome`);
 - the rank (which of several verdicts says most), the exit codes of a run,
-  a series check and a bisect, and a bisect step's state;
+  a run against its base, a series check and a bisect, and a bisect step's state;
 - the tables: junit, pytest outcome, avocado status, HTML class, KCIDB.
 
 This module and the results contract (`results.py`) are the vocabulary
@@ -114,6 +114,17 @@ def exit_code(verdicts: Iterable[Verdict]) -> ExitCode:
     if seen & {Verdict.FAIL, Verdict.XPASS}:
         return ExitCode.FAIL
     return ExitCode.OK
+
+
+def against_base_exit_code(verdicts: Iterable[Verdict], regressions: bool, inconclusive: bool) -> ExitCode:
+    """`run --against-base`: only what the series changed counts, its
+    regressions (FAIL); a cell that proves nothing on one side (an ERROR or
+    not-run, `inconclusive`) in a run that ended in an ERROR is an ERROR.
+    Failures on both sides (the base's own, known gaps) are not the
+    series' doing."""
+    if exit_code(verdicts) == ExitCode.ERROR and inconclusive:
+        return ExitCode.ERROR
+    return ExitCode.FAIL if regressions else ExitCode.OK
 
 
 def series_exit_code(patch_verdicts: Iterable[Verdict]) -> ExitCode:

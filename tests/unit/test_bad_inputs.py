@@ -110,6 +110,32 @@ CASES: list[Case] = [
         ["--series", "none.mbox"],
     ),
     (
+        "a lore link without a message-id",
+        lambda t: ["build", "--series", "https://lore.kernel.org/all/"],
+        2,
+        ["--series https://lore.kernel.org/all/: a link without a message-id in it"],
+    ),
+    (
+        "--base without a git URL",
+        lambda t: ["build", "--source", str(t), "--base", "main"],
+        2,
+        ["--base needs --source URL@REF"],
+    ),
+    (
+        "--base with --series (nothing fetched)",
+        lambda t: [
+            "build",
+            "--source",
+            f"file://{t}/repo@dev",
+            "--base",
+            "main",
+            "--series",
+            str(_one_patch(t)),
+        ],
+        2,
+        ["--base makes the commits BASE..REF the series: drop --series"],
+    ),
+    (
         "a series with a gap",
         lambda t: ["build", "--series", str(_mbox_missing_patch(t))],
         2,

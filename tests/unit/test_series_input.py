@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import _series
 from harness.config.models import SeriesSpec
 from harness.errors import ConfigError, PatchError
 from harness.kernel.gitutil import git
-from harness.kernel.series import BASE_TAG, PatchSeries, checkout, load_series
+from harness.kernel.series import BASE_TAG, PatchSeries, checkout, load_series, series_spec
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "series-input"
 SUBJECTS = [
@@ -309,11 +308,11 @@ def test_b4_offline_is_one_line_naming_the_message_id(
 
 
 def test_series_option_is_classified_by_what_is_there() -> None:
-    assert _series(str(DATA / "bare.diff")) == SeriesSpec("mbox", str(DATA / "bare.diff"))
-    assert _series(str(DATA / "format-patch-dir")) == SeriesSpec("dir", str(DATA / "format-patch-dir"))
+    assert series_spec(str(DATA / "bare.diff")) == SeriesSpec("mbox", str(DATA / "bare.diff"))
+    assert series_spec(str(DATA / "format-patch-dir")) == SeriesSpec("dir", str(DATA / "format-patch-dir"))
     msgid = "20261120101500.4242-1-ada@example.org"
-    assert _series(f"<{msgid}>") == SeriesSpec("b4", msgid)
-    assert _series(f"https://lore.kernel.org/all/{msgid}/T/#u") == SeriesSpec("b4", msgid)
-    assert _series(f"https://lore.kernel.org/r/{msgid.replace('@', '%40')}") == SeriesSpec("b4", msgid)
+    assert series_spec(f"<{msgid}>") == SeriesSpec("b4", msgid)
+    assert series_spec(f"https://lore.kernel.org/all/{msgid}/T/#u") == SeriesSpec("b4", msgid)
+    assert series_spec(f"https://lore.kernel.org/r/{msgid.replace('@', '%40')}") == SeriesSpec("b4", msgid)
     with pytest.raises(ConfigError):
-        _series(str(DATA / "no-such.mbox"))
+        series_spec(str(DATA / "no-such.mbox"))

@@ -85,6 +85,19 @@ def test_series_and_bisect_exit_codes_follow_the_run_rule() -> None:
         assert state == ("bad" if v == Verdict.FAIL else "skip" if unproven else "good")
 
 
+def test_a_run_against_its_base_fails_on_regressions_only() -> None:
+    """--against-base: a regression is the series' FAIL; failures on both
+    sides (FAIL or XFAIL in the run) are not; an ERROR proves nothing only
+    when a cell was inconclusive (an ERROR or not-run on one side)."""
+    rule = verdicts.against_base_exit_code
+    assert rule([Verdict.PASS, Verdict.FAIL], regressions=True, inconclusive=False) == ExitCode.FAIL
+    assert rule([Verdict.FAIL, Verdict.FAIL], regressions=False, inconclusive=False) == ExitCode.OK
+    assert rule([Verdict.ERROR, Verdict.FAIL], regressions=True, inconclusive=True) == ExitCode.ERROR
+    assert rule([Verdict.NOT_RUN, Verdict.PASS], regressions=False, inconclusive=True) == ExitCode.ERROR
+    assert rule([Verdict.FAIL], regressions=False, inconclusive=True) == ExitCode.OK
+    assert rule([Verdict.ERROR], regressions=True, inconclusive=False) == ExitCode.FAIL
+
+
 def test_a_series_defect_is_a_fail_and_anything_else_an_error() -> None:
     defect, other = BuildError("make failed", series_defect=True), BuildError("no cross compiler")
     assert verdicts.build_failure(defect)[0] == verdicts.failure_verdict(defect)
