@@ -183,22 +183,19 @@ def hang_to_fail() -> None:
 
 def series_costs() -> None:
     """#7: per-patch incremental build time (series check) and bisect wall."""
+    from harness.series.load import load_bisect, load_series_report
+
     review = Path(__file__).resolve().parent.parent / "tests" / "data" / "series-review"
     with tempfile.TemporaryDirectory(prefix="pkvm-bench-") as tmp:
         _cli("series", "check", "--series", str(review / "new-warning.mbox"), "--output", f"{tmp}/c")
-        report = json.loads(Path(f"{tmp}/c/series.json").read_text())
-        seconds = [
-            c["seconds"]
-            for p in report["patches"]
-            for c in p["checks"]
-            if c["check"] == "build" and c["seconds"]
-        ]
+        report = load_series_report(Path(f"{tmp}/c"))
+        seconds = [c.seconds for p in report.patches for c in p.checks if c.check == "build" and c.seconds]
         line("series check: median per-patch build", median(seconds), "s", 30.0)
         _, wall = _cli(
             "series", "bisect", "--series", str(review / "bisect-dma.mbox"), "--profile", "smmuv3-nested",
             "--output", f"{tmp}/b", str(review.parent / "scenarios" / "after-unmap-quick.yaml"),
         )  # fmt: skip
-        counts = json.loads(Path(f"{tmp}/b/bisect.json").read_text())["counts"]
+        counts = load_bisect(Path(f"{tmp}/b")).counts
         line("series bisect (7 patches): wall", wall, "s")
         print(f"{'series bisect: builds / boots':<38} {counts['builds']:>5} / {counts['boots']}")
 

@@ -1,6 +1,8 @@
 """Two sets of results side by side: what got worse, what got better, what
 stayed broken. One module, used by `run --against-base` (a series' tip
-against its base) and by `report DIR DIR2` (any two runs)."""
+against its base) and by `report DIR DIR2` (any two runs). Its file,
+comparison.json, has a versioned JSON Schema (comparison.schema.json) and
+one reader, `load_comparison`."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.report.results import ScenarioResult, Verdict
+from harness.errors import HarnessError
+from harness.report.results import ScenarioResult, Verdict, load_versioned, schema
 from harness.report.verdicts import RANK
 from harness.report.writers import atomic_write
 
@@ -23,6 +26,10 @@ _KNOWN = {Verdict.XFAIL}
 CellKey = tuple[str, str]  # profile, scenario
 
 DEFAULT_METRIC_THRESHOLD = 0.10  # a relative change beyond 10% counts
+
+COMPARISON_FILE = "comparison.json"
+COMPARISON_SCHEMA_FILE = "comparison.schema.json"
+COMPARISON_SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,10 @@ class Change:
             "after": str(self.after),
             "reason": self.reason,
         }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Change:
+        return cls(d["profile"], d["scenario"], Verdict(d["before"]), Verdict(d["after"]), d["reason"])
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,12 @@ class MetricChange:
             "threshold": self.threshold,
         }
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> MetricChange:
+        return cls(
+            d["profile"], d["scenario"], d["metric"], d["before"], d["after"], d["relative"], d["threshold"]
+        )
+
 
 @dataclass(frozen=True)
 class Comparison:
@@ -77,6 +94,7 @@ class Comparison:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "schema_version": COMPARISON_SCHEMA_VERSION,
             "regressions": [c.to_json() for c in self.regressions],
             "fixes": [c.to_json() for c in self.fixes],
             "still_failing": [c.to_json() for c in self.still_failing],
@@ -85,6 +103,35 @@ class Comparison:
             "only_before": [list(k) for k in self.only_before],
             "only_after": [list(k) for k in self.only_after],
         }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Comparison:
+        def changes(key: str) -> tuple[Change, ...]:
+            return tuple(Change.from_json(c) for c in d[key])
+
+        return cls(
+            regressions=changes("regressions"),
+            fixes=changes("fixes"),
+            still_failing=changes("still_failing"),
+            inconclusive=changes("inconclusive"),
+            metrics=tuple(MetricChange.from_json(m) for m in d["metrics"]),
+            only_before=tuple((a, b) for a, b in d["only_before"]),
+            only_after=tuple((a, b) for a, b in d["only_after"]),
+        )
+
+
+class ComparisonError(HarnessError):
+    """A comparison.json that cannot be read, or does not follow its schema."""
+
+
+def load_comparison(path: Path) -> Comparison:
+    """Read and validate a comparison.json (or the directory of a run
+    --against-base holding one)."""
+    _, data = load_versioned(
+        path, COMPARISON_FILE, schema("harness.report", COMPARISON_SCHEMA_FILE), COMPARISON_SCHEMA_VERSION,
+        ComparisonError,
+    )  # fmt: skip
+    return Comparison.from_json(data)
 
 
 def _by_cell(results: Iterable[ScenarioResult]) -> dict[CellKey, list[ScenarioResult]]:
@@ -162,7 +209,7 @@ def against_base(results: Iterable[ScenarioResult], output: Path) -> Comparison:
     written to OUTPUT/comparison.json."""
     results = list(results)
     comparison = compare([r for r in results if r.side == "base"], [r for r in results if r.side == "tip"])
-    atomic_write(output / "comparison.json", json.dumps(comparison.to_json(), indent=2) + "\n")
+    atomic_write(output / COMPARISON_FILE, json.dumps(comparison.to_json(), indent=2) + "\n")
     return comparison
 
 

@@ -2,7 +2,8 @@
 from disk with no server and no network: inline CSS, no scripts, every link
 relative to the report's directory or absolute.
 
-It reads results only through `load_results` and compares with
+It reads results only through `load_results`, and a run --against-base's
+comparison.json through `load_comparison`; it compares two runs with
 `harness.report.compare`, the module `run --against-base` uses."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from harness.report.charts import section
-from harness.report.compare import Comparison, compare
+from harness.report.compare import COMPARISON_FILE, Comparison, compare, load_comparison
 from harness.report.results import RunResult, ScenarioResult, Verdict, load_results
 from harness.report.verdicts import HTML_CLASS, RANK
 
@@ -205,12 +206,21 @@ def _comparison(c: Comparison, before: str, after: str) -> str:
 
 
 def render(
-    run: RunResult, base: Path, other: RunResult | None = None, other_name: str = "", charts: str = ""
+    run: RunResult,
+    base: Path,
+    other: RunResult | None = None,
+    other_name: str = "",
+    charts: str = "",
+    against_base: Comparison | None = None,
 ) -> str:
+    """The page; `other`: a run before this one, compared with it; else
+    `against_base`: the comparison a run --against-base wrote."""
     title = "pkvm-harness report"
     body = [f"<h1>{title}</h1>", _summary(run), "<h2>Verdicts</h2>", _matrix(run.results)]
     if other is not None:
         body.append(_comparison(compare(other.results, run.results), other_name, str(base)))
+    elif against_base is not None:
+        body.append(_comparison(against_base, "base", "tip"))
     body.append(charts)
     body.append("<h2>Results</h2>")
     body += [_result(r, base) for r in run.results if r.verdict != Verdict.PASS]
@@ -229,7 +239,9 @@ def write_report(
     `history` (every run, oldest first), each metric across them as a chart."""
     run = load_results(results_dir)
     other = load_results(against) if against is not None else None
+    # A run --against-base: its own comparison, through its loader.
+    sides = load_comparison(results_dir) if (results_dir / COMPARISON_FILE).exists() else None
     out = output or results_dir / "report.html"
     charts = section([load_results(d) for d in history], [str(d) for d in history]) if history else ""
-    out.write_text(render(run, out.parent, other, str(against) if against else "", charts))
+    out.write_text(render(run, out.parent, other, str(against) if against else "", charts, sides))
     return out

@@ -392,39 +392,60 @@ def case_result(
     return result
 
 
+def schema(package: str, name: str) -> dict[str, Any]:
+    """A JSON Schema shipped in `package` (package data)."""
+    return json.loads(resources.files(package).joinpath(name).read_text())  # type: ignore[no-any-return]
+
+
 def results_schema() -> dict[str, Any]:
-    text = resources.files("harness.report").joinpath(SCHEMA_FILE).read_text()
-    return json.loads(text)  # type: ignore[no-any-return]
+    return schema("harness.report", SCHEMA_FILE)
 
 
 class ResultsError(HarnessError):
     """A results file that cannot be read, or does not follow the schema."""
 
 
-def validate_results(data: object, origin: str = "results.json") -> None:
+def validate_versioned(
+    data: object, origin: str, file_schema: dict[str, Any], version: int, error: type[HarnessError]
+) -> None:
+    """`data` is a file of this schema and version; else one line naming
+    `origin` (and where in it), as `error`."""
     if isinstance(data, dict):
-        version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ResultsError(
-                f"{origin}: schema_version {version!r} is not supported"
-                f" (this harness reads version {SCHEMA_VERSION})"
+        found = data.get("schema_version")
+        if found != version:
+            raise error(
+                f"{origin}: schema_version {found!r} is not supported (this harness reads version {version})"
             )
     try:
-        jsonschema.validate(data, results_schema())
+        jsonschema.validate(data, file_schema)
     except jsonschema.ValidationError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "(top)"
-        raise ResultsError(f"{origin}: {where}: {exc.message}") from None
+        raise error(f"{origin}: {where}: {exc.message}") from None
+
+
+def load_versioned(
+    path: Path, name: str, file_schema: dict[str, Any], version: int, error: type[HarnessError]
+) -> tuple[Path, dict[str, Any]]:
+    """Read a harness file (`path`, or `name` in the directory `path`) and
+    check it against its schema: the file's path and its data, or one line
+    naming the file, as `error`."""
+    if path.is_dir():
+        path = path / name
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise error(f"{path}: cannot read: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}:{exc.lineno}: not JSON: {exc.msg}") from None
+    validate_versioned(data, str(path), file_schema, version, error)
+    return path, data
+
+
+def validate_results(data: object, origin: str = "results.json") -> None:
+    validate_versioned(data, origin, results_schema(), SCHEMA_VERSION, ResultsError)
 
 
 def load_results(path: Path) -> RunResult:
     """Read and validate a results.json (or a results directory)."""
-    if path.is_dir():
-        path = path / "results.json"
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise ResultsError(f"{path}: cannot read: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise ResultsError(f"{path}:{exc.lineno}: not JSON: {exc.msg}") from None
-    validate_results(data, str(path))
+    _, data = load_versioned(path, "results.json", results_schema(), SCHEMA_VERSION, ResultsError)
     return RunResult.from_json(data)

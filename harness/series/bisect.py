@@ -58,6 +58,9 @@ class StepOutcome:
         }
 
 
+BISECT_SCHEMA_VERSION = 1  # bisect.json: bisect.schema.json
+
+
 @dataclass
 class BisectReport:
     series: str
@@ -85,6 +88,7 @@ class BisectReport:
             return {"number": k, "subject": p.subject, "message_id": p.message_id}
 
         return {
+            "schema_version": BISECT_SCHEMA_VERSION,
             "series": self.series,
             "target": self.target,
             "profile": self.profile,

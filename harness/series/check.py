@@ -47,6 +47,9 @@ class CheckResult:
         }
 
 
+SERIES_SCHEMA_VERSION = 1  # series.json: series.schema.json
+
+
 @dataclass(frozen=True)
 class PatchReport:
     number: int
@@ -92,6 +95,7 @@ class SeriesReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "schema_version": SERIES_SCHEMA_VERSION,
             "series": self.series,
             "target": self.target,
             "base": self.base,

@@ -1,77 +1,65 @@
 """Readers of what `series check` and `series bisect` write (series.json,
 bisect.json): the one place that turns those files back into typed values
-(`SeriesReport`, `BisectFile`), so the KCIDB exporter and the review reply
-never parse them by hand. The files have no JSON Schema of their own yet:
-a file that lacks a field `to_json` writes is a one-line error naming it."""
+(`SeriesReport`, `BisectFile`), so the KCIDB exporter, the review reply and
+bench.py never parse them by hand. Each file has a versioned JSON Schema
+(series.schema.json, bisect.schema.json, beside this module), checked
+first: a file that does not follow it, or another version, is a one-line
+error naming the file and where in it."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
 from harness.report import Verdict
-from harness.series.check import CheckResult, PatchReport, SeriesReport
+from harness.report.results import load_versioned, schema
+from harness.series.bisect import BISECT_SCHEMA_VERSION
+from harness.series.check import SERIES_SCHEMA_VERSION, CheckResult, PatchReport, SeriesReport
+
+SERIES_SCHEMA_FILE = "series.schema.json"
+BISECT_SCHEMA_FILE = "bisect.schema.json"
 
 
 class SeriesFileError(HarnessError):
-    """A series.json or bisect.json that cannot be read."""
+    """A series.json or bisect.json that cannot be read, or does not follow its schema."""
 
 
-def _read(path: Path, name: str) -> dict[str, Any]:
-    if path.is_dir():
-        path = path / name
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise SeriesFileError(f"{path}: cannot read: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise SeriesFileError(f"{path}:{exc.lineno}: not JSON: {exc.msg}") from None
-    if not isinstance(data, dict):
-        raise SeriesFileError(f"{path}: not a {name} (not an object)")
-    data["_path"] = str(path)
-    return data
+def series_schema() -> dict[str, Any]:
+    return schema("harness.series", SERIES_SCHEMA_FILE)
 
 
-def _field(d: dict[str, Any], key: str, where: str) -> Any:
-    try:
-        return d[key]
-    except KeyError:
-        raise SeriesFileError(f"{where}: missing field {key!r}") from None
+def bisect_schema() -> dict[str, Any]:
+    return schema("harness.series", BISECT_SCHEMA_FILE)
 
 
 def load_series_report(path: Path) -> SeriesReport:
     """series.json (or a directory holding it) as `series check` wrote it."""
-    d = _read(path, "series.json")
-    where = d["_path"]
-    patches = []
-    for p in _field(d, "patches", where):
-        checks = tuple(
-            CheckResult(c["check"], Verdict(c["verdict"]), c.get("reason", ""), c.get("seconds", 0.0))
-            for c in _field(p, "checks", where)
+    _, d = load_versioned(path, "series.json", series_schema(), SERIES_SCHEMA_VERSION, SeriesFileError)
+    patches = tuple(
+        PatchReport(
+            number=p["number"],
+            subject=p["subject"],
+            author=p["author"],
+            message_id=p["message_id"],
+            commit=p["commit"],
+            checks=tuple(
+                CheckResult(c["check"], Verdict(c["verdict"]), c["reason"], c["seconds"]) for c in p["checks"]
+            ),
+            build_log=p["build_log"],
+            new_warnings=tuple(p["new_warnings"]),
         )
-        patches.append(
-            PatchReport(
-                number=_field(p, "number", where),
-                subject=_field(p, "subject", where),
-                author=p.get("author"),
-                message_id=p.get("message_id"),
-                commit=p.get("commit"),
-                checks=checks,
-                build_log=p.get("build_log"),
-                new_warnings=tuple(p.get("new_warnings", ())),
-            )
-        )
+        for p in d["patches"]
+    )
     return SeriesReport(
-        series=_field(d, "series", where),
-        target=_field(d, "target", where),
-        base=dict(d.get("base") or {}),
-        description=d.get("description"),
-        patches=tuple(patches),
-        notes=tuple(d.get("notes", ())),
-        thread=dict(d.get("thread") or {}),
+        series=d["series"],
+        target=d["target"],
+        base=dict(d["base"]),
+        description=d["description"],
+        patches=patches,
+        notes=tuple(d["notes"]),
+        thread=dict(d["thread"]),
     )
 
 
@@ -80,6 +68,18 @@ class BisectPatch:
     number: int
     subject: str
     message_id: str | None
+
+
+@dataclass(frozen=True)
+class BisectStep:
+    """One step of a bisection as bisect.json records it."""
+
+    patch: int  # the kernel at patch k (0: the base)
+    role: str  # "base" | "tip" | "bisect" | "confirm"
+    state: str  # "good" | "bad" | "skip"
+    reason: str
+    signature: tuple[str, ...]
+    results: str | None  # that step's results directory
 
 
 @dataclass(frozen=True)
@@ -95,34 +95,35 @@ class BisectFile:
     first_bad: BisectPatch | None
     candidates: tuple[BisectPatch, ...]
     fails_differently: bool
-    counts: dict[str, int]
-    steps: tuple[dict[str, Any], ...]
+    counts: dict[str, int]  # builds, boots, bisection_boots, base_and_tip_boots, confirmation_boots
+    steps: tuple[BisectStep, ...]
     thread: dict[str, Any]
-    base: dict[str, Any]
     exit_code: int
 
 
 def _patch(d: dict[str, Any]) -> BisectPatch:
-    return BisectPatch(d["number"], d["subject"], d.get("message_id"))
+    return BisectPatch(d["number"], d["subject"], d["message_id"])
 
 
 def load_bisect(path: Path) -> BisectFile:
-    d = _read(path, "bisect.json")
-    where = d["_path"]
-    first = _field(d, "first_bad", where)
+    """bisect.json (or a directory holding it) as `series bisect` wrote it."""
+    _, d = load_versioned(path, "bisect.json", bisect_schema(), BISECT_SCHEMA_VERSION, SeriesFileError)
+    first = d["first_bad"]
     return BisectFile(
-        series=_field(d, "series", where),
-        target=_field(d, "target", where),
-        profile=_field(d, "profile", where),
-        scenarios=tuple(_field(d, "scenarios", where)),
-        verdict=_field(d, "verdict", where),
-        reason=d.get("reason", ""),
+        series=d["series"],
+        target=d["target"],
+        profile=d["profile"],
+        scenarios=tuple(d["scenarios"]),
+        verdict=d["verdict"],
+        reason=d["reason"],
         first_bad=_patch(first) if first else None,
-        candidates=tuple(_patch(c) for c in d.get("candidates", ())),
-        fails_differently=bool(d.get("fails_differently")),
-        counts=dict(d.get("counts", {})),
-        steps=tuple(d.get("steps", ())),
-        thread=dict(d.get("thread") or {}),
-        base=dict(d.get("base") or {}),
-        exit_code=int(_field(d, "exit_code", where)),
+        candidates=tuple(_patch(c) for c in d["candidates"]),
+        fails_differently=d["fails_differently"],
+        counts=dict(d["counts"]),
+        steps=tuple(
+            BisectStep(s["patch"], s["role"], s["state"], s["reason"], tuple(s["signature"]), s["results"])
+            for s in d["steps"]
+        ),
+        thread=dict(d["thread"]),
+        exit_code=d["exit_code"],
     )

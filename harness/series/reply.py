@@ -393,8 +393,8 @@ def _failure(
 def _step_kernel(b: BisectFile) -> dict[str, Any]:
     """The kernel metadata of a bisection step that built (its results.json)."""
     for s in b.steps:
-        if s.get("results"):
-            run = _run(Path(str(s["results"])))
+        if s.results:
+            run = _run(Path(s.results))
             if run is not None and run.targets:
                 return dict(run.targets[0].kernel)
     return {}
@@ -418,16 +418,14 @@ def bisect_reply(directory: Path) -> EmailMessage:
         if fb.message_id:
             body += wrap(f"Message-ID: <{fb.message_id}>", "  ")
         body += [""]
-        last = next(
-            (s for s in reversed(b.steps) if s.get("patch") == fb.number and s.get("state") == "bad"), None
-        )
+        last = next((s for s in reversed(b.steps) if s.patch == fb.number and s.state == "bad"), None)
         if last is not None:
-            body += ["  how it fails:", *[ln for ln in wrap(str(last.get("reason", "")), "    ", "      ")]]
+            body += ["  how it fails:", *[ln for ln in wrap(last.reason, "    ", "      ")]]
         if b.fails_differently:
             body += ["", *wrap("(It fails differently from the whole series: look at both.)", "  ")]
-        confirm = [s for s in b.steps if s.get("role") == "confirm"]
+        confirm = [s for s in b.steps if s.role == "confirm"]
         if confirm:
-            states = ", ".join(f"patch {s['patch']} {s['state']}" for s in confirm)
+            states = ", ".join(f"patch {s.patch} {s.state}" for s in confirm)
             body += ["", *wrap(f"confirmed by running again: {states}", "  ", "    ")]
         script = directory / "reproduce.sh"
         if script.is_file():
@@ -443,15 +441,7 @@ def bisect_reply(directory: Path) -> EmailMessage:
                 body += wrap(f"Message-ID: <{c.message_id}>", "    ")
     else:
         body += wrap(f"The bisection gave no answer: {b.reason}")
-    rows = [
-        [
-            str(s.get("patch")),
-            str(s.get("role")),
-            str(s.get("state")),
-            re.sub(r"\s+", " ", str(s.get("reason"))),
-        ]
-        for s in b.steps
-    ]
+    rows = [[str(s.patch), s.role, s.state, re.sub(r"\s+", " ", s.reason)] for s in b.steps]
     body += ["", *wrap("Each step (patch 0 is the base):"), ""]
     body += _table(["patch", "role", "state", "result"], rows)
     kernel = _step_kernel(b)

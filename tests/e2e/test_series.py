@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from harness.report import Verdict
+from harness.report.compare import load_comparison
 from harness.series.bisect import max_bisection_boots
 from tests.e2e.conftest import SERIES, harness, run_scenarios
 
@@ -113,11 +115,11 @@ def test_against_base_lists_exactly_the_regression(tmp_path: Path) -> None:
         "--against-base",
     )
     assert run.rc == 1, run.stderr[-2000:]
-    comparison = json.loads((tmp_path / "comparison.json").read_text())
-    assert [(r["scenario"], r["before"], r["after"]) for r in comparison["regressions"]] == [
-        ("dma-after-unmap", "pass", "fail")
+    comparison = load_comparison(tmp_path)  # schema-checked
+    assert [(r.scenario, r.before, r.after) for r in comparison.regressions] == [
+        ("dma-after-unmap", Verdict.PASS, Verdict.FAIL)
     ]
-    assert comparison["fixes"] == [] and comparison["inconclusive"] == []
+    assert comparison.fixes == () and comparison.inconclusive == ()
     sides = {(r["side"], r["scenario"]): r["verdict"] for r in run.results["results"]}
     assert sides[("base", "dma-after-unmap")] == "pass" and sides[("tip", "dma-after-unmap")] == "fail"
     assert {t["side"] for t in run.results["targets"]} == {"base", "tip"}
