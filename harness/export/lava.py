@@ -38,7 +38,7 @@ from harness import __version__
 from harness.config.models import Profile, Scenario, Step, Target, Transport
 from harness.errors import ConfigError, HarnessError
 from harness.export.ci import _dump  # the same plain YAML as the CI pipelines
-from harness.machine.profile import MachineSpec, kernel_cmdline, reproducer_argv
+from harness.machine.profile import MachineSpec, QemuOption, Role, kernel_cmdline, machine_options
 from harness.report import Verdict
 from harness.scenario import kselftest
 from harness.scenario.capabilities import (
@@ -310,10 +310,6 @@ def plan_script(plan: Plan) -> str:
 
 # ---------------------------------------------------------------- QEMU and the job
 
-# A reproducer argv's options that LAVA itself supplies (the images).
-_LAVA_OWNS = {"-kernel", "-initrd", "-append"}
-
-
 _LISTENERS = re.compile(r"^-(?:vnc|spice|gdb|incoming)\b|\b(?:tcp|telnet|websocket):|hostfwd=")
 
 
@@ -332,54 +328,39 @@ def _listens_off_loopback(option: str) -> str | None:
     return "opens a host port not bound to 127.0.0.1"
 
 
+def _machine(profile: Profile) -> tuple[QemuOption, ...]:
+    """The profile's machine options with LAVA's placeholders for the
+    images: `{kernel}`, `{rootfs}` and the scratch disk `{scratch}`."""
+    return machine_options(
+        MachineSpec(
+            profile=profile,
+            kernel=Path("{kernel}"),
+            initrd=Path("{rootfs}"),
+            cmdline=(),
+            serial_socket=Path("-"),
+            qmp_socket=Path("-"),
+            console_log=Path("-"),
+            ssh_port=0,
+            scratch_disk=Path("{scratch}") if profile.scratch_disk_mb else None,
+        )
+    )
+
+
+# The roles LAVA's context names itself; the images (Role.BOOT) LAVA supplies.
+_CONTEXT_ROLES = {Role.MACHINE: "machine", Role.CPU: "cpu", Role.MEMORY: "memory"}
+
+
 def qemu_context(target: Target, profile: Profile) -> dict[str, Any]:
-    """The profile's QEMU options as a LAVA job context: the argv the
+    """The profile's QEMU options as a LAVA job context: the machine the
     harness runs, minus what LAVA adds itself (kernel, initrd, append, the
     console), with no host port (user networking without hostfwd) and the
     scratch disk as the image `{scratch}`."""
-    spec = MachineSpec(
-        profile=profile,
-        kernel=Path("{kernel}"),
-        initrd=Path("{rootfs}"),
-        cmdline=(),
-        serial_socket=Path("-"),
-        qmp_socket=Path("-"),
-        console_log=Path("-"),
-        ssh_port=0,
-        scratch_disk=Path("{scratch}") if profile.scratch_disk_mb else None,
-    )
-    argv = reproducer_argv(spec)[1:]
-    machine = cpu = memory = None
-    extra: list[str] = []
-    i = 0
-    while i < len(argv):
-        opt, val = argv[i], argv[i + 1] if i + 1 < len(argv) else ""
-        if opt == "-serial" and val == "mon:stdio":  # the reproducer's console
-            # The console on stdio is LAVA's connection. Explicit, because
-            # -nodefaults drops the serial port -nographic would add.
-            extra.append("-serial stdio")
-            i += 2
-            continue
-        if opt in _LAVA_OWNS:
-            i += 2
-            continue
-        if opt in ("-M", "-cpu", "-m"):
-            if opt == "-M":
-                machine = val
-            elif opt == "-cpu":
-                cpu = val
-            else:
-                memory = val
-            i += 2
-            continue
-        if opt == "-netdev" and ",hostfwd=" in val:
-            val = val.split(",hostfwd=")[0]  # no port on the host at all
-        if opt.startswith("-") and val and not val.startswith("-"):
-            extra.append(f"{opt} {val}")
-            i += 2
-        else:
-            extra.append(opt)
-            i += 1
+    options = _machine(profile)
+    named = {_CONTEXT_ROLES[o.role]: o.value for o in options if o.role in _CONTEXT_ROLES}
+    extra = [o.without_host_port() for o in options if o.role not in _CONTEXT_ROLES and o.role != Role.BOOT]
+    # The console on stdio is LAVA's connection. Explicit, because
+    # -nodefaults drops the serial port -nographic would add.
+    extra.append("-serial stdio")
     for option in extra:
         if (bad := _listens_off_loopback(option)) is not None:
             raise ConfigError(
@@ -387,9 +368,9 @@ def qemu_context(target: Target, profile: Profile) -> dict[str, Any]:
             )
     return {
         "arch": "arm64",
-        "machine": machine,
-        "cpu": cpu,
-        "memory": memory,
+        "machine": named.get("machine"),
+        "cpu": named.get("cpu"),
+        "memory": named.get("memory"),
         "no_kvm": True,
         "no_network": True,  # the profile's own virtio-net (behind the IOMMU) is in extra_options
         "extra_options": extra,
@@ -478,9 +459,8 @@ def job_definition(
         # LAVA substitutes {scratch} in image arguments only; QEMU creates
         # drives before devices, so the virtio-blk device keeps its place
         # (and PCI slot) in extra_options.
-        extra = context["extra_options"]
-        drive = next(e for e in extra if e.startswith("-drive file={scratch}"))
-        context["extra_options"] = [e for e in extra if e != drive]
+        drive = next(o.without_host_port() for o in _machine(plan.profile) if o.role == Role.SCRATCH)
+        context["extra_options"] = [e for e in context["extra_options"] if e != drive]
         images["scratch"] = {"image_arg": drive, "url": _url(scratch, artifact_url)}
     test_minutes = max(5, int(sum(s.timeout_s for s in plan.scenarios) / 60) + 1)
     return {

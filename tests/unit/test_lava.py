@@ -330,6 +330,14 @@ def test_context_is_the_profiles_machine_without_host_ports(reg: Registry) -> No
     assert params["extra"] == ctx["extra_options"]
 
 
+def test_the_context_reads_the_machines_options_not_an_argv() -> None:
+    """lava.py takes the QEMU options as data (machine_options, by role),
+    and never builds an argv to parse it back."""
+    source = Path(lava.__file__).read_text()
+    assert "machine_options" in source
+    assert "qemu_argv" not in source and "reproducer_argv" not in source
+
+
 @pytest.mark.parametrize(
     "option", ["-vnc :0", "-gdb tcp::1234", "-monitor telnet::4444,server=on", "-serial tcp:0.0.0.0:5555"]
 )

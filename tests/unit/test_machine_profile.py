@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from harness.config import Registry
-from harness.machine.profile import MachineSpec, kernel_cmdline, qemu_argv, reproducer_argv
+from harness.machine.profile import (
+    MachineSpec,
+    Role,
+    kernel_cmdline,
+    machine_options,
+    qemu_argv,
+    reproducer_argv,
+)
 
 
 def spec(profile_name: str) -> MachineSpec:
@@ -105,3 +113,34 @@ def test_nvhe_profile_is_smmuv3_nested_without_pkvm() -> None:
         )
         == nested
     )
+
+
+def test_the_argv_is_the_machines_options_as_data() -> None:
+    """qemu_argv and the reproducer are `machine_options` flattened (plus
+    the harness's console and QMP): one description, which the LAVA
+    exporter reads by role instead of parsing an argv back."""
+    s = replace(spec("virtio-iommu"), scratch_disk=Path("/s/scratch.img"))
+    options = machine_options(s)
+    flat = [arg for o in options for arg in o.argv()]
+    assert qemu_argv(s)[1 : 1 + len(flat)] == flat
+    assert reproducer_argv(s) == [s.qemu_binary, *flat, "-serial", "mon:stdio"]
+    roles = {o.role: o for o in options if o.role != Role.OTHER and o.role != Role.BOOT}
+    assert roles[Role.MACHINE].value == "virt,virtualization=on,gic-version=3"
+    assert roles[Role.MEMORY].value == str(s.profile.memory_mb)
+    assert roles[Role.SCRATCH].value == "file=/s/scratch.img,if=none,id=scratch,format=raw"
+    assert [o.flag for o in options if o.role == Role.BOOT] == ["-kernel", "-initrd", "-append"]
+    (net,) = [o for o in options if o.flag == "-netdev"]
+    assert net.argv() == ["-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:40022-:22"]
+    assert net.without_host_port() == "-netdev user,id=net0"
+
+
+def test_a_profiles_extra_args_become_options_token_for_token() -> None:
+    """extra_args (argv tokens in the profile's YAML) are grouped into
+    options, a user netdev's hostfwd kept apart; the argv keeps every token."""
+    tokens = ("-S", "-netdev", "user,id=n1,hostfwd=tcp::5555-:22,ipv6=off", "-device", "edu", "-x", "-y")
+    s = replace(spec("smmuv3-nested"), profile=replace(spec("smmuv3-nested").profile, extra_args=tokens))
+    options = machine_options(s)
+    assert [a for o in options for a in o.argv()][-len(tokens) :] == list(tokens)
+    extra = options[-5:]
+    assert [o.without_host_port() for o in extra] == ["-S", "-netdev user,id=n1", "-device edu", "-x", "-y"]
+    assert extra[1].host_forward == "tcp::5555-:22,ipv6=off"
