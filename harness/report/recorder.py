@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.report.results import BootRecord, RunResult, ScenarioResult, TargetRecord, Verdict
+from harness.report.results import BootRecord, RunResult, ScenarioResult, TargetRecord, Verdict, planned_cell
 from harness.report.writers import write_reports
 
 Cell = tuple[str, str | None, str, str]  # target, side, profile, scenario
@@ -68,15 +68,7 @@ class RunRecorder:
                     continue
                 target, side, profile, scenario = cell
                 self._order.append(cell)
-                self._cells[cell] = ScenarioResult(
-                    scenario=scenario,
-                    profile=profile,
-                    target=target,
-                    side=side,
-                    verdict=Verdict.NOT_RUN,
-                    reason="not started",
-                    duration_s=0.0,
-                )
+                self._cells[cell] = planned_cell(scenario, target, profile, side)
         self.flush()
 
     def add_target(self, target: TargetRecord) -> None:

@@ -348,6 +348,13 @@ def scenario_result(
     )
 
 
+def planned_cell(scenario: str, target: str, profile: str, side: str | None = None) -> ScenarioResult:
+    """A cell planned and not started yet: results.json lists every cell
+    of a run from its start (an interrupted run's unfinished cells stay
+    `not-run`, which proves nothing and exits 2)."""
+    return ScenarioResult(scenario, profile, target, Verdict.NOT_RUN, "not started", 0.0, side=side)
+
+
 def unknown_cell(
     scenario: str, target: str, profile: str, reason: str, side: str | None = None
 ) -> ScenarioResult:

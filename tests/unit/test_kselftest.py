@@ -312,9 +312,12 @@ def test_the_subtest_rule_is_the_verdict_policys_and_timeouts_stay_fails() -> No
     assert case_result("bin", Verdict.PASS, subtests=subs) == CaseResult("bin", Verdict.PASS)
 
 
-def test_only_the_verdict_policy_constructs_a_case_result() -> None:
-    """No module but harness/report/results.py (`case_result`) calls
-    CaseResult(...): kselftest.py builds `Observed`, the policy the result."""
+@pytest.mark.parametrize("constructor", ["CaseResult", "ScenarioResult"])
+def test_only_the_verdict_policy_constructs_a_result(constructor: str) -> None:
+    """No module but harness/report/results.py (`case_result`,
+    `scenario_result` and its placeholders) calls CaseResult(...) or
+    ScenarioResult(...): kselftest.py builds `Observed`, the recorder plans
+    `planned_cell`s, the policy makes every result."""
     import ast
 
     import harness
@@ -324,7 +327,7 @@ def test_only_the_verdict_policy_constructs_a_case_result() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             if (
                 isinstance(node, ast.Call)
-                and getattr(node.func, "id", getattr(node.func, "attr", "")) == "CaseResult"
+                and getattr(node.func, "id", getattr(node.func, "attr", "")) == constructor
             ):
                 callers.append(path.name)
     assert set(callers) == {"results.py"}
