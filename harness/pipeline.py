@@ -13,7 +13,7 @@ import queue
 import shlex
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -134,8 +134,11 @@ class RunOrder:
     """The order each unit runs its cells in: what failed in the output
     directory's last run first (a developer re-running it sees that verdict
     soonest), then the longest first (a long cell then overlaps the other
-    workers' short ones, and no unit ends with a long tail), then the
-    suite's order for cells with no history. Results keep the suite's order."""
+    workers' short ones, and no unit ends with a long tail), then cells with
+    no history: the vCPU-saturating ones (the kselftests, the longest cells
+    of a suite) first, so that the CPU gate staggers them at the start
+    rather than leaving one to run alone at the end, then the suite's
+    order. Results keep the suite's order."""
 
     failed: frozenset[Cell] = frozenset()
     seconds: Mapping[Cell, float] = field(default_factory=dict)
@@ -152,10 +155,17 @@ class RunOrder:
             {r.cell: r.duration_s for r in ran},
         )
 
-    def sort(self, cells: Sequence[Cell]) -> list[Cell]:
-        def key(indexed: tuple[int, Cell]) -> tuple[bool, bool, float, int]:
+    def sort(self, cells: Sequence[Cell], heavy: Callable[[Cell], bool] = lambda cell: False) -> list[Cell]:
+        def key(indexed: tuple[int, Cell]) -> tuple[bool, bool, float, bool, int]:
             i, cell = indexed
-            return (cell not in self.failed, cell not in self.seconds, -self.seconds.get(cell, 0.0), i)
+            known = cell in self.seconds
+            return (
+                cell not in self.failed,
+                not known,
+                -self.seconds.get(cell, 0.0),
+                known or not heavy(cell),
+                i,
+            )
 
         return [cell for _, cell in sorted(enumerate(cells), key=key)]
 
@@ -238,7 +248,10 @@ class _ProfileRun:
 
     def run(self) -> None:
         unit = (self.request.target.name, self.request.side, self.profile.name)
-        pending = self.order.sort([(*unit, n) for n in self.recorder.pending(*unit)])
+        pending = self.order.sort(
+            [(*unit, n) for n in self.recorder.pending(*unit)],
+            lambda cell: self.by_name[cell[3]].saturates_vcpus,
+        )
         try:
             self.engine.run(
                 [self.by_name[cell[3]] for cell in pending],

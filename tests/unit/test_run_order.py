@@ -62,3 +62,19 @@ def test_results_keep_the_suites_order_whatever_order_the_cells_ran_in(tmp_path:
     for name in ("c", "a", "b"):
         rec.record(result(name, Verdict.PASS))
     assert [r.scenario for r in load_results(tmp_path).results] == ["a", "b", "c"]
+
+
+def test_with_no_history_the_vcpu_saturating_cells_go_first(tmp_path: Path) -> None:
+    suite = [cell(n) for n in ("boot", "dma", "kselftest", "fuzz")]
+    order = RunOrder.of_previous(tmp_path)
+    assert [c[3] for c in order.sort(suite, lambda c: c[3] == "kselftest")] == [
+        "kselftest",
+        "boot",
+        "dma",
+        "fuzz",
+    ]
+    # History wins over the guess: a heavy cell that ran is placed by its time.
+    previous_run(tmp_path)
+    known = [cell(n) for n in ("quick", "boot", "new", "long")]
+    ranked = RunOrder.of_previous(tmp_path).sort(known, lambda c: c[3] in ("quick", "new"))
+    assert [c[3] for c in ranked] == ["long", "boot", "quick", "new"]
