@@ -16,6 +16,8 @@ IOMMU and predicts every outcome:
 - a device read: what the device gets from every page it touches (the pool
   bytes where the IOVA page is mapped readable; where it is not, anything but
   the bytes a stale or permission-ignoring translation would give);
+- a DMA that a remapped page lets through or blocks as its previous mapping's
+  permission would have, not its own, is named so (stale-permission);
 - faults: every blocked piece of a DMA (an IOVA page with no mapping or
   without the permission) is a fault from that device, at an address inside
   the piece, of that access and kind; no other fault may come from it.
@@ -292,6 +294,9 @@ class Model:
         self.wo_reads_allowed = wo_reads_allowed
         self.maps: list[Mapping] = []
         self.ghosts: dict[int, Ghost] = {}
+        # page -> the mapping it had before its live one (a remap), to name
+        # a permission the IOMMU kept from it
+        self.before: dict[int, Ghost] = {}
 
     # -- state
 
@@ -322,13 +327,17 @@ class Model:
             return -EEXIST
         self.maps.append(Mapping(op.iova, op.length, op.pool, op.perm, k))
         for p in range(op.iova, op.iova + op.length, pg):
-            self.ghosts.pop(p, None)
+            if (g := self.ghosts.pop(p, None)) is not None:
+                self.before[p] = g
+            else:
+                self.before.pop(p, None)
         return 0
 
     def _remove(self, m: Mapping, k: int) -> None:
         self.maps.remove(m)
         for off in range(0, m.length, self.page):
             self.ghosts[m.iova + off] = Ghost(m.pool + off, m.perm, m.since, k)
+            self.before.pop(m.iova + off, None)
 
     def unmap(self, op: Op, k: int) -> tuple[int, int]:
         """(ret, unmapped bytes)."""
@@ -356,6 +365,9 @@ class Model:
 
     # -- DMA
 
+    def allows(self, perm: str, need: str) -> bool:
+        return need in perm or (need == "r" and self.wo_reads_allowed)
+
     def pieces(self, op: Op, need: str) -> list[Piece]:
         out = []
         a, end = op.iova, op.iova + op.length
@@ -364,7 +376,7 @@ class Model:
             m = self.find(a)
             if m is None:
                 out.append(Piece(a, b - a, None, "unmapped"))
-            elif need not in m.perm and not (need == "r" and self.wo_reads_allowed):
+            elif not self.allows(m.perm, need):
                 out.append(Piece(a, b - a, None, "permission"))
             else:
                 out.append(Piece(a, b - a, m.pool + (a - m.iova), None))
@@ -389,6 +401,18 @@ class Model:
                 )
             )
         return out
+
+    def kept_permission(self, iova: int, need: str) -> str | None:
+        """If the live mapping of iova replaced an earlier one whose
+        permission decides `need` the other way: how a DMA that went as
+        the earlier permission says reads (None otherwise)."""
+        m, g = self.find(iova), self.before.get(iova - iova % self.page)
+        if m is None or g is None or self.allows(m.perm, need) == self.allows(g.perm, need):
+            return None
+        return (
+            f"as the {g.perm} mapping of op {g.mapped_at} (unmapped at op {g.unmapped_at}) would have:"
+            f" the remap of op {m.since} kept the old permission"
+        )
 
 
 def _runs(old: bytes, new: bytes) -> list[tuple[int, int, int]]:
@@ -473,18 +497,20 @@ def replay(run: Run, wo_reads_allowed: bool) -> Verdict:
                 if p.pool is not None:
                     want_h = fnv1a(bytes(model.pool[p.pool : p.pool + p.length]))
                     if got != want_h:
-                        return bad(
-                            "read-data",
-                            f"the device read {p.iova:#x}+{p.length} (pool {p.pool:#x}) and got other data",
-                        )
+                        detail = f"the device read {p.iova:#x}+{p.length} (pool {p.pool:#x})"
+                        detail += " and got other data"
+                        if kept := model.kept_permission(p.iova, "r"):
+                            return bad("stale-permission", f"{detail} (blocked?), {kept}")
+                        return bad("read-data", detail)
                     continue
                 faults.append(PredictedFault(k, p.iova, p.length, "read", p.blocked or ""))
                 for what, src in model.would_reach(p):
                     if got == fnv1a(bytes(model.pool[src : src + p.length])):
                         kind = "stale-translation" if "stale" in what else "permission-ignored"
-                        return bad(
-                            kind, f"a read of {p.iova:#x}+{p.length} ({p.blocked}) got the data of {what}"
-                        )
+                        detail = f"a read of {p.iova:#x}+{p.length} ({p.blocked}) got the data of {what}"
+                        if kind == "permission-ignored" and (kept := model.kept_permission(p.iova, "r")):
+                            kind, detail = "stale-permission", f"{detail}, {kept}"
+                        return bad(kind, detail)
     states.append(model.describe())  # and after the last
     return Verdict(None, faults, model.describe(), model, states)
 
@@ -502,8 +528,20 @@ def _explain_write(model: Model, op: Op, obs: Observed, new: bytearray) -> tuple
             for what, dst in model.would_reach(p):
                 if any(o <= dst < o + n for o, n in got):
                     kind = "stale-translation" if "stale" in what else "permission-ignored"
-                    return kind, f"a write to {op.iova + off:#x}+{p.length} ({p.blocked}) landed in {what}"
+                    detail = f"a write to {op.iova + off:#x}+{p.length} ({p.blocked}) landed in {what}"
+                    if kind == "permission-ignored" and (kept := model.kept_permission(p.iova, "w")):
+                        return "stale-permission", f"{detail}, {kept}"
+                    return kind, detail
         off += p.length
+    # a piece the mapping lets through, of which nothing landed
+    for p in pcs:
+        if p.pool is None or not _overlaps(want, p.pool, p.length) or _overlaps(got, p.pool, p.length):
+            continue
+        if kept := model.kept_permission(p.iova, "w"):
+            m = model.find(p.iova)
+            assert m is not None
+            where = f"the {m.perm} mapping of op {m.since}"
+            return "stale-permission", f"a write to {p.iova:#x}+{p.length} was blocked in {where}, {kept}"
     extra = sorted(set(got) - set(want))
     missing = sorted(set(want) - set(got))
     if extra and not missing:
@@ -521,6 +559,10 @@ def _explain_write(model: Model, op: Op, obs: Observed, new: bytearray) -> tuple
     if same:
         parts.append(f"wrong data at pool {same[0][0]:#x}+{same[0][1]}")
     return "data", "landed bytes differ from the prediction: " + "; ".join(parts)
+
+
+def _overlaps(runs: Iterable[tuple[int, int]], start: int, length: int) -> bool:
+    return any(o < start + length and start < o + n for o, n in runs)
 
 
 def check_faults(

@@ -201,6 +201,18 @@ def test_replay_syntax_round_trips() -> None:
     assert "map:0x20004000:0x5000:0x12000:rw;dr:0x20003ff4:29;" in args
 
 
+def judge_recorded(series: str, seed: int) -> tuple[M.Run, list[Event], M.Verdict]:
+    """A type1 run recorded on smmuv3-nested with a NEGATIVE TEST series, the
+    fault reports from its start on, and the model's verdict."""
+    run = M.parse((DATA / f"7.3-{series}-smmuv3-nested-type1-seed{seed}.ktap").read_text())
+    events = [
+        e
+        for e in parse_log((DATA / f"7.3-{series}-smmuv3-nested-console.log").read_text())
+        if e.timestamp is not None and run.uptime is not None and e.timestamp >= run.uptime
+    ]
+    return run, events, M.judge(run, events, [], True)
+
+
 def test_a_recorded_stale_translation_fails() -> None:
     """Recorded on mainline 7.3 + the NEGATIVE TEST series
     smmu-inv-range-short.patch (the SMMU's invalidation after a multi-page
@@ -208,14 +220,7 @@ def test_a_recorded_stale_translation_fails() -> None:
     0x2002bad4, unmapped at op 17, and they land in the pool page that
     mapping had. The kernel reported no fault for it (the SMMU translated
     it from its IOTLB)."""
-    output = (DATA / "7.3-smmu-inv-range-short-smmuv3-nested-type1-seed3.ktap").read_text()
-    run = M.parse(output)
-    events = [
-        e
-        for e in parse_log((DATA / "7.3-smmu-inv-range-short-smmuv3-nested-console.log").read_text())
-        if e.timestamp is not None and run.uptime is not None and e.timestamp >= run.uptime
-    ]
-    v = M.judge(run, events, [], True)
+    run, events, v = judge_recorded("smmu-inv-range-short", 3)
     assert v.mismatch is not None
     assert (v.mismatch.index, v.mismatch.kind) == (23, "stale-translation")
     assert v.mismatch.detail == (
@@ -224,8 +229,72 @@ def test_a_recorded_stale_translation_fails() -> None:
     )
     assert v.mismatch.reason(run).startswith("seed 0x3 (type1) op 23 (device write 0x2002bad4+4): ")
     # the same run up to op 22 is what the model predicts, faults included
-    before = replace(run, ops=run.ops[:23])
-    assert M.judge(before, [e for e in events if e.timestamp is not None], [], True).mismatch is None
+    assert M.judge(replace(run, ops=run.ops[:23]), events, [], True).mismatch is None
+
+
+def test_a_recorded_stale_permission_fails() -> None:
+    """Recorded on mainline 7.3 + the NEGATIVE TEST series
+    smmu-remap-keeps-old-perm.patch (the SMMU driver maps a remapped IOVA
+    with the permission it had before): op 4 maps 0x20028000+0x3000 read-
+    only, op 7 unmaps it, op 8 maps 0x20028000+0x5000 read-write, and op 9's
+    write into its second page is blocked (an F_PERMISSION report) as the
+    read-only mapping would have blocked it."""
+    run, events, v = judge_recorded("smmu-remap-keeps-old-perm", 8)
+    assert v.mismatch is not None
+    assert (v.mismatch.index, v.mismatch.kind) == (9, "stale-permission")
+    assert v.mismatch.detail == (
+        "a write to 0x20029ae8+1304 was blocked in the rw mapping of op 8, as the r mapping of op 4"
+        " (unmapped at op 7) would have: the remap of op 8 kept the old permission"
+    )
+    # the same run up to op 8 is what the model predicts, faults included
+    assert M.judge(replace(run, ops=run.ops[:9]), events, [], True).mismatch is None
+
+
+def _synthetic(ops: Sequence[M.Op], landed: dict[int, list[tuple[int, int, int]]]) -> str:
+    """edu-dma fuzz output for `ops` (all accepted), with the given landed
+    runs per device write."""
+    lines = ["# backend=type1", "# bdf=0000:00:02.0", "# seed=0x9", "# page_size=4096"]
+    lines += ["# fuzz_pool_key=0x1234", "# fuzz_pool_len=0x8000"]
+    for k, o in enumerate(ops):
+        if o.kind == "map":
+            rest = f"iova={o.iova:#x} len={o.length:#x} pool={o.pool:#x} perm={o.perm} ret=0"
+        elif o.kind == "unmap":
+            rest = f"iova={o.iova:#x} len={o.length:#x} ret=0 unmapped={o.length:#x}"
+        else:
+            runs = ",".join(f"{a:#x}+{n}:{h:08x}" for a, n, h in landed.get(k, [])) or "none"
+            rest = f"iova={o.iova:#x} len={o.length} data={o.key:#x} landed={runs}"
+        lines.append(f"# op {k} {o.kind} {rest}")
+    return "\n".join([*lines, "ok 1 fuzz sequence ran"]) + "\n"
+
+
+def test_a_write_that_a_remap_left_writable_is_a_stale_permission() -> None:
+    """A read-only remap of a read-write IOVA: a write that lands is the old
+    permission kept, not a permission the IOMMU ignores."""
+    pg = 4096
+    write = M.Op("dw", 0x20001010, 16, key=0x77)
+    pool = M.pattern(0x1234, 0x8000)
+    new = bytearray(pool)
+    new[0x3010 : 0x3010 + 16] = M.pattern(0x77, 16)  # the r mapping's pool page 0x3000
+    runs = M._runs(pool, bytes(new))
+    remap = [
+        M.Op("map", 0x20000000, 2 * pg, 0x0, "rw"),
+        M.Op("unmap", 0x20000000, 2 * pg),
+        M.Op("map", 0x20000000, 2 * pg, 0x2000, "r"),
+        write,
+    ]
+    v = M.replay(M.parse(_synthetic(remap, {3: runs})), False)
+    assert v.mismatch is not None and (v.mismatch.index, v.mismatch.kind) == (3, "stale-permission")
+    assert v.mismatch.detail == (
+        "a write to 0x20001010+16 (permission) landed in the r mapping of op 2 (permission ignored),"
+        " as the rw mapping of op 0 (unmapped at op 1) would have: the remap of op 2 kept the old permission"
+    )
+    # the same write into a fresh read-only mapping: the permission ignored
+    fresh = [remap[2], write]
+    v = M.replay(M.parse(_synthetic(fresh, {1: runs})), False)
+    assert v.mismatch is not None and v.mismatch.kind == "permission-ignored"
+    # and a remap with the same permission kept nothing to name
+    same = [remap[0], remap[1], replace(remap[2], perm="rw"), write]
+    assert M.replay(M.parse(_synthetic(same, {3: runs})), False).mismatch is None
 
 
 def test_a_recorded_missed_fault_fails() -> None:
