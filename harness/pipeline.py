@@ -413,10 +413,13 @@ def _run_pool(
         return
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="worker")
     finished: queue.SimpleQueue[None] = queue.SimpleQueue()
-    futures = [pool.submit(one, unit) for unit in units]
-    for f in futures:
-        f.add_done_callback(lambda _: finished.put(None))
+    futures: list[concurrent.futures.Future[None]] = []
     try:
+        # Submitted inside the try: an interrupt between two submits still
+        # freezes the recorder, which is what stops the workers started.
+        for unit in units:
+            futures.append(pool.submit(one, unit))
+            futures[-1].add_done_callback(lambda _: finished.put(None))
         # SIGINT is raised in this thread wherever it happens to be. Here it
         # lands in a C call that holds no lock: concurrent.futures.wait,
         # interrupted while taking the futures' locks one by one, keeps some

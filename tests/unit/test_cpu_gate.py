@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from types import SimpleNamespace
@@ -39,6 +38,11 @@ class Tally:
         self.most_heavy_at_once = 0
         self.order: dict[str, list[str]] = {}
         self.boots: dict[str, int] = {}
+        # Sequencing by events, not sleeps, so that a starved host (unit
+        # tests run SCHED_IDLE beside a build) gives the same order: a's
+        # heavy cell runs until b has run its light cells.
+        self.a_heavy_running = threading.Event()
+        self.b_lights_done = threading.Event()
 
 
 class FakeCells:
@@ -56,7 +60,11 @@ class FakeCells:
             if scenario.saturates_vcpus:
                 self.tally.heavy_now += 1
                 self.tally.most_heavy_at_once = max(self.tally.most_heavy_at_once, self.tally.heavy_now)
-        time.sleep(0.2 if scenario.saturates_vcpus else 0.02)  # a heavy cell outlasts the light ones
+        if scenario.name == "a-heavy":
+            self.tally.a_heavy_running.set()
+            self.tally.b_lights_done.wait(10)
+        if scenario.name == "b-light2":
+            self.tally.b_lights_done.set()
         with self.tally.lock:
             if scenario.saturates_vcpus:
                 self.tally.heavy_now -= 1
@@ -93,15 +101,16 @@ def run_units(
     tally = Tally()
     recorded: dict[str, list[str]] = {"a": [], "b": []}
 
-    def unit(name: str, delay: float) -> None:
-        time.sleep(delay)  # b starts while a's heavy cell runs
+    def unit(name: str) -> None:
+        if name == "b" and stop is None:
+            tally.a_heavy_running.wait(10)  # b starts while a's heavy cell runs
         engine = ProfileCells(FakeBooter(name, tally), 0, "p", gate=gate)
         engine.run(
             suite(name), lambda r: recorded[name].append(r.scenario), stop.is_set if stop else lambda: False
         )
         engine.close()
 
-    workers = [threading.Thread(target=unit, args=(n, d)) for n, d in (("a", 0.0), ("b", 0.05))]
+    workers = [threading.Thread(target=unit, args=(n,)) for n in ("a", "b")]
     for w in workers:
         w.start()
     for w in workers:
