@@ -39,7 +39,10 @@ sys.exit(cli.main(["list"]))
 """
 
 
-def _wait_for(predicate: object, timeout: float = 30.0) -> None:
+# An upper bound only: make test runs the unit tests SCHED_IDLE beside a cold
+# kernel build, where starting Python and importing the harness has taken
+# more than 30 s.
+def _wait_for(predicate: object, timeout: float = 180.0) -> None:
     assert callable(predicate)
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -77,7 +80,7 @@ def test_ctrl_c_during_a_boot_is_one_line_and_exit_130(tmp_path: Path, mode: str
                 _wait_for(lambda: "running" in out.read_text())
             time.sleep(0.5)
             proc.send_signal(signal.SIGINT)
-            rc = proc.wait(timeout=60)
+            rc = proc.wait(timeout=180)
         finally:
             if proc.poll() is None:
                 proc.kill()
